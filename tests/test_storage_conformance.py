@@ -1,0 +1,146 @@
+"""The contract every storage backend keeps (restic's internal/backend/test, in spirit).
+
+Each kind of location adds a factory to BACKENDS; every test runs against each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from triplicate.storage import Backend, FileType, Handle, NotFound
+from triplicate.storage.backend import CorruptContent, SourceReadError
+from triplicate.storage.local import LocalBackend
+
+
+def make_local(tmp_path: Path) -> Backend:
+    location = tmp_path / "location"
+    location.mkdir()
+    return LocalBackend(location / "client")
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"local": make_local}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    instance = BACKENDS[request.param](tmp_path)
+    instance.prepare(create=True)
+    yield instance
+    instance.close()
+
+
+def content(size: int) -> tuple[Handle, bytes]:
+    data = os.urandom(size)
+    return Handle(FileType.DATA, hashlib.sha256(data).hexdigest()), data
+
+
+class FailingReader(io.RawIOBase):
+    """Gives some bytes, then fails as a dropped connection would."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._given = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        if self._given:
+            raise OSError("connection reset")
+        self._given = True
+        count = min(len(buffer), len(self._data))
+        buffer[:count] = self._data[:count]
+        return count
+
+
+def test_save_then_load_stat_and_list(backend: Backend) -> None:
+    handle, data = content(3 << 20)
+    assert backend.save(handle, io.BytesIO(data)) == len(data)
+    with backend.load(handle) as reader:
+        assert reader.read() == data
+    assert backend.stat(handle).size == len(data)
+    assert [(info.name, info.size) for info in backend.list(FileType.DATA)] == [(handle.name, len(data))]
+    assert list(backend.list(FileType.INDEX)) == []
+
+
+def test_load_a_range(backend: Backend) -> None:
+    handle, data = content(100_000)
+    backend.save(handle, io.BytesIO(data))
+    with backend.load(handle, offset=1000, length=5000) as reader:
+        assert reader.read() == data[1000:6000]
+    with backend.load(handle, offset=99_000) as reader:
+        assert reader.read() == data[99_000:]
+
+
+def test_each_file_is_listed_once_per_type(backend: Backend) -> None:
+    saved = {}
+    for file_type in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT, FileType.KEY):
+        for _ in range(3):
+            handle, data = content(1000)
+            handle = Handle(file_type, handle.name)
+            backend.save(handle, io.BytesIO(data))
+            saved.setdefault(file_type, set()).add(handle.name)
+    for file_type, names in saved.items():
+        listed = [info.name for info in backend.list(file_type)]
+        assert sorted(listed) == sorted(names)
+
+
+def test_config_is_not_content_addressed(backend: Backend) -> None:
+    handle = Handle(FileType.CONFIG)
+    backend.save(handle, io.BytesIO(b"encrypted config"))
+    assert [info.name for info in backend.list(FileType.CONFIG)] == [""]
+    with backend.load(handle) as reader:
+        assert reader.read() == b"encrypted config"
+
+
+def test_saving_content_that_does_not_match_its_name_fails_and_leaves_nothing(backend: Backend) -> None:
+    handle, data = content(10_000)
+    with pytest.raises(CorruptContent):
+        backend.save(handle, io.BytesIO(data + b"x"))
+    with pytest.raises(NotFound):
+        backend.stat(handle)
+    assert list(backend.list(FileType.DATA)) == []
+
+
+def test_a_failed_save_leaves_no_file_under_its_name(backend: Backend) -> None:
+    handle, data = content(3 << 20)
+    with pytest.raises(SourceReadError):
+        backend.save(handle, FailingReader(data))  # type: ignore[arg-type]
+    assert list(backend.list(FileType.DATA)) == []
+    backend.discard_partial_saves()
+    backend.save(handle, io.BytesIO(data))
+    assert backend.stat(handle).size == len(data)
+
+
+def test_missing_files(backend: Backend) -> None:
+    handle, _ = content(10)
+    with pytest.raises(NotFound):
+        backend.stat(handle)
+    with pytest.raises(NotFound):
+        with backend.load(handle):
+            pass
+    backend.remove(handle)  # removing a missing file is not an error
+
+
+def test_remove(backend: Backend) -> None:
+    handle, data = content(10)
+    backend.save(handle, io.BytesIO(data))
+    backend.remove(handle)
+    with pytest.raises(NotFound):
+        backend.stat(handle)
+
+
+def test_handles_validate_names() -> None:
+    with pytest.raises(ValueError):
+        Handle(FileType.DATA, "../../etc/passwd")
+    with pytest.raises(ValueError):
+        Handle(FileType.CONFIG, "x")
+    name = "ab" + "0" * 62
+    assert Handle(FileType.DATA, name).relative_path() == f"data/ab/{name}"
+    assert Handle(FileType.SNAPSHOT, name).relative_path() == f"snapshots/{name}"

@@ -1,0 +1,3 @@
+from triplicate.cli import main
+
+main()

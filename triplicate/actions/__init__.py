@@ -1,0 +1,1 @@
+"""Actions: what triplicate does, each a small module the CLI and the daemon both call."""

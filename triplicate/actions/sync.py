@@ -1,0 +1,117 @@
+"""``triplicate sync``: mirror one client's primary repository to its locations."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from triplicate.config.model import Config
+from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, list_source, mirror
+from triplicate.errors import TriplicateError, UsageError
+from triplicate.locks import location_lock
+from triplicate.state.db import PRIMARY
+from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
+from triplicate.storage import StorageError, open_location, open_primary
+
+
+@dataclass
+class SyncReport:
+    client: str
+    locations: dict[str, MirrorResult]
+    snapshots: SnapshotChange = field(default_factory=lambda: SnapshotChange([], []))
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.locations.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "client": self.client,
+            "ok": self.ok,
+            "locations": {
+                name: {
+                    "ok": result.ok,
+                    "files_copied": result.files_copied,
+                    "bytes_copied": result.bytes_copied,
+                    "files_skipped_in_progress": result.files_skipped_in_progress,
+                    "corrupt_files": result.corrupt_files,
+                    "held_back": result.held_back,
+                    "seconds": round(result.seconds, 3),
+                    "error": result.error,
+                }
+                for name, result in self.locations.items()
+            },
+        }
+
+
+def select_locations(config: Config, client: str, requested: list[str] | tuple[str, ...]) -> list[str]:
+    """The client's locations, or the requested subset; raises UsageError naming a stranger."""
+    configured = config.client(client).replicate_to
+    for name in requested:
+        if name not in configured:
+            raise UsageError(f"--to {name}: not a location of client '{client}' (its locations: "
+                             f"{', '.join(configured) or 'none'})")
+    return list(requested) or list(configured)
+
+
+def sync_client(
+    config: Config,
+    client: str,
+    locations: list[str],
+    *,
+    trigger: str = "cli",
+    options: MirrorOptions | None = None,
+    progress_for: dict[str, Progress] | None = None,
+) -> SyncReport:
+    """Mirror ``client`` to ``locations`` concurrently, record the outcome, and report.
+
+    A failure at one location never stops the others. Raises TriplicateError only
+    when the primary repository itself cannot be read.
+    """
+    options = options or MirrorOptions(in_progress_grace=config.server.in_progress_grace)
+    source = open_primary(config, client)
+    try:
+        source.prepare(create=False)
+        listing = list_source(source)
+    except StorageError as error:
+        raise TriplicateError(f"client '{client}': {error}") from None
+    state = ReplicationState(config.server.state_dir)
+    try:
+        change = state.record_snapshots(client, PRIMARY, listing.snapshot_ids, listing.listed_at)
+
+        def run(location: str) -> MirrorResult:
+            replica = open_location(config, location, client)
+            location_options = MirrorOptions(
+                workers=replica.connections,
+                in_progress_grace=options.in_progress_grace,
+                stop=options.stop,
+                progress=(progress_for or {}).get(location, options.progress),
+                clock=options.clock,
+            )
+            started = time.time()
+            with location_lock(config.server.state_dir, client, location):
+                result = mirror(source, replica, listing, location_options)
+            replica.close()
+            _record(state, client, location, trigger, started, result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
+            results = dict(zip(locations, pool.map(run, locations)))
+    finally:
+        state.close()
+        source.close()
+    return SyncReport(client, results, change)
+
+
+def _record(state: ReplicationState, client: str, location: str, trigger: str, started: float,
+            result: MirrorResult) -> None:
+    finished = time.time()
+    if result.replica_snapshots is not None:
+        state.record_snapshots(client, location, result.replica_snapshots, finished)
+    state.record_run(RunRecord(
+        client=client, location=location, trigger=trigger, started=started, finished=finished,
+        ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
+        files_skipped_in_progress=result.files_skipped_in_progress,
+        corrupt_files=result.corrupt_files, error=result.error,
+    ))

@@ -1,0 +1,75 @@
+"""``triplicate sync CLIENT``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import click
+
+from triplicate.cli import AppContext
+from triplicate.cli.output import console, print_json, progress_bars
+
+
+@click.command(epilog="Exit status: 0 every location complete and nothing corrupt; 1 a location "
+               "failed or the source has corrupt files; 2 bad arguments or configuration.")
+@click.argument("client")
+@click.option("--to", "locations", multiple=True, metavar="LOCATION",
+              help="Only this location (repeatable) [default: all of the client's].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+@click.pass_obj
+def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool) -> None:
+    """Copy CLIENT's new backups to its locations, keyless and verified.
+
+    Copies only what each replica lacks, in restic's safe order (keys, data,
+    index, then snapshots); hashes every byte against its name; never deletes.
+    """
+    from triplicate.actions.sync import select_locations, sync_client
+    from triplicate.engine.mirror import MirrorOptions
+
+    config = app.config
+    chosen = select_locations(config, client, locations)
+    with progress_bars(enabled=not as_json) as bars:
+        progress_for = {name: _BarProgress(bars, name) for name in chosen} if bars else None
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=threading.Event())
+        report = sync_client(config, client, chosen, options=options, progress_for=progress_for)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _summarise(report)
+    sys.exit(0 if report.ok else 1)
+
+
+class _BarProgress:
+    def __init__(self, bars: object, name: str) -> None:
+        self._bars = bars
+        self._task = bars.add_task(name, total=None)  # type: ignore[attr-defined]
+
+    def planned(self, files: int, size: int) -> None:
+        self._bars.update(self._task, total=size)  # type: ignore[attr-defined]
+
+    def copied(self, size: int) -> None:
+        self._bars.advance(self._task, size)  # type: ignore[attr-defined]
+
+
+def _summarise(report: object) -> None:
+    from rich.table import Table
+
+    from triplicate.units import format_bytes
+
+    table = Table(title=f"sync {report.client}", title_justify="left")  # type: ignore[attr-defined]
+    for column in ("location", "result", "files", "bytes", "seconds", "detail"):
+        table.add_column(column, justify="right" if column in ("files", "bytes", "seconds") else "left")
+    for name, result in report.locations.items():  # type: ignore[attr-defined]
+        detail = result.error or ""
+        if result.corrupt_files:
+            detail = f"corrupt in source: {', '.join(result.corrupt_files)}"
+            if result.held_back:
+                detail += f"; {len(result.held_back)} new file(s) that may need them held back"
+        if result.files_skipped_in_progress:
+            detail += f" {result.files_skipped_in_progress} file(s) still being written, next time"
+        table.add_row(
+            name, "[green]ok[/]" if result.ok else "[red]FAILED[/]", str(result.files_copied),
+            format_bytes(result.bytes_copied), f"{result.seconds:.1f}", detail.strip(),
+        )
+    console().print(table)

@@ -1,0 +1,162 @@
+"""The configuration's schema: pydantic models, one per section of the TOML file.
+
+docs/configuration.md documents every key; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from triplicate.units import parse_duration, parse_size
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+NAME_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63"
+
+
+def check_name(name: object) -> str | None:
+    """Return why ``name`` is not a valid client or location name, or None when it is."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        return f"invalid name {name!r}: use {NAME_RULE}"
+    return None
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)  # type: ignore[arg-type]
+
+
+def _size(value: object) -> int:
+    return parse_size(value)  # type: ignore[arg-type]
+
+
+def _port_range(value: object) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+-\d+", value.strip()):
+        low, high = (int(part) for part in value.strip().split("-"))
+    else:
+        raise ValueError("expected a port range such as '8100-8199'")
+    if not (1 <= int(low) <= int(high) <= 65535):
+        raise ValueError("ports must satisfy 1 <= first <= last <= 65535")
+    return int(low), int(high)
+
+
+def _command(value: list[str]) -> list[str]:
+    if value and not value[0]:
+        raise ValueError("the program (first element) must not be empty")
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"'{path}' must be an absolute path")
+    return path
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
+Command = Annotated[list[str], AfterValidator(_command)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class Section(BaseModel):
+    """Every section refuses unknown keys, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    state_dir: AbsolutePath = Path("/var/lib/triplicate")
+    repos_dir: AbsolutePath = Path("/srv/restic")
+    # REST endpoints (see docs/configuration.md, "Serving clients")
+    listen_host: str = "0.0.0.0"
+    public_host: str = Field(default_factory=socket.gethostname)
+    ports: PortRange = (8100, 8199)
+    user: str | None = None
+    tls_cert: AbsolutePath | None = None
+    tls_key: AbsolutePath | None = None
+    # replication defaults, overridable per client or location
+    workers: int = Field(default=4, ge=1, le=64)
+    in_progress_grace: Duration = 300.0
+    poll_interval: Duration = 60.0
+    on_change: Command = []
+    hook_timeout: Duration = 300.0
+    retry_max_backoff: Duration = 3600.0
+    # checks
+    max_lag: Duration = 3600.0
+    expect_backup_every: Duration | None = None
+    audit_every: Duration | None = None
+    audit_verify_percent: Percent = 0.0
+
+
+class LocalLocation(Section):
+    type: Literal["local"]
+    path: AbsolutePath
+    workers: int | None = Field(default=None, ge=1, le=64)
+
+
+Location = Annotated[LocalLocation, Field(discriminator="type")]
+LOCATION_TYPES = ("local",)
+
+
+class Canary(Section):
+    path: str
+    min_size: Size = 0
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class RestoreCheckSettings(Section):
+    canaries: list[Canary] = []
+    files: int = Field(default=20, ge=1)
+
+
+class ClientSettings(Section):
+    enabled: bool = True
+    replicate_to: list[str] = []
+    port: int | None = Field(default=None, ge=1, le=65535)
+    poll_interval: Duration | None = None
+    on_change: Command | None = None
+    max_lag: Duration | None = None
+    expect_backup_every: Duration | None = None
+    audit_every: Duration | None = None
+    audit_verify_percent: Percent | None = None
+    password_file: AbsolutePath | None = None
+    password_command: Command | None = None
+    restore_check_every: Duration | None = None
+    restore_check: RestoreCheckSettings = RestoreCheckSettings()
+
+
+class NotifySettings(Section):
+    urls: list[str] = []
+    after_failures: int = Field(default=3, ge=1)
+
+
+class Config(Section):
+    server: ServerSettings = ServerSettings()
+    locations: dict[str, Location] = {}
+    clients: dict[str, ClientSettings] = {}
+    notify: NotifySettings = NotifySettings()
+
+    def client(self, name: str) -> ClientSettings:
+        """The client's settings; raises UsageError naming the client when unknown."""
+        from triplicate.errors import UsageError
+
+        try:
+            return self.clients[name]
+        except KeyError:
+            known = ", ".join(sorted(self.clients)) or "none configured"
+            raise UsageError(f"unknown client '{name}' (known: {known})") from None
+
+    def primary_dir(self, client: str) -> Path:
+        return self.server.repos_dir / client
+
+    def effective(self, client: str, key: str) -> object:
+        """A client's own value for ``key``, else the server-wide default."""
+        value = getattr(self.client(client), key)
+        return getattr(self.server, key) if value is None else value

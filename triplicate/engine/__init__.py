@@ -1,0 +1,1 @@
+"""The replication engine: keyless, ordered, verified copies between backends."""

@@ -1,0 +1,215 @@
+"""Mirror one restic repository into a replica without any key.
+
+Order (restic's design.rst, "Read and Write Ordering"): the source is listed
+snapshots first, then index, then data, so that everything a listed snapshot
+needs is in the later listings; the replica receives config and keys, then
+data, then index, then those snapshots. After every single file the replica
+is a valid repository. Every file is hashed while it is copied (one read) and
+a file whose content does not match its name is never written.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, StorageError
+from triplicate.storage.handle import FileType, Handle
+
+# Phases in the order a replica receives them; each waits for the one before.
+PHASES = (FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
+# The order the source is listed in: the reverse of restic's write order.
+LISTING_ORDER = (FileType.SNAPSHOT, FileType.INDEX, FileType.DATA, FileType.KEY, FileType.CONFIG)
+
+
+@dataclass
+class SourceListing:
+    """What the source held, listed once per run in the safe order."""
+
+    files: dict[FileType, dict[str, FileInfo]]
+    listed_at: float
+
+    @property
+    def snapshot_ids(self) -> set[str]:
+        return set(self.files[FileType.SNAPSHOT])
+
+
+def list_source(source: Backend) -> SourceListing:
+    """List the source in reader order (snapshots first). Raises StorageError."""
+    started = time.time()
+    files = {file_type: {info.name: info for info in source.list(file_type)} for file_type in LISTING_ORDER}
+    return SourceListing(files, started)
+
+
+@dataclass
+class MirrorResult:
+    """The outcome of mirroring to one location (the ``--json`` fields, and more)."""
+
+    ok: bool = False
+    files_copied: int = 0
+    bytes_copied: int = 0
+    files_skipped_in_progress: int = 0
+    corrupt_files: list[str] = field(default_factory=list)
+    # New files not copied because a file they may need is corrupt in the source.
+    held_back: list[str] = field(default_factory=list)
+    error: str | None = None
+    # The snapshot IDs on the replica after the run; None when it could not be listed.
+    replica_snapshots: set[str] | None = None
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+class Progress:
+    """Called as work is planned and done; the CLI draws a bar with it. Thread-safe no-op here."""
+
+    def planned(self, files: int, size: int) -> None: ...
+
+    def copied(self, size: int) -> None: ...
+
+
+@dataclass
+class MirrorOptions:
+    workers: int = 4
+    # A mismatching source file modified less than this long ago is still being
+    # written (rclone's REST server writes in place): skipped now, retried later.
+    in_progress_grace: float = 300.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Progress = field(default_factory=Progress)
+    clock: Callable[[], float] = time.time
+
+
+class _Stopped(Exception):
+    pass
+
+
+def mirror(source: Backend, replica: Backend, listing: SourceListing, options: MirrorOptions) -> MirrorResult:
+    """Copy to ``replica`` what it lacks of ``listing``. Never deletes; never raises StorageError."""
+    result = MirrorResult()
+    started = time.monotonic()
+    try:
+        replica.prepare(create=True)
+        replica.discard_partial_saves()
+        _copy_config(source, replica, listing, result)
+        present = {file_type: _names(replica, file_type) for file_type in PHASES}
+        result.replica_snapshots = set(present[FileType.SNAPSHOT])
+        missing = {
+            file_type: [info for name, info in listing.files[file_type].items() if name not in present[file_type]]
+            for file_type in PHASES
+        }
+        options.progress.planned(
+            sum(len(infos) for infos in missing.values()),
+            sum(info.size for infos in missing.values() for info in infos),
+        )
+        for file_type in PHASES:
+            todo = missing[file_type]
+            if _must_hold_back(file_type, result.corrupt_files):
+                result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in todo)
+                continue
+            _copy_all(source, replica, file_type, todo, options, result)
+        result.ok = not result.corrupt_files
+    except _Stopped:
+        result.interrupted = True
+        result.error = "interrupted"
+    except StorageError as error:
+        result.error = str(error)
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def _must_hold_back(file_type: FileType, corrupt: list[str]) -> bool:
+    """Without a key there is no telling which snapshot or index needs a corrupt file.
+
+    So a corrupt pack holds back every new index file (restic check fails on an
+    index naming a missing pack, while a pack no index names is harmless), and any
+    corruption holds back every new snapshot: the replica stays a valid repository.
+    """
+    if file_type is FileType.SNAPSHOT:
+        return bool(corrupt)
+    if file_type is FileType.INDEX:
+        return any(path.startswith("data/") for path in corrupt)
+    return False
+
+
+def _names(backend: Backend, file_type: FileType) -> set[str]:
+    return {info.name for info in backend.list(file_type)}
+
+
+def _copy_config(source: Backend, replica: Backend, listing: SourceListing, result: MirrorResult) -> None:
+    """Copy ``config`` if the replica has none; refuse a replica of another repository."""
+    if not listing.files[FileType.CONFIG]:
+        raise StorageError("the source has no config file: not a restic repository (yet)")
+    handle = Handle(FileType.CONFIG)
+    with source.load(handle) as reader:
+        wanted = reader.read()
+    try:
+        with replica.load(handle) as reader:
+            existing = reader.read()
+    except NotFound:
+        result.bytes_copied += replica.save(handle, io.BytesIO(wanted))
+        result.files_copied += 1
+        return
+    if existing != wanted:
+        raise StorageError(f"{replica.description} holds a different restic repository (its config differs)")
+
+
+def _copy_all(
+    source: Backend,
+    replica: Backend,
+    file_type: FileType,
+    todo: Iterable[FileInfo],
+    options: MirrorOptions,
+    result: MirrorResult,
+) -> None:
+    """Copy files of one phase in parallel; return when all are done. Raises StorageError."""
+    lock = threading.Lock()
+
+    def copy_one(info: FileInfo) -> None:
+        if options.stop.is_set():
+            raise _Stopped()
+        handle = Handle(file_type, info.name)
+        outcome = _copy_file(source, replica, handle, options)
+        with lock:
+            if outcome == "copied":
+                if file_type is FileType.SNAPSHOT and result.replica_snapshots is not None:
+                    result.replica_snapshots.add(info.name)
+                result.files_copied += 1
+                result.bytes_copied += info.size
+            elif outcome == "in_progress":
+                result.files_skipped_in_progress += 1
+            elif outcome == "corrupt":
+                result.corrupt_files.append(handle.relative_path())
+        options.progress.copied(info.size)
+
+    workers = max(1, min(options.workers, replica.connections))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
+        futures = [pool.submit(copy_one, info) for info in todo]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise error
+    result.corrupt_files.sort()
+
+
+def _copy_file(source: Backend, replica: Backend, handle: Handle, options: MirrorOptions) -> str:
+    """Copy one file; returns "copied", "vanished", "in_progress" or "corrupt"."""
+    try:
+        with source.load(handle) as reader:
+            replica.save(handle, reader)
+        return "copied"
+    except NotFound:
+        return "vanished"  # removed from the source since it was listed (a prune)
+    except CorruptContent:
+        try:
+            info = source.stat(handle)
+        except NotFound:
+            return "vanished"
+        recent = info.mtime is not None and options.clock() - info.mtime < options.in_progress_grace
+        return "in_progress" if recent else "corrupt"

@@ -1,0 +1,130 @@
+"""The one place that spawns subprocesses (restic, rclone, runit's sv, user hooks).
+
+Secrets travel in the environment or in files, never in argv; whatever is
+registered as secret is masked in every log line and error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from triplicate.errors import TriplicateError
+
+log = logging.getLogger("triplicate.execute")
+MASK = "***"
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+class CommandFailed(TriplicateError):
+    def __init__(self, message: str, result: Result | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def describe(argv: list[str], secrets: Iterable[str] = ()) -> str:
+    return mask(shlex.join(argv), secrets)
+
+
+def environment(extra: Mapping[str, str] | None = None, remove: Iterable[str] = ()) -> dict[str, str]:
+    """The current environment plus ``extra``, less ``remove``."""
+    env = {key: value for key, value in os.environ.items() if key not in set(remove)}
+    env.update(extra or {})
+    return env
+
+
+def run(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    cwd: str | None = None,
+) -> Result:
+    """Run a program to its end and capture its output.
+
+    Raises CommandFailed when it is missing, times out, or (with ``check``) exits non-zero,
+    with its last error line, secrets masked.
+    """
+    secrets = list(secrets)
+    log.debug("run: %s", describe(argv, secrets))
+    try:
+        completed = subprocess.run(
+            argv, input=stdin, capture_output=True, env=dict(env) if env is not None else None,
+            timeout=timeout, cwd=cwd, stdin=None if stdin is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{describe(argv[:2], secrets)}: timed out after {timeout:.0f}s") from None
+    result = Result(argv, completed.returncode, completed.stdout, completed.stderr)
+    if check and completed.returncode != 0:
+        raise CommandFailed(failure_message(result, secrets), result)
+    return result
+
+
+async def run_async(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+) -> Result:
+    """As :func:`run`, for the daemon; never checks the exit status (the caller judges).
+
+    Raises CommandFailed when the program is missing or times out (it is killed then).
+    """
+    secrets = list(secrets)
+    log.debug("run: %s", describe(argv, secrets))
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: program not found") from None
+    except PermissionError:
+        raise CommandFailed(f"{argv[0]}: not executable") from None
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        if timeout is not None:
+            raise CommandFailed(f"{describe(argv[:1], secrets)}: timed out after {timeout:.0f}s") from None
+        raise
+    return Result(argv, process.returncode or 0, stdout, stderr)
+
+
+def failure_message(result: Result, secrets: Iterable[str] = ()) -> str:
+    lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "no error output"
+    return mask(f"{describe(result.argv[:2])} exited with status {result.returncode}: {last}", secrets)

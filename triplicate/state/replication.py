@@ -1,0 +1,200 @@
+"""What replication knows: snapshots per location, each location's health, the run history."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from triplicate.state.db import PRIMARY, connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    client      TEXT NOT NULL,
+    location    TEXT NOT NULL,          -- a location's name, or '@primary'
+    snapshot_id TEXT NOT NULL,
+    first_seen  REAL NOT NULL,          -- when triplicate first saw it there (arrival)
+    last_seen   REAL NOT NULL,
+    gone_since  REAL,                   -- set when it disappeared; NULL while present
+    PRIMARY KEY (client, location, snapshot_id)
+);
+CREATE TABLE IF NOT EXISTS location_state (
+    client               TEXT NOT NULL,
+    location             TEXT NOT NULL,
+    last_attempt         REAL,
+    last_success         REAL,
+    last_error           TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    failure_notified     INTEGER NOT NULL DEFAULT 0,
+    bytes_copied_total   INTEGER NOT NULL DEFAULT 0,
+    files_copied_total   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client, location)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id                        INTEGER PRIMARY KEY,
+    client                    TEXT NOT NULL,
+    location                  TEXT NOT NULL,
+    trigger                   TEXT NOT NULL,     -- 'cli', 'event', 'poll', 'start', 'retry'
+    started                   REAL NOT NULL,
+    finished                  REAL NOT NULL,
+    ok                        INTEGER NOT NULL,
+    files_copied              INTEGER NOT NULL,
+    bytes_copied              INTEGER NOT NULL,
+    files_skipped_in_progress INTEGER NOT NULL,
+    corrupt_files             TEXT NOT NULL,     -- JSON list of paths
+    error                     TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_location ON runs (client, location, started);
+"""
+
+
+@dataclass(frozen=True)
+class SnapshotChange:
+    added: list[str]
+    removed: list[str]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    client: str
+    location: str
+    trigger: str
+    started: float
+    finished: float
+    ok: bool
+    files_copied: int
+    bytes_copied: int
+    files_skipped_in_progress: int
+    corrupt_files: list[str]
+    error: str | None
+
+
+def _locked(method):  # type: ignore[no-untyped-def]
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class ReplicationState:
+    """Reads and writes the replication tables. Every method is one transaction."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.connection = connect(state_dir, SCHEMA)
+        # One connection serves a sync's location threads: one transaction at a time.
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @_locked
+    def record_snapshots(self, client: str, location: str, present: set[str], now: float) -> SnapshotChange:
+        """Store the snapshot IDs now at a location; return what changed since last time."""
+        with self.connection:
+            rows = self.connection.execute(
+                "SELECT snapshot_id FROM snapshots WHERE client=? AND location=? AND gone_since IS NULL",
+                (client, location),
+            ).fetchall()
+            known = {row[0] for row in rows}
+            added = sorted(present - known)
+            removed = sorted(known - present)
+            self.connection.executemany(
+                "INSERT INTO snapshots (client, location, snapshot_id, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client, location, snapshot_id)"
+                " DO UPDATE SET last_seen=excluded.last_seen, gone_since=NULL",
+                [(client, location, snapshot, now, now) for snapshot in added],
+            )
+            self.connection.executemany(
+                "UPDATE snapshots SET gone_since=? WHERE client=? AND location=? AND snapshot_id=?",
+                [(now, client, location, snapshot) for snapshot in removed],
+            )
+            self.connection.execute(
+                "UPDATE snapshots SET last_seen=? WHERE client=? AND location=? AND gone_since IS NULL",
+                (now, client, location),
+            )
+        return SnapshotChange(added, removed)
+
+    @_locked
+    def known_snapshots(self, client: str, location: str = PRIMARY) -> dict[str, float]:
+        """Snapshot IDs present at the last look, with their arrival (first seen) times."""
+        rows = self.connection.execute(
+            "SELECT snapshot_id, first_seen FROM snapshots"
+            " WHERE client=? AND location=? AND gone_since IS NULL",
+            (client, location),
+        ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    @_locked
+    def record_run(self, run: RunRecord) -> int:
+        """Append a run and update the location's health; return its consecutive failures."""
+        with self.connection:
+            self.connection.execute(
+                "INSERT INTO runs (client, location, trigger, started, finished, ok, files_copied,"
+                " bytes_copied, files_skipped_in_progress, corrupt_files, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.client, run.location, run.trigger, run.started, run.finished, int(run.ok),
+                    run.files_copied, run.bytes_copied, run.files_skipped_in_progress,
+                    json.dumps(run.corrupt_files), run.error,
+                ),
+            )
+            self.connection.execute(
+                "INSERT INTO location_state (client, location) VALUES (?, ?)"
+                " ON CONFLICT (client, location) DO NOTHING",
+                (run.client, run.location),
+            )
+            self.connection.execute(
+                "UPDATE location_state SET last_attempt=?,"
+                " last_success=CASE WHEN ? THEN ? ELSE last_success END,"
+                " last_error=?,"
+                " consecutive_failures=CASE WHEN ? THEN 0 ELSE consecutive_failures + 1 END,"
+                " bytes_copied_total=bytes_copied_total + ?, files_copied_total=files_copied_total + ?"
+                " WHERE client=? AND location=?",
+                (
+                    run.finished, int(run.ok), run.finished, _run_error(run), int(run.ok),
+                    run.bytes_copied, run.files_copied, run.client, run.location,
+                ),
+            )
+            row = self.connection.execute(
+                "SELECT consecutive_failures FROM location_state WHERE client=? AND location=?",
+                (run.client, run.location),
+            ).fetchone()
+        return int(row[0])
+
+    @_locked
+    def location_health(self, client: str) -> dict[str, sqlite3.Row]:
+        rows = self.connection.execute("SELECT * FROM location_state WHERE client=?", (client,)).fetchall()
+        return {row["location"]: row for row in rows}
+
+    @_locked
+    def set_failure_notified(self, client: str, location: str, notified: bool) -> None:
+        with self.connection:
+            self.connection.execute(
+                "UPDATE location_state SET failure_notified=? WHERE client=? AND location=?",
+                (int(notified), client, location),
+            )
+
+    @_locked
+    def replication_lag(self, client: str, location: str, now: float) -> float:
+        """Seconds since the oldest primary snapshot the location lacks arrived; 0 when none."""
+        row = self.connection.execute(
+            "SELECT MIN(p.first_seen) FROM snapshots p WHERE p.client=? AND p.location=?"
+            " AND p.gone_since IS NULL AND NOT EXISTS (SELECT 1 FROM snapshots r"
+            "  WHERE r.client=p.client AND r.location=? AND r.snapshot_id=p.snapshot_id"
+            "  AND r.gone_since IS NULL)",
+            (client, PRIMARY, location),
+        ).fetchone()
+        return max(0.0, now - row[0]) if row and row[0] is not None else 0.0
+
+
+def _run_error(run: RunRecord) -> str | None:
+    if run.error:
+        return run.error
+    if run.corrupt_files:
+        return f"{len(run.corrupt_files)} corrupt file(s) in the source: {', '.join(run.corrupt_files[:3])}"
+    return None
