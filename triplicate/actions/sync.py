@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 from triplicate.config.model import Config
-from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, list_source, mirror
+from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
+                                      mirror)
 from triplicate.errors import TriplicateError, UsageError
 from triplicate.locks import location_lock
 from triplicate.state.db import PRIMARY
@@ -73,31 +74,34 @@ def sync_client(
     source = open_primary(config, client)
     try:
         source.prepare(create=False)
-        listing = list_source(source)
     except StorageError as error:
         raise TriplicateError(f"client '{client}': {error}") from None
     state = ReplicationState(config.server.state_dir)
+    # The source is listed here while each location lists its replica in its own thread.
+    listing: Future[SourceListing] = Future()
+
+    def run(location: str) -> MirrorResult:
+        replica = open_location(config, location, client)
+        location_options = replace(options, workers=replica.connections,
+                                   progress=(progress_for or {}).get(location, options.progress))
+        started = time.time()
+        with location_lock(config.server.state_dir, client, location):
+            result = mirror(source, replica, listing.result, location_options)
+        replica.close()
+        _record(state, client, location, trigger, started, result)
+        return result
+
     try:
-        change = state.record_snapshots(client, PRIMARY, listing.snapshot_ids, listing.listed_at)
-
-        def run(location: str) -> MirrorResult:
-            replica = open_location(config, location, client)
-            location_options = MirrorOptions(
-                workers=replica.connections,
-                in_progress_grace=options.in_progress_grace,
-                stop=options.stop,
-                progress=(progress_for or {}).get(location, options.progress),
-                clock=options.clock,
-            )
-            started = time.time()
-            with location_lock(config.server.state_dir, client, location):
-                result = mirror(source, replica, listing, location_options)
-            replica.close()
-            _record(state, client, location, trigger, started, result)
-            return result
-
         with ThreadPoolExecutor(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
-            results = dict(zip(locations, pool.map(run, locations)))
+            futures = [pool.submit(run, location) for location in locations]
+            try:
+                listing.set_result(list_source(source))
+            except StorageError as error:
+                listing.set_exception(error)
+                raise TriplicateError(f"client '{client}': {error}") from None
+            change = state.record_snapshots(client, PRIMARY, listing.result().snapshot_ids,
+                                            listing.result().listed_at)
+            results = {location: future.result() for location, future in zip(locations, futures)}
     finally:
         state.close()
         source.close()

@@ -86,16 +86,29 @@ class _Stopped(Exception):
     pass
 
 
-def mirror(source: Backend, replica: Backend, listing: SourceListing, options: MirrorOptions) -> MirrorResult:
-    """Copy to ``replica`` what it lacks of ``listing``. Never deletes; never raises StorageError."""
+def mirror(
+    source: Backend,
+    replica: Backend,
+    listing: SourceListing | Callable[[], SourceListing],
+    options: MirrorOptions,
+) -> MirrorResult:
+    """Copy to ``replica`` what it lacks of the source's listing. Never deletes.
+
+    ``listing`` may be a callable that waits for a listing made meanwhile by
+    another thread: the replica is listed first (only this process writes it, under
+    its lock, so its listing may come before the source's). Never raises
+    StorageError: it becomes the result's ``error``.
+    """
     result = MirrorResult()
     started = time.monotonic()
     try:
         replica.prepare(create=True)
         replica.discard_partial_saves()
-        _copy_config(source, replica, listing, result)
         present = {file_type: _names(replica, file_type) for file_type in PHASES}
         result.replica_snapshots = set(present[FileType.SNAPSHOT])
+        if callable(listing):
+            listing = listing()
+        _copy_config(source, replica, listing, result)
         missing = {
             file_type: [info for name, info in listing.files[file_type].items() if name not in present[file_type]]
             for file_type in PHASES

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from triplicate.errors import TriplicateError
@@ -20,13 +19,39 @@ from triplicate.storage.handle import FileType, Handle
 CHUNK_SIZE = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
 class FileInfo:
-    """A listed file: its name (a 64-hex ID, or "" for config), size and modification time."""
+    """A listed file: its name (a 64-hex ID, or "" for config), size and modification time.
 
-    name: str
-    size: int
-    mtime: float | None = None
+    A backend that learns size and time only by asking again (a local folder: one
+    stat per file) subclasses this and overrides ``_resolve``, called on first use,
+    so that a listing that only needs names (the replica's side of a diff) costs
+    no stat.
+    """
+
+    __slots__ = ("name", "_size", "_mtime")
+
+    def __init__(self, name: str, size: int = 0, mtime: float | None = None) -> None:
+        self.name = name
+        self._size: int | None = size
+        self._mtime = mtime
+
+    def _resolve(self) -> None:
+        """Fill ``_size`` and ``_mtime`` when they are None."""
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._resolve()
+        return self._size or 0
+
+    @property
+    def mtime(self) -> float | None:
+        if self._size is None:
+            self._resolve()
+        return self._mtime
+
+    def __repr__(self) -> str:
+        return f"FileInfo({self.name!r}, size={self.size}, mtime={self.mtime})"
 
 
 class StorageError(TriplicateError):

@@ -12,12 +12,13 @@ from typing import BinaryIO
 
 from triplicate.fsutil import fsync_directory
 from triplicate.storage.backend import FileInfo, NotFound, StorageError, copy_verified
-from triplicate.storage.handle import FileType, Handle, is_id
+from triplicate.storage.handle import FileType, Handle
 
 # Saves are written here, inside the repository but in a folder restic never reads,
 # and renamed into place: a final name only ever holds a complete, fsynced file.
 PARTIAL_DIR = ".triplicate-partial"
 _HEX2 = frozenset(f"{value:02x}" for value in range(256))
+_HEX = "0123456789abcdef"
 
 
 class LocalBackend:
@@ -157,14 +158,35 @@ def _scan(folder: Path | str) -> list[os.DirEntry[str]]:
         raise _storage_error(error, Path(folder)) from None
 
 
-def _files(folder: str) -> Iterator[FileInfo]:
-    for entry in _scan(folder):
-        if is_id(entry.name):
-            try:
-                status = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:  # removed since the listing: not there any more
-                continue
-            yield FileInfo(entry.name, status.st_size, status.st_mtime)
+class _ListedFile(FileInfo):
+    """A listed file whose size and time are read (one stat) only when asked for."""
+
+    __slots__ = ("_folder",)
+
+    def __init__(self, name: str, folder: str) -> None:
+        self.name = name
+        self._folder = folder
+        self._size = None
+        self._mtime = None
+
+    def _resolve(self) -> None:
+        try:
+            status = os.stat(os.path.join(self._folder, self.name))
+        except FileNotFoundError:  # removed since the listing: an empty file that loads as NotFound
+            self._size, self._mtime = 0, None
+            return
+        self._size, self._mtime = status.st_size, status.st_mtime
+
+
+def _files(folder: str) -> list[FileInfo]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise _storage_error(error, Path(folder)) from None
+    # is_id inlined: this loop runs once per file of the repository.
+    return [_ListedFile(name, folder) for name in names if len(name) == 64 and not name.strip(_HEX)]
 
 
 def _unlink_quietly(path: str | Path) -> None:
