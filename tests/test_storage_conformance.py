@@ -13,23 +13,67 @@ from pathlib import Path
 
 import pytest
 
+from tests.remote_support import RestServer, S3Server, SshServer, rclone_local_config
+from tests.remote_support import rest_server, s3_server, sshd  # noqa: F401 - fixtures
 from triplicate.storage import Backend, FileType, Handle, NotFound
 from triplicate.storage.backend import CorruptContent, SourceReadError
 from triplicate.storage.local import LocalBackend
 
 
-def make_local(tmp_path: Path) -> Backend:
+def make_local(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
     location = tmp_path / "location"
     location.mkdir()
     return LocalBackend(location / "client")
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"local": make_local}
+def make_sftp(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    from triplicate.storage.sftp import SftpBackend, SftpTarget
+
+    server: SshServer = request.getfixturevalue("sshd")
+    location = tmp_path / "location"
+    location.mkdir()
+    target = SftpTarget("127.0.0.1", server.port, server.user, str(location), server.identity_file,
+                        server.known_hosts_file)
+    return SftpBackend(target, "client", "sftp test location")
+
+
+def make_s3(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    from triplicate.storage.s3 import S3Backend, S3Target
+
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = "conformance"
+    client = server.client()
+    if bucket not in [entry["Name"] for entry in client.list_buckets().get("Buckets", [])]:
+        server.create_bucket(bucket)
+    target = S3Target(server.endpoint, bucket, f"location-{tmp_path.name}", server.region, server.credentials_file)
+    return S3Backend(target, "client", "s3 test location")
+
+
+def make_rest(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    from triplicate.storage.rest import RestBackend, RestTarget
+
+    server: RestServer = request.getfixturevalue("rest_server")
+    target = RestTarget(server.url, server.username, server.password_file)
+    return RestBackend(target, f"client-{tmp_path.name}", "rest test location")
+
+
+def make_rclone(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    from triplicate.storage.rclone import RcloneBackend
+
+    location = tmp_path / "location"
+    location.mkdir()
+    config = rclone_local_config(tmp_path)
+    return RcloneBackend(f"far:{location}", config, "client", "rclone test location")
+
+
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Backend]] = {
+    "local": make_local, "sftp": make_sftp, "s3": make_s3, "rest": make_rest, "rclone": make_rclone,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    instance = BACKENDS[request.param](tmp_path)
+    instance = BACKENDS[request.param](tmp_path, request)
     instance.prepare(create=True)
     yield instance
     instance.close()

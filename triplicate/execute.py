@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -124,7 +125,60 @@ async def run_async(
     return Result(argv, process.returncode or 0, stdout, stderr)
 
 
+def start(argv: list[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a long-running program (a supervisor) in the background; the caller stops it.
+
+    Its output goes where ours goes. Raises CommandFailed when the program is missing.
+    """
+    log.debug("start: %s", describe(argv))
+    try:
+        return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
+
+
+def replace_process(argv: list[str]) -> None:
+    """Become ``argv`` (exec): used to hand the foreground to a supervisor. Never returns.
+
+    Raises CommandFailed when the program is missing or not executable.
+    """
+    log.debug("exec: %s", describe(argv))
+    for stream in (sys.stdout, sys.stderr):  # what we printed must not vanish with our buffers
+        stream.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as error:
+        raise CommandFailed(f"{argv[0]}: cannot run: {error.strerror}") from None
+
+
 def failure_message(result: Result, secrets: Iterable[str] = ()) -> str:
     lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     last = lines[-1].strip() if lines else "no error output"
     return mask(f"{describe(result.argv[:2])} exited with status {result.returncode}: {last}", secrets)
+
+
+def start_server(argv: list[str], *, env: Mapping[str, str] | None = None,
+                 secrets: Iterable[str] = ()) -> subprocess.Popen[bytes]:
+    """Start a long-running server triplicate talks to (``rclone serve restic``), its log on a pipe.
+
+    The caller reads ``process.stderr`` (the server's log: its address, its errors) and
+    stops it with :func:`stop_server`. Raises CommandFailed when the program is missing.
+    """
+    log.debug("start: %s", describe(argv, secrets))
+    try:
+        return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
+
+
+def stop_server(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop a server started by :func:`start_server`: TERM, then KILL after ``timeout``; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

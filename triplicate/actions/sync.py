@@ -13,7 +13,8 @@ from triplicate.errors import TriplicateError, UsageError
 from triplicate.locks import location_lock
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
-from triplicate.storage import StorageError, open_location, open_primary
+from triplicate.state.retention import RetentionState
+from triplicate.storage import FileType, StorageError, open_location, open_primary
 
 
 @dataclass
@@ -38,6 +39,8 @@ class SyncReport:
                     "files_skipped_in_progress": result.files_skipped_in_progress,
                     "corrupt_files": result.corrupt_files,
                     "held_back": result.held_back,
+                    "files_removed": result.files_removed,
+                    "removals_deferred": result.removals_deferred,
                     "seconds": round(result.seconds, 3),
                     "error": result.error,
                 }
@@ -82,12 +85,18 @@ def sync_client(
 
     def run(location: str) -> MirrorResult:
         replica = open_location(config, location, client)
+        deletions = _deletions(config, client, location)
         location_options = replace(options, workers=replica.connections,
-                                   progress=(progress_for or {}).get(location, options.progress))
+                                   progress=(progress_for or {}).get(location, options.progress),
+                                   deletions=deletions)
         started = time.time()
-        with location_lock(config.server.state_dir, client, location):
-            result = mirror(source, replica, listing.result, location_options)
-        replica.close()
+        try:
+            with location_lock(config.server.state_dir, client, location):
+                result = mirror(source, replica, listing.result, location_options)
+        finally:
+            replica.close()
+            if deletions is not None:
+                deletions.state.close()
         _record(state, client, location, trigger, started, result)
         return result
 
@@ -106,6 +115,29 @@ def sync_client(
         state.close()
         source.close()
     return SyncReport(client, results, change)
+
+
+@dataclass
+class _TrackedDeletions:
+    """Deletion propagation for one replica, remembered in the state database."""
+
+    delay: float
+    state: RetentionState
+    client: str
+    location: str
+
+    def absent_since(self, file_type: FileType, extra: set[str], now: float) -> dict[str, float]:
+        return self.state.absent_since(self.client, self.location, file_type.value, extra, now)
+
+    def forget(self, file_type: FileType, names: list[str]) -> None:
+        self.state.forget_absent(self.client, self.location, file_type.value, names)
+
+
+def _deletions(config: Config, client: str, location: str) -> _TrackedDeletions | None:
+    delay = getattr(config.locations[location], "propagate_deletes", None)
+    if delay is None:
+        return None
+    return _TrackedDeletions(delay, RetentionState(config.server.state_dir), client, location)
 
 
 def _record(state: ReplicationState, client: str, location: str, trigger: str, started: float,

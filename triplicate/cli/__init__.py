@@ -18,8 +18,17 @@ from triplicate.errors import EXIT_USAGE, TriplicateError
 
 # name -> "module:attribute" of a click command; one module per command.
 COMMANDS = {
+    "audit": "triplicate.cli.audit:audit",
+    "client": "triplicate.cli.client:client",
     "demo": "triplicate.cli.demo:demo",
+    "init": "triplicate.cli.init:init",
+    "restore-check": "triplicate.cli.restore_check:restore_check",
+    "retention": "triplicate.cli.retention:retention",
+    "status": "triplicate.cli.status:status",
+    "supervise": "triplicate.cli.supervise:supervise",
     "sync": "triplicate.cli.sync:sync",
+    "syncd": "triplicate.cli.syncd:syncd",
+    "systemd-unit": "triplicate.cli.systemd_unit:systemd_unit",
 }
 
 EPILOG = """Exit status: 0 success; 1 the work ran and something failed; 2 bad arguments or

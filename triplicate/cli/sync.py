@@ -66,6 +66,10 @@ def _summarise(report: object) -> None:
             detail = f"corrupt in source: {', '.join(result.corrupt_files)}"
             if result.held_back:
                 detail += f"; {len(result.held_back)} new file(s) that may need them held back"
+        if result.files_removed:
+            detail += f" {result.files_removed} file(s) gone from the primary removed"
+        if result.removals_deferred:
+            detail += f" removals deferred: {result.removals_deferred}"
         if result.files_skipped_in_progress:
             detail += f" {result.files_skipped_in_progress} file(s) still being written, next time"
         table.add_row(

@@ -71,6 +71,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RetentionSettings(Section):
+    """restic's own policy words, judged against each snapshot's arrival on the server."""
+
+    keep_last: int | None = Field(default=None, ge=1)
+    keep_hourly: int | None = Field(default=None, ge=1)
+    keep_daily: int | None = Field(default=None, ge=1)
+    keep_weekly: int | None = Field(default=None, ge=1)
+    keep_monthly: int | None = Field(default=None, ge=1)
+    keep_yearly: int | None = Field(default=None, ge=1)
+    keep_within: Duration | None = None
+    prune: bool = True
+    retention_every: Duration = 86400.0
+    max_remove_percent: Percent = 50.0
+
+
 class ServerSettings(Section):
     state_dir: AbsolutePath = Path("/var/lib/triplicate")
     repos_dir: AbsolutePath = Path("/srv/restic")
@@ -81,6 +96,8 @@ class ServerSettings(Section):
     user: str | None = None
     tls_cert: AbsolutePath | None = None
     tls_key: AbsolutePath | None = None
+    # one watcher per client, or one for all (many clients: docs/server.md, "Sizing")
+    syncd: Literal["per-client", "shared"] = "per-client"
     # replication defaults, overridable per client or location
     workers: int = Field(default=4, ge=1, le=64)
     in_progress_grace: Duration = 300.0
@@ -93,16 +110,95 @@ class ServerSettings(Section):
     expect_backup_every: Duration | None = None
     audit_every: Duration | None = None
     audit_verify_percent: Percent = 0.0
+    retention: RetentionSettings | None = None
 
 
 class LocalLocation(Section):
     type: Literal["local"]
     path: AbsolutePath
     workers: int | None = Field(default=None, ge=1, le=64)
+    # Replicas are append-only unless this is set: a file gone from the primary for
+    # this long is then removed from the replica too (docs/retention.md).
+    propagate_deletes: Duration | None = None
 
 
-Location = Annotated[LocalLocation, Field(discriminator="type")]
-LOCATION_TYPES = ("local",)
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", value):
+        raise ValueError("expected an http:// or https:// URL without user or password (those go in "
+                         "username and password_file / credentials_file)")
+    return value
+
+
+def _rclone_remote(value: str) -> str:
+    if not re.fullmatch(r"[^:\s/][^:]*:\S*", value):
+        raise ValueError("expected an rclone remote such as 'b2:bucket/path' (a configured remote's name, ':', a path)")
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError("a bucket name is 3 to 63 lowercase letters, digits, '.' and '-'")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+RcloneRemote = Annotated[str, AfterValidator(_rclone_remote)]
+BucketName = Annotated[str, AfterValidator(_bucket)]
+
+
+class SftpLocation(Section):
+    """A folder on another machine over SFTP; docs/locations.md."""
+
+    type: Literal["sftp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    path: str = Field(min_length=1)
+    identity_file: AbsolutePath | None = None
+    known_hosts_file: AbsolutePath | None = None
+    workers: int | None = Field(default=None, ge=1, le=64)
+    propagate_deletes: Duration | None = None
+
+
+class S3Location(Section):
+    """A bucket (and prefix) of an S3-compatible object store; docs/locations.md."""
+
+    type: Literal["s3"]
+    endpoint: HttpUrl | None = None
+    bucket: BucketName
+    prefix: str = ""
+    region: str | None = None
+    credentials_file: AbsolutePath | None = None
+    workers: int | None = Field(default=None, ge=1, le=64)
+    propagate_deletes: Duration | None = None
+
+
+class RestLocation(Section):
+    """Another restic REST server (rest-server, rclone serve restic, triplicate); docs/locations.md."""
+
+    type: Literal["rest"]
+    url: HttpUrl
+    username: str | None = None
+    password_file: AbsolutePath | None = None
+    cacert: AbsolutePath | None = None
+    workers: int | None = Field(default=None, ge=1, le=64)
+    propagate_deletes: Duration | None = None
+
+
+class RcloneLocation(Section):
+    """Any rclone remote, reached through ``rclone serve restic``; docs/locations.md."""
+
+    type: Literal["rclone"]
+    remote: RcloneRemote
+    rclone_config: AbsolutePath | None = None
+    workers: int | None = Field(default=None, ge=1, le=64)
+    propagate_deletes: Duration | None = None
+
+
+Location = Annotated[
+    LocalLocation | SftpLocation | S3Location | RestLocation | RcloneLocation, Field(discriminator="type")
+]
+LOCATION_TYPES = ("local", "sftp", "s3", "rest", "rclone")
 
 
 class Canary(Section):
@@ -130,6 +226,7 @@ class ClientSettings(Section):
     password_command: Command | None = None
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
+    retention: RetentionSettings | None = None
 
 
 class NotifySettings(Section):

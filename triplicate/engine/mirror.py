@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, StorageError
 from triplicate.storage.handle import FileType, Handle
@@ -61,6 +62,8 @@ class MirrorResult:
     replica_snapshots: set[str] | None = None
     seconds: float = 0.0
     interrupted: bool = False
+    files_removed: int = 0
+    removals_deferred: str | None = None  # why due deletions did not happen this run
 
 
 class Progress:
@@ -80,6 +83,29 @@ class MirrorOptions:
     stop: threading.Event = field(default_factory=threading.Event)
     progress: Progress = field(default_factory=Progress)
     clock: Callable[[], float] = time.time
+    # None: the replica is append-only (the default). Otherwise files gone from the
+    # primary for ``deletions.delay`` seconds are removed from the replica too.
+    deletions: Deletions | None = None
+
+
+class Deletions(Protocol):
+    """Where deletion propagation remembers since when a replica's file is gone from the primary."""
+
+    delay: float
+
+    def absent_since(self, file_type: FileType, extra: set[str], now: float) -> dict[str, float]:
+        """Record which files are extra now; return when each first was."""
+        ...
+
+    def forget(self, file_type: FileType, names: list[str]) -> None:
+        """The files were removed from the replica."""
+        ...
+
+
+# restic refreshes its lock files every 5 minutes and calls one older than 30 stale.
+STALE_LOCK_SECONDS = 30 * 60
+# Propagated deletions follow restic's own order (forget, then prune): snapshots, index, data.
+DELETION_ORDER = (FileType.SNAPSHOT, FileType.INDEX, FileType.DATA)
 
 
 class _Stopped(Exception):
@@ -124,6 +150,8 @@ def mirror(
                 continue
             _copy_all(source, replica, file_type, todo, options, result)
         result.ok = not result.corrupt_files
+        if options.deletions is not None:
+            _propagate_deletions(source, replica, listing, present, options, result)
     except _Stopped:
         result.interrupted = True
         result.error = "interrupted"
@@ -132,6 +160,52 @@ def mirror(
     finally:
         result.seconds = time.monotonic() - started
     return result
+
+
+def _propagate_deletions(
+    source: Backend,
+    replica: Backend,
+    listing: SourceListing,
+    present: dict[FileType, set[str]],
+    options: MirrorOptions,
+    result: MirrorResult,
+) -> None:
+    """Remove from the replica what the primary has lacked for the configured delay.
+
+    Only after a clean copy, in restic's order (snapshots, index, data), never
+    while the primary holds a live lock (keyless, a prune's exclusive lock looks
+    like any other), and never a file the primary has again.
+    """
+    assert options.deletions is not None
+    now = options.clock()
+    due: dict[FileType, list[str]] = {}
+    for file_type in DELETION_ORDER:
+        extra = present[file_type] - set(listing.files[file_type])
+        since = options.deletions.absent_since(file_type, extra, now)
+        due[file_type] = sorted(name for name, first in since.items() if now - first >= options.deletions.delay)
+    if not any(due.values()):
+        return
+    if result.corrupt_files or result.held_back or result.files_skipped_in_progress:
+        result.removals_deferred = "the copy was not clean"
+        return
+    live = [info.name for info in source.list(FileType.LOCK)
+            if info.mtime is None or now - info.mtime < STALE_LOCK_SECONDS]
+    if live:
+        result.removals_deferred = f"the primary is locked ({len(live)} lock(s))"
+        return
+    for file_type in DELETION_ORDER:
+        removed = []
+        for name in due[file_type]:
+            handle = Handle(file_type, name)
+            try:
+                source.stat(handle)
+                continue  # the primary has it (again): keep it
+            except NotFound:
+                pass
+            replica.remove(handle)
+            removed.append(name)
+        options.deletions.forget(file_type, removed)
+        result.files_removed += len(removed)
 
 
 def _must_hold_back(file_type: FileType, corrupt: list[str]) -> bool:

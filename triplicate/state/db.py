@@ -6,8 +6,12 @@ the CLI and a metrics scrape can read while one of them writes.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 DATABASE_NAME = "state.db"
 # The primary repository's name in tables keyed by location (no location name can
@@ -36,3 +40,36 @@ def connect(state_dir: Path, schema: str = "") -> sqlite3.Connection:
     if schema:
         connection.executescript(schema)
     return connection
+
+
+class Store:
+    """A feature's view of the database: its own tables, one shared connection.
+
+    Subclasses set ``SCHEMA`` (idempotent DDL). The connection may be used by
+    several threads (a sync's locations, a metrics scrape): methods hold
+    ``self._lock`` (or are decorated with :func:`locked`) so that transactions
+    never interleave.
+    """
+
+    SCHEMA = ""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.connection = connect(state_dir, self.SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def locked(method: Method) -> Method:
+    """Run a Store method under the store's lock: one transaction at a time."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,100 @@
+"""The daemon's scheduled checks: audit, restore check and retention, with notifications."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from triplicate.state.audit import last_audit
+from triplicate.state.restore_check import RestoreCheckState
+
+from .conftest import BASE_CONFIG, Server, write_files
+from .syncd_support import DaemonProcess, NotificationSink
+
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def sink() -> NotificationSink:
+    receiver = NotificationSink()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def daemons() -> list[DaemonProcess]:
+    started: list[DaemonProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def start(daemons: list[DaemonProcess], server: Server, client_keys: str, extra: str) -> DaemonProcess:
+    server.write_config(BASE_CONFIG.replace('password_file = "{root}/password"\n',
+                                            'password_file = "{root}/password"\n' + client_keys + "\n") + extra)
+    process = DaemonProcess(server.config_path)
+    daemons.append(process)
+    return process.started()
+
+
+def titles(sink: NotificationSink) -> list[str]:
+    return sink.titles()
+
+
+def test_scheduled_audit_and_restore_check_notify_a_broken_location(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    daemon = start(daemons, server, 'audit_every = "1s"\nrestore_check_every = "1s"',
+                   f'[clients.web01.restore_check]\nfiles = 2\n[notify]\nurls = ["{sink.url}"]\n')
+
+    def restore_checks() -> dict[str, object]:
+        state = RestoreCheckState(server.root / "state")
+        try:
+            return state.last_restore_checks("web01")  # type: ignore[return-value]
+        finally:
+            state.close()
+
+    daemon.wait_until(lambda: (last_audit(server.root / "state", "web01") or None) is not None
+                      and last_audit(server.root / "state", "web01").status == "OK", TIMEOUT, "an OK audit")
+    daemon.wait_until(lambda: {"usb", "nas"} <= set(restore_checks())
+                      and all(record.ok for record in restore_checks().values()), TIMEOUT, "passing restore checks")
+    assert titles(sink) == [], "a healthy first audit and restore check notify nobody"
+
+    daemon.terminate()  # (not while a restore reads the replica: restic would retry for a minute)
+    shutil.rmtree(server.replica("nas"))  # the nas disk loses the client's replica
+    daemon = DaemonProcess(server.config_path)
+    daemons.append(daemon)
+    daemon.started()  # the checks' last runs were stamped: due again a second after them
+    daemon.wait_until(lambda: any(title.startswith("triplicate: audit of web01 at nas is ") for title in titles(sink)),
+                      TIMEOUT, f"an audit notification; got {titles(sink)}")
+    daemon.wait_until(lambda: "triplicate: restore check of web01 at nas FAILED" in titles(sink), TIMEOUT,
+                      f"a restore-check notification; got {titles(sink)}")
+    assert restore_checks()["usb"].ok and not restore_checks()["nas"].ok
+    assert "Traceback" not in daemon.log
+
+
+def test_scheduled_retention_removes_and_says_so(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink, tmp_path: Path
+) -> None:
+    # restic groups snapshots by host and paths: the fixture's snapshot is a group of its
+    # own, and two backups of one more folder are another, of which keep_last = 1 keeps one.
+    def ids() -> set[str]:
+        return set(server.snapshot_ids(server.primary()))
+
+    first = ids()
+    write_files(tmp_path / "more", "two", count=1, size=1 << 20)
+    server.backup(tmp_path / "more")
+    second = ids() - first
+    (tmp_path / "more" / "three").write_text("changed")
+    server.backup(tmp_path / "more")
+    third = ids() - first - second
+    daemon = start(daemons, server, "",
+                   '[clients.web01.retention]\nkeep_last = 1\nmax_remove_percent = 100\nretention_every = "1s"\n'
+                   f'[notify]\nurls = ["{sink.url}"]\n')
+    daemon.wait_until(lambda: ids() == first | third, TIMEOUT, "retention")
+    daemon.wait_until(lambda: "triplicate: retention removed 1 snapshot(s) of web01" in titles(sink), TIMEOUT,
+                      f"a retention notification; got {titles(sink)}")
+    assert server.check_read_data(server.primary()).returncode == 0
+    assert "Traceback" not in daemon.log

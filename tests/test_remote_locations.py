@@ -1,0 +1,460 @@
+"""Remote locations end to end: SFTP, S3, REST and rclone, with real servers on loopback.
+
+sshd is Debian's OpenSSH; the S3 server is moto's *emulator* (moto_server, in memory: the
+S3-compatible server installable here, not AWS itself); the REST server is
+``rclone serve restic``. Each replica is then opened by restic itself, through
+``restic_repository``, to prove it is a valid repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BASE_CONFIG, Server, repository_files, write_files
+from tests.remote_support import (
+    LOOPBACK, RestServer, S3Server, SshServer, free_port, rclone_local_config, rclone_location_toml,
+    rest_server, s3_server, small_disk, sshd, start_rest_server, stop,
+)
+from triplicate.config.load import load_config
+from triplicate.restic import restic_environment
+from triplicate.storage import FileType, Handle, StorageError, open_location, restic_repository
+from triplicate.storage.backend import CorruptContent, FileInfo
+from triplicate.storage.local import LocalBackend
+from triplicate.storage.retry import RetryingBackend, TransientError
+
+__all__ = ["rest_server", "s3_server", "sshd"]  # fixtures, used by name
+
+KINDS = ("sftp", "s3", "rest", "rclone")
+
+
+def unique(tmp_path: Path) -> str:
+    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]
+
+
+def location_toml(kind: str, name: str, server: Server, request: pytest.FixtureRequest) -> str:
+    """A working location ``name`` of ``kind``, fresh for this test."""
+    tag = unique(server.root)
+    if kind == "sftp":
+        folder = server.root / f"{name}-sftp"
+        folder.mkdir()
+        ssh: SshServer = request.getfixturevalue("sshd")
+        return ssh.location_toml(name, folder)
+    if kind == "s3":
+        s3: S3Server = request.getfixturevalue("s3_server")
+        bucket = f"{name}-{tag}"
+        s3.create_bucket(bucket)
+        return s3.location_toml(name, bucket, prefix="replicas")
+    if kind == "rest":
+        rest: RestServer = request.getfixturevalue("rest_server")
+        return rest.location_toml(name, url=f"{rest.url}{name}-{tag}/")
+    folder = server.root / f"{name}-rclone"
+    folder.mkdir()
+    return rclone_location_toml(name, f"far:{folder}", rclone_local_config(server.root))
+
+
+def configure(server: Server, replicate_to: list[str], locations: str, in_progress_grace: str = "5m") -> None:
+    base = BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', f"replicate_to = {json.dumps(replicate_to)}")
+    base = base.replace('in_progress_grace = "5m"', f'in_progress_grace = "{in_progress_grace}"')
+    server.write_config(base + "\n" + locations)
+
+
+def restic_at(server: Server, location: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run restic on the client's repository at ``location`` the way triplicate tells restic to open it."""
+    repository, extra = restic_repository(load_config(server.config_path), location, "web01")
+    env = restic_environment(repository, server.password_file)
+    env.update(extra)
+    return subprocess.run(["restic", "--no-cache", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def snapshot_ids(server: Server, location: str | None) -> list[str]:
+    listed = restic_at(server, location, "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return sorted(snapshot["id"] for snapshot in json.loads(listed.stdout))
+
+
+def sync(server: Server) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = server.cli("sync", "web01", "--json")
+    assert "Traceback" not in result.err and result.out, result.err
+    return result.code, result.json()
+
+
+# -- sync, then restic itself on the replica ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sync_and_incremental_sync_give_a_replica_restic_checks(
+    kind: str, server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    configure(server, ["far"], location_toml(kind, "far", server, request))
+    code, report = sync(server)
+    outcome = report["locations"]["far"]
+    assert code == 0 and outcome["ok"], outcome
+    assert outcome["files_copied"] == len(repository_files(server.primary()))
+    assert snapshot_ids(server, "far") == server.snapshot_ids(server.primary())
+
+    before = set(repository_files(server.primary()))
+    write_files(tmp_path / "more", "two", count=2, size=1 << 20)
+    server.backup(tmp_path / "more")
+    new_files = set(repository_files(server.primary())) - before
+    code, report = sync(server)
+    assert code == 0 and report["locations"]["far"]["files_copied"] == len(new_files)
+    code, report = sync(server)
+    assert code == 0 and report["locations"]["far"]["files_copied"] == 0
+
+    check = restic_at(server, "far", "check", "--read-data")
+    assert check.returncode == 0, check.stderr
+    assert snapshot_ids(server, "far") == server.snapshot_ids(server.primary())
+
+
+def test_audit_and_restore_check_work_on_every_remote_kind(
+    server: Server, request: pytest.FixtureRequest, sshd: SshServer
+) -> None:
+    names = [f"far-{kind}" for kind in KINDS]
+    # Files on a remote cannot be made to look old: no grace, so that the audit verifies them at once.
+    configure(server, names, "".join(location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
+              in_progress_grace="0s")
+    code, report = sync(server)
+    assert code == 0, report
+    content = {path: size for path, size in repository_files(server.primary()).items() if path != "config"}
+
+    audit = server.cli("audit", "--verify", "100", "--restic-check", "--json")
+    assert "Traceback" not in audit.err, audit.err
+    locations = audit.json()["clients"]["web01"]["locations"]
+    for name in names:
+        outcome = locations[name]
+        assert outcome["missing_snapshots"] == outcome["missing_files"] == outcome["corrupt_files"] == [], name
+        assert outcome["verified_files"] == len(content) and outcome["verified_bytes"] == sum(content.values())
+        assert outcome["restic_check"]["ok"], (name, outcome["restic_check"])
+        assert outcome["status"] in ("OK", "WARNING"), (name, outcome["reasons"])
+
+    restore = server.cli("restore-check", "web01", "--files", "3", "--json")
+    assert restore.code == 0, restore.out + restore.err
+    assert set(names) <= set(restore.json()["locations"])
+
+    # A byte flipped on the far side of one location is found there, and only there.
+    replica = server.root / "far-sftp-sftp" / "web01"
+    pack = sorted((replica / "data").glob("*/*"))[0]
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    audit = server.cli("audit", "--verify", "100", "--json")
+    locations = audit.json()["clients"]["web01"]["locations"]
+    assert locations["far-sftp"]["corrupt_files"] == [pack.relative_to(replica).as_posix()]
+    assert all(locations[name]["corrupt_files"] == [] for name in names if name != "far-sftp")
+
+
+# -- failures: each location says what is wrong, the others go on ----------------------------
+
+
+def test_unreachable_servers_and_wrong_credentials_fail_their_location_only(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest, sshd: SshServer,
+    s3_server: S3Server, rest_server: RestServer,
+) -> None:
+    closed = free_port()
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    strange_hosts = tmp_path / "known_hosts"
+    strange_hosts.write_text(f"[{LOOPBACK}]:{sshd.port} {(other_key.with_suffix('.pub')).read_text().split()[0]} "
+                             f"{other_key.with_suffix('.pub').read_text().split()[1]}\n")
+    wrong_s3 = tmp_path / "wrong-s3"
+    wrong_s3.write_text(f"AWS_ACCESS_KEY_ID={s3_server.access_key}\nAWS_SECRET_ACCESS_KEY=not-the-secret\n")
+    wrong_password = tmp_path / "wrong-password"
+    wrong_password.write_text("not the password\n")
+    folder = server.root / "sftp-root"
+    folder.mkdir()
+    bucket = f"exists-{unique(tmp_path)}"
+    s3_server.create_bucket(bucket)
+    rclone_config = rclone_local_config(tmp_path)
+    unreachable = f"http://{LOOPBACK}:{closed}"
+    locations = {  # name: (its settings, what its error must say)
+        "sftp-down": (sshd.location_toml("sftp-down", folder, port=closed), "connection refused"),
+        "sftp-key": (sshd.location_toml("sftp-key", folder, identity_file=str(other_key)), "authentication failed"),
+        "sftp-host": (sshd.location_toml("sftp-host", folder, known_hosts_file=str(strange_hosts)), "host key"),
+        "sftp-folder": (sshd.location_toml("sftp-folder", server.root / "not-mounted"), "does not exist"),
+        "s3-key": (s3_server.location_toml("s3-key", bucket, credentials_file=str(wrong_s3)), "access denied"),
+        "s3-bucket": (s3_server.location_toml("s3-bucket", "no-such-bucket"), "bucket 'no-such-bucket' does not"),
+        "s3-down": (s3_server.location_toml("s3-down", bucket, endpoint=unreachable), "connect"),
+        "rest-password": (rest_server.location_toml("rest-password", password_file=str(wrong_password)),
+                          "authentication failed"),
+        "rest-down": (rest_server.location_toml("rest-down", url=f"{unreachable}/"), "connection refused"),
+        "rclone-folder": (rclone_location_toml("rclone-folder", f"far:{server.root / 'not-mounted'}", rclone_config),
+                          "does not exist"),
+        "rclone-remote": (rclone_location_toml("rclone-remote", "nosuchremote:x", rclone_config),
+                          "rclone cannot reach"),
+    }
+    configure(server, ["usb", *locations], "".join(toml for toml, _ in locations.values()))
+    code, report = sync(server)
+    assert code == 1
+    assert report["locations"]["usb"]["ok"]
+    assert report["locations"]["usb"]["files_copied"] == len(repository_files(server.primary()))
+    for name, (_, expected) in locations.items():
+        outcome = report["locations"][name]
+        assert not outcome["ok"] and outcome["files_copied"] == 0, name
+        assert expected in outcome["error"] and name in outcome["error"], (name, outcome["error"])
+        assert "\n" not in outcome["error"]
+    # Secrets never appear in what is reported.
+    assert s3_server.secret_key not in json.dumps(report)
+    assert rest_server.password_file.read_text().strip() not in json.dumps(report)
+    assert not (server.root / "not-mounted").exists(), "a missing location folder must never be created"
+
+
+def test_a_full_disk_on_the_far_side_fails_that_location_and_leaves_no_partial_file(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest, sshd: SshServer
+) -> None:
+    """S3 is not covered: moto keeps objects in memory, so there is no disk to fill."""
+    with small_disk(tmp_path / "small", "2m") as disk:
+        for name in ("sftp", "rclone", "served"):
+            (disk / name).mkdir()
+        rest = start_rest_server(tmp_path / "rest", root=disk / "served")
+        try:
+            locations = (sshd.location_toml("sftp-full", disk / "sftp")
+                         + rest.location_toml("rest-full")
+                         + rclone_location_toml("rclone-full", f"far:{disk / 'rclone'}", rclone_local_config(tmp_path)))
+            configure(server, ["usb", "sftp-full", "rest-full", "rclone-full"], locations)
+            code, report = sync(server)
+        finally:
+            stop(rest.process)
+        assert code == 1 and report["locations"]["usb"]["ok"]
+        # A REST server (here rclone's) answers a bare 500: the message says what that usually means.
+        for name, expected in (("sftp-full", "disk full"), ("rclone-full", "disk full"),
+                               ("rest-full", "could not store it (500 (Internal Server Error); a full disk")):
+            error = report["locations"][name]["error"] or ""
+            assert expected in error, (name, error)
+        # Whatever is under a final name is complete: its content hashes to its name.
+        for path in disk.rglob("*"):
+            if path.is_file() and len(path.name) == 64:
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, path
+        assert not any((disk / "sftp" / "web01" / ".triplicate-partial").iterdir())
+
+
+def test_bad_remote_settings_are_config_errors_naming_the_key(server: Server) -> None:
+    configure(server, ["far"], '[locations.far]\ntype = "rest"\nurl = "http://user:secret@host/"\n')
+    result = server.cli("sync", "web01")
+    assert result.code == 2 and "locations.far.url" in result.err and "Traceback" not in result.err
+    configure(server, ["far"], '[locations.far]\ntype = "rclone"\nremote = "no-colon"\n')
+    result = server.cli("sync", "web01")
+    assert result.code == 2 and "locations.far.remote" in result.err
+    configure(server, ["far"], '[locations.far]\ntype = "sftp"\nhost = "h"\npath = "/x"\nport = 0\n')
+    result = server.cli("sync", "web01")
+    assert result.code == 2 and "locations.far.port" in result.err
+
+
+# -- backends in detail ----------------------------------------------------------------------
+
+
+def test_s3_large_files_go_as_multipart_uploads_aborted_on_a_mismatch(s3_server: S3Server, tmp_path: Path) -> None:
+    from triplicate.storage.s3 import MIN_PART_SIZE, S3Backend, S3Target
+
+    bucket = f"multipart-{unique(tmp_path)}"
+    s3_server.create_bucket(bucket)
+    backend = S3Backend(S3Target(s3_server.endpoint, bucket, "", None, s3_server.credentials_file), "client",
+                        "s3", part_size=MIN_PART_SIZE, single_put_limit=MIN_PART_SIZE)
+    data = os.urandom(2 * MIN_PART_SIZE + 12345)
+    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+    assert backend.save(handle, io.BytesIO(data)) == len(data)
+    with backend.load(handle, offset=MIN_PART_SIZE - 10, length=20) as reader:
+        assert reader.read() == data[MIN_PART_SIZE - 10:MIN_PART_SIZE + 10]
+
+    wrong = Handle(FileType.DATA, hashlib.sha256(b"something else").hexdigest())
+    with pytest.raises(CorruptContent):
+        backend.save(wrong, io.BytesIO(data))
+    client = s3_server.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert [info.name for info in backend.list(FileType.DATA)] == [handle.name]
+
+    # An upload a crash left open is aborted by the next run.
+    client.create_multipart_upload(Bucket=bucket, Key=f"client/data/00/{'0' * 64}")
+    backend.discard_partial_saves()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    backend.close()
+
+
+def test_rclone_server_runs_only_while_the_location_is_open(tmp_path: Path) -> None:
+    from triplicate.storage.rclone import RcloneBackend
+
+    (tmp_path / "location").mkdir()
+    backend = RcloneBackend(f"far:{tmp_path / 'location'}", rclone_local_config(tmp_path), "client", "rclone")
+    backend.prepare(create=True)
+    process, folder = backend._process, backend._folder
+    assert process is not None and process.poll() is None
+    assert folder is not None and (folder / "htpasswd").stat().st_mode & 0o077 == 0
+    backend.close()
+    assert process.poll() is not None and not folder.exists()
+
+
+def test_sftp_saves_leave_nothing_in_the_partial_folder(sshd: SshServer, tmp_path: Path) -> None:
+    from triplicate.storage.sftp import PARTIAL_DIR, SftpBackend, SftpTarget
+
+    target = SftpTarget(LOOPBACK, sshd.port, sshd.user, str(tmp_path), sshd.identity_file, sshd.known_hosts_file)
+    backend = SftpBackend(target, "client", "sftp", connections=2)
+    backend.prepare(create=True)
+    data = os.urandom(3 << 20)
+    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+    backend.save(handle, io.BytesIO(data))
+    with pytest.raises(CorruptContent):
+        backend.save(Handle(FileType.INDEX, handle.name), io.BytesIO(data + b"!"))
+    assert list((tmp_path / "client" / PARTIAL_DIR).iterdir()) == []
+    assert (tmp_path / "client" / handle.relative_path()).read_bytes() == data
+    assert not (tmp_path / "client" / "index" / handle.name).exists()
+    backend.close()
+
+
+def test_restic_repository_keeps_credentials_out_of_argv(server: Server, s3_server: S3Server,
+                                                        rest_server: RestServer) -> None:
+    configure(server, ["s3", "rest"], s3_server.location_toml("s3", "bucket-name", prefix="p")
+              + rest_server.location_toml("rest"))
+    config = load_config(server.config_path)
+    repository, env = restic_repository(config, "s3", "web01")
+    assert repository == f"s3:{s3_server.endpoint}/bucket-name/p/web01"
+    assert env["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key and s3_server.secret_key not in repository
+    repository, env = restic_repository(config, "rest", "web01")
+    password = rest_server.password_file.read_text().strip()
+    # restic 0.14 reads REST credentials from the URL only: the string goes in RESTIC_REPOSITORY,
+    # and the password is in the environment too, so callers know what to mask.
+    assert repository.startswith("rest:http://mirror:") and repository.endswith("/web01/")
+    assert env["RESTIC_REST_PASSWORD"] == password
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+class Flaky:
+    """A real local backend whose first ``failures`` calls of each kind fail as a dropped connection would."""
+
+    def __init__(self, backend: LocalBackend, failures: int, error: type[StorageError] = TransientError) -> None:
+        self.backend = backend
+        self.description = backend.description
+        self.connections = backend.connections
+        self.failures = failures
+        self.error = error
+        self.calls: dict[str, int] = {}
+
+    def _maybe_fail(self, what: str) -> None:
+        self.calls[what] = self.calls.get(what, 0) + 1
+        if self.calls[what] <= self.failures:
+            raise self.error(f"{what}: connection reset")
+
+    def prepare(self, create: bool) -> None:
+        self._maybe_fail("prepare")
+        self.backend.prepare(create)
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        yield from self.backend.list(file_type)
+        self._maybe_fail("list")  # fails after yielding everything: a retry must not repeat names
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None):  # type: ignore[no-untyped-def]
+        flaky = self
+
+        class Reader:
+            def __init__(self, inner: io.BufferedReader) -> None:
+                self.inner = inner
+
+            def read(self, size: int = -1) -> bytes:
+                data = self.inner.read(size)
+                flaky._maybe_fail("read")
+                return data
+
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened():  # type: ignore[no-untyped-def]
+            with flaky.backend.load(handle, offset, length) as inner:
+                yield Reader(inner)
+
+        return opened()
+
+    def save(self, handle: Handle, source: io.BytesIO) -> int:
+        source.read(10)  # a failure half-way: the retry must start from the beginning again
+        self._maybe_fail("save")
+        source.seek(0)
+        return self.backend.save(handle, source)
+
+    def stat(self, handle: Handle) -> FileInfo:
+        return self.backend.stat(handle)
+
+    def remove(self, handle: Handle) -> None:
+        self.backend.remove(handle)
+
+    def discard_partial_saves(self) -> None:
+        self.backend.discard_partial_saves()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def test_transient_failures_are_retried_with_backoff_and_reads_resume(tmp_path: Path) -> None:
+    (tmp_path / "location").mkdir()
+    flaky = Flaky(LocalBackend(tmp_path / "location" / "client"), failures=2)
+    delays: list[float] = []
+    backend = RetryingBackend(flaky, attempts=4, first_delay=0.5, sleep=delays.append)  # type: ignore[arg-type]
+    backend.prepare(create=True)
+    data = os.urandom(3 << 20)
+    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+    source = io.BytesIO(data)
+    assert backend.save(handle, source) == len(data)
+    assert [info.name for info in backend.list(FileType.DATA)] == [handle.name]
+    with backend.load(handle) as reader:
+        read = b"".join(iter(lambda: reader.read(1 << 20), b""))
+    assert read == data
+    assert delays[:2] == [0.5, 1.0]
+
+
+def test_permanent_failures_are_not_retried_and_retries_end(tmp_path: Path) -> None:
+    (tmp_path / "location").mkdir()
+    delays: list[float] = []
+    denied = Flaky(LocalBackend(tmp_path / "location" / "a"), failures=1, error=StorageError)
+    with pytest.raises(StorageError, match="connection reset"):
+        RetryingBackend(denied, sleep=delays.append).prepare(create=True)  # type: ignore[arg-type]
+    assert denied.calls["prepare"] == 1 and delays == []
+    down = Flaky(LocalBackend(tmp_path / "location" / "b"), failures=99)
+    with pytest.raises(TransientError):
+        RetryingBackend(down, attempts=4, sleep=delays.append).prepare(create=True)  # type: ignore[arg-type]
+    assert down.calls["prepare"] == 4 and delays == [0.5, 1.0, 2.0]
+
+
+def test_open_location_wraps_remote_kinds_in_retries(server: Server, rest_server: RestServer) -> None:
+    configure(server, ["usb", "rest"], rest_server.location_toml("rest"))
+    config = load_config(server.config_path)
+    assert isinstance(open_location(config, "usb", "web01"), LocalBackend)
+    remote = open_location(config, "rest", "web01")
+    assert isinstance(remote, RetryingBackend) and remote.connections == config.server.workers
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServer, tmp_path: Path) -> None:
+    from triplicate.storage.sftp import SftpBackend, SftpTarget
+
+    target = SftpTarget(LOOPBACK, sshd.port, sshd.user, str(tmp_path), sshd.identity_file, sshd.known_hosts_file)
+    delays: list[float] = []
+    backend = RetryingBackend(SftpBackend(target, "client", "sftp", connections=1), sleep=delays.append)
+    backend.prepare(create=True)
+    before = set(children_of(sshd.process.pid))
+    assert before, "sshd serves each connection in a process of its own"
+    for pid in before:  # the server side of our connection dies, as on a network failure
+        os.kill(pid, 9)
+    data = os.urandom(1 << 20)
+    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+    assert backend.save(handle, io.BytesIO(data)) == len(data)
+    assert delays, "the first try failed on the dead connection and was retried"
+    assert (tmp_path / "client" / handle.relative_path()).read_bytes() == data
+    backend.close()

@@ -1,0 +1,241 @@
+"""An audit's result: statuses with their reasons per client and location, as JSON and as metrics.
+
+One model, three renderings: ``to_json`` (``audit --json`` and the state
+database), the table in ``cli/audit.py``, and Prometheus metrics
+(``audit_metric_families``, from the JSON so that stored audits export the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    OK = "OK"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def exit_code(self) -> int:
+        """The monitoring-plugin exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+        return {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[self.value]
+
+
+# When combining, a proven loss outranks a place that could not be looked at, which
+# outranks a delay (the order Icinga sorts problems by).
+SEVERITY = {Status.OK: 0, Status.WARNING: 1, Status.UNKNOWN: 2, Status.CRITICAL: 3}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=SEVERITY.__getitem__, default=Status.OK)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judgement: a status and the reason, in words for the sysadmin. OK findings are notes."""
+
+    status: Status
+    text: str
+
+
+@dataclass
+class LocationAudit:
+    """One location of one client (the ``--json`` fields, and the findings behind its status)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    missing_snapshots: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+    corrupt_files: list[str] = field(default_factory=list)
+    unreadable_files: list[str] = field(default_factory=list)
+    extra_snapshots: list[str] = field(default_factory=list)
+    snapshots: int | None = None  # held here; None when the location could not be listed
+    lag_seconds: float = 0.0
+    newest_snapshot_age_seconds: float | None = None
+    verified_files: int = 0
+    verified_bytes: int = 0
+    not_judged_in_progress: int = 0
+    restic_check: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> Status:
+        return worst(finding.status for finding in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            **_reasons(self.findings),
+            "missing_snapshots": self.missing_snapshots,
+            "missing_files": self.missing_files,
+            "corrupt_files": self.corrupt_files,
+            "unreadable_files": self.unreadable_files,
+            "extra_snapshots": self.extra_snapshots,
+            "snapshots": self.snapshots,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "newest_snapshot_age_seconds": _rounded(self.newest_snapshot_age_seconds),
+            "verified_files": self.verified_files,
+            "verified_bytes": self.verified_bytes,
+            "not_judged_in_progress": self.not_judged_in_progress,
+            "restic_check": self.restic_check,
+        }
+
+
+@dataclass
+class ClientAudit:
+    """One client: its primary's freshness and each location's audit."""
+
+    started: float
+    finished: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    snapshots: int = 0
+    newest_snapshot_age_seconds: float | None = None
+    expect_backup_every: float | None = None
+    locations: dict[str, LocationAudit] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        return worst([*(finding.status for finding in self.findings),
+                      *(location.status for location in self.locations.values())])
+
+    @property
+    def reason(self) -> str:
+        """Everything that is not OK about the client, in one line, its locations named."""
+        parts = [summary(self.findings)] + [
+            f"{name}: {summary(location.findings)}" for name, location in self.locations.items()
+            if location.status is not Status.OK
+        ]
+        return "; ".join(part for part in parts if part)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            **_reasons(self.findings),
+            "snapshots": self.snapshots,
+            "newest_snapshot_age_seconds": _rounded(self.newest_snapshot_age_seconds),
+            "expect_backup_every_seconds": self.expect_backup_every,
+            "started": round(self.started, 3),
+            "finished": round(self.finished, 3),
+            "locations": {name: location.to_json() for name, location in self.locations.items()},
+        }
+
+
+@dataclass
+class AuditReport:
+    started: float
+    finished: float
+    clients: dict[str, ClientAudit]
+
+    @property
+    def status(self) -> Status:
+        return worst(client.status for client in self.clients.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "status": self.status.value,
+            "exit_code": self.status.exit_code,
+            "started": round(self.started, 3),
+            "finished": round(self.finished, 3),
+            "clients": {name: client.to_json() for name, client in self.clients.items()},
+        }
+
+
+
+
+def summary(findings: Iterable[Finding]) -> str:
+    """The reasons for a status in one line ("" when all is well), worst first."""
+    problems = sorted((finding for finding in findings if finding.status is not Status.OK),
+                      key=lambda finding: -SEVERITY[finding.status])
+    return "; ".join(finding.text for finding in problems)
+
+
+def _reasons(findings: list[Finding]) -> dict[str, list[str]]:
+    return {
+        "reasons": [finding.text for finding in findings if finding.status is not Status.OK],
+        "notes": [finding.text for finding in findings if finding.status is Status.OK],
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+# Per (client, location): metric name -> (the location JSON field, help text).
+LOCATION_METRICS = {
+    "triplicate_audit_location_status": ("status", "Audit status of a client's location: 0 OK, 1 WARNING, "
+                                         "2 CRITICAL, 3 UNKNOWN"),
+    "triplicate_audit_missing_snapshots": ("missing_snapshots", "Primary snapshots the location lacks"),
+    "triplicate_audit_missing_files": ("missing_files", "Primary keys/data/index files the location lacks"),
+    "triplicate_audit_corrupt_files": ("corrupt_files", "Files whose content does not hash to their name"),
+    "triplicate_audit_unreadable_files": ("unreadable_files", "Files that could not be read"),
+    "triplicate_audit_lag_seconds": ("lag_seconds", "How long the oldest missing snapshot has been missing"),
+    "triplicate_audit_location_newest_snapshot_age_seconds": (
+        "newest_snapshot_age_seconds", "Age of the newest snapshot at the location (from its arrival)"),
+    "triplicate_audit_verified_files": ("verified_files", "Files re-read and verified by the last audit"),
+    "triplicate_audit_verified_bytes": ("verified_bytes", "Bytes re-read and verified by the last audit"),
+}
+CLIENT_METRICS = {
+    "triplicate_audit_status": ("status", "Audit status of a client (worst of its primary and locations): "
+                                "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"),
+    "triplicate_audit_newest_snapshot_age_seconds": (
+        "newest_snapshot_age_seconds", "Age of the client's newest snapshot on the primary (from its arrival)"),
+    "triplicate_audit_snapshots": ("snapshots", "Snapshots in the client's primary repository"),
+    "triplicate_audit_last_run_timestamp_seconds": ("finished", "When the client's last audit finished"),
+}
+
+
+def audit_metric_families(clients: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """Gauges for ``{client: client JSON}`` (as in ``AuditReport.to_json()["clients"]``).
+
+    A value that is unknown (no snapshot, so no age) is left out rather than exported as 0.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = []
+    for name, (key, text) in CLIENT_METRICS.items():
+        family = GaugeMetricFamily(name, text, labels=["client"])
+        for client, data in clients.items():
+            if (value := _number(data.get(key))) is not None:
+                family.add_metric([client], value)
+        families.append(family)
+    for name, (key, text) in LOCATION_METRICS.items():
+        family = GaugeMetricFamily(name, text, labels=["client", "location"])
+        for client, data in clients.items():
+            for location, values in data.get("locations", {}).items():
+                if (value := _number(values.get(key))) is not None:
+                    family.add_metric([client, location], value)
+        families.append(family)
+    return families
+
+
+def prometheus_text(clients: Mapping[str, Mapping[str, Any]]) -> str:
+    """The node_exporter textfile for ``{client: client JSON}``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(_Families(audit_metric_families(clients)))
+    return generate_latest(registry).decode("utf-8")
+
+
+class _Families:
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self._families)
+
+
+def _number(value: Any) -> float | None:
+    """A JSON field as a metric value: a status as its exit code, a list as its length."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return float(Status(value).exit_code)
+    if isinstance(value, list):
+        return float(len(value))
+    return float(value)

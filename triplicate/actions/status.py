@@ -1,0 +1,151 @@
+"""``triplicate status``: each client's services (runit) and locations (the state database).
+
+A client's status is a list of sections, each a titled list of rows (plain JSON
+values) plus the problems it found. A feature adds its own section by appending
+a collector to :data:`COLLECTORS`; the CLI renders every section the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from triplicate.config.model import Config
+from triplicate.service import runit
+from triplicate.service.layout import SERVICES, Layout
+from triplicate.state.db import PRIMARY
+from triplicate.state.replication import ReplicationState
+from triplicate.units import format_duration
+
+
+@dataclass
+class Section:
+    key: str  # its key in the JSON output
+    title: str
+    rows: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StatusContext:
+    """What every collector may read; ``replication`` is open for reading only."""
+
+    config: Config
+    client: str
+    now: float
+    layout: Layout
+    replication: ReplicationState
+
+
+Collector = Callable[[StatusContext], Section]
+
+
+@dataclass
+class ClientStatus:
+    name: str
+    enabled: bool
+    sections: list[Section]
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for section in self.sections for problem in section.problems]
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"name": self.name, "enabled": self.enabled, "ok": not self.problems,
+                                  "problems": self.problems}
+        result.update({section.key: section.rows for section in self.sections})
+        return result
+
+
+def services_section(context: StatusContext) -> Section:
+    """Each service's runit state and how long it has been in it (its uptime when running)."""
+    layout, name = context.layout, context.client
+    enabled = context.config.clients[name].enabled
+    section = Section("services", "services", [])
+    folders = {"supervisor": layout.client_dir(name)}
+    folders.update({service: layout.service_dir(name, service) for service in SERVICES
+                    if layout.service_dir(name, service).is_dir()})  # no port: no REST endpoint
+    if context.config.server.syncd == "shared":
+        folders["syncd (shared)"] = layout.shared_syncd
+    for service, folder in folders.items():
+        state = runit.service_state(folder)
+        section.rows.append({"service": service, "state": state.state, "pid": state.pid,
+                             "for_seconds": _rounded(state.seconds(context.now))})
+        if enabled and not state.running:
+            section.problems.append(f"{service}: {state.state} (enabled: should run)")
+        elif not enabled and state.state not in ("unsupervised", "absent") and folder != layout.shared_syncd:
+            section.problems.append(f"{service}: still supervised although the client is disabled")
+    return section
+
+
+def locations_section(context: StatusContext) -> Section:
+    """Per location (and the primary): snapshots, newest snapshot's age, lag, last sync."""
+    config, name, now = context.config, context.client, context.now
+    state = context.replication
+    section = Section("locations", "locations", [])
+    primary = state.known_snapshots(name, PRIMARY)
+    newest = max(primary.values(), default=None)
+    section.rows.append({"location": PRIMARY, "snapshots": len(primary),
+                         "newest_age_seconds": _rounded(None if newest is None else now - newest),
+                         "lag_seconds": None, "last_sync": None, "last_sync_age_seconds": None,
+                         "error": None})
+    expect_every = config.effective(name, "expect_backup_every")
+    if expect_every is not None and (newest is None or now - newest > expect_every):
+        section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
+    health = state.location_health(name)
+    max_lag = config.effective(name, "max_lag")
+    for location in config.clients[name].replicate_to:
+        present = state.known_snapshots(name, location)
+        # A snapshot's age is counted from its arrival on the server (snapshot files are
+        # encrypted: triplicate never reads their time), else from its arrival there.
+        arrivals = [primary.get(snapshot, seen) for snapshot, seen in present.items()]
+        newest_here = max(arrivals, default=None)
+        lag = state.replication_lag(name, location, now)
+        row = health.get(location)
+        result, attempt, error = _last_sync(row)
+        section.rows.append({"location": location, "snapshots": len(present),
+                             "newest_age_seconds": _rounded(None if newest_here is None else now - newest_here),
+                             "lag_seconds": _rounded(lag), "last_sync": result,
+                             "last_sync_age_seconds": _rounded(None if attempt is None else now - attempt),
+                             "error": error})
+        if result == "failed":
+            section.problems.append(f"{location}: last sync failed: {error}")
+        if isinstance(max_lag, (int, float)) and lag > max_lag:
+            section.problems.append(f"{location}: replication lag {format_duration(lag)} exceeds "
+                                    f"max_lag {format_duration(max_lag)}")
+    return section
+
+
+def _last_sync(row: Any) -> tuple[str, float | None, str | None]:
+    """("never" | "ok" | "failed", when it was attempted, its error)."""
+    if row is None or row["last_attempt"] is None:
+        return "never", None, None
+    ok = row["last_success"] is not None and row["last_success"] >= row["last_attempt"]
+    return ("ok" if ok else "failed"), row["last_attempt"], row["last_error"]
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
+COLLECTORS: list[Collector] = [services_section, locations_section]
+
+
+def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:
+    """The status of the named clients (all when None). Raises UsageError for an unknown name."""
+    for name in names or []:
+        config.client(name)
+    now = time.time() if now is None else now
+    layout = Layout(config.server.state_dir)
+    replication = ReplicationState(config.server.state_dir)
+    try:
+        statuses = []
+        for name in names or sorted(config.clients):
+            context = StatusContext(config, name, now, layout, replication)
+            sections = [collect(context) for collect in COLLECTORS]
+            statuses.append(ClientStatus(name, config.clients[name].enabled, sections))
+    finally:
+        replication.close()
+    return statuses

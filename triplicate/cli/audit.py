@@ -1,0 +1,155 @@
+"""``triplicate audit [CLIENT]...``: a monitoring check of every client's locations."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from triplicate.cli import AppContext
+from triplicate.cli.output import console, print_json, progress_bars
+from triplicate.errors import EXIT_UNKNOWN
+
+EPILOG = """Exit status (the monitoring-plugin convention): 0 OK; 1 WARNING (a backup or a
+replica is late); 2 CRITICAL (a snapshot or file is missing or corrupt, or backups
+stopped); 3 UNKNOWN (a location or the primary could not be read, or bad arguments
+or configuration). The worst status of all clients and locations wins, CRITICAL
+over UNKNOWN over WARNING."""
+
+# restic's --read-data-subset forms: "n/t", "x%" or a size such as "500M".
+SUBSET = re.compile(r"\d+/\d+|\d+(\.\d+)?%|\d+(\.\d+)?[kKmMgGtT]?")
+
+
+class MonitoringCommand(click.Command):
+    """A command whose bad arguments exit 3 (UNKNOWN), as monitoring plugins must."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as error:
+            error.exit_code = EXIT_UNKNOWN
+            raise
+
+
+def _subset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not SUBSET.fullmatch(value):
+        raise click.BadParameter("expected n/t (e.g. 1/7), a percentage (e.g. 10%) or a size (e.g. 500M)")
+    return value
+
+
+@click.command(cls=MonitoringCommand, epilog=EPILOG)
+@click.argument("clients", nargs=-1, metavar="[CLIENT]...")
+@click.option("--location", "locations", multiple=True, metavar="NAME",
+              help="Only this location (repeatable) [default: each client's locations].")
+@click.option("--verify", "verify_percent", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              metavar="PERCENT", help="Re-read this share of each location's files and check each one's "
+              "SHA-256 against its name; the sample rotates, least recently verified first.")
+@click.option("--restic-check", is_flag=True,
+              help="Also run 'restic check' on each location (needs the client's password_file or "
+              "password_command).")
+@click.option("--read-data-subset", metavar="SUBSET", callback=_subset,
+              help="With --restic-check: restic's --read-data-subset (n/t, x% or a size). Implies --restic-check.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Also write the results as a node_exporter textfile (replaced atomically).")
+@click.pass_obj
+def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...], verify_percent: float,
+          restic_check: bool, read_data_subset: str | None, as_json: bool, prometheus_file: Path | None) -> None:
+    """Check that every snapshot of each CLIENT (default: all) is at each of its locations,
+    fresh and intact.
+
+    Keyless: compares the primary's snapshots and files with each location's,
+    judges how long missing ones have been missing (max_lag) and how old the
+    newest backup is (expect_backup_every), and with --verify re-reads files and
+    checks each one's SHA-256 against its name. Results are stored for 'status'.
+    """
+    from triplicate.actions.audit import AuditOptions, run_audit
+    from triplicate.errors import UsageError
+
+    try:
+        config = app.config
+        with progress_bars(enabled=not as_json) as bars:
+            options = AuditOptions(
+                verify_percent=verify_percent, restic_check=restic_check, read_data_subset=read_data_subset,
+                progress=(lambda client, location: _BarProgress(bars, f"verify {client} at {location}"))
+                if bars else None,
+            )
+            report = run_audit(config, clients, locations, options)
+    except UsageError as error:  # bad configuration or arguments: UNKNOWN, not CRITICAL
+        click.echo(f"triplicate: {error}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    data = report.to_json()
+    if prometheus_file is not None:
+        _write_prometheus(prometheus_file, data["clients"])
+    if as_json:
+        print_json(data)
+    else:
+        _print_tables(report)
+    sys.exit(report.status.exit_code)
+
+
+def _write_prometheus(path: Path, clients: dict[str, Any]) -> None:
+    from triplicate.actions.audit_report import prometheus_text
+    from triplicate.fsutil import atomic_write
+
+    try:
+        atomic_write(path, prometheus_text(clients))
+    except OSError as error:
+        click.echo(f"triplicate: --prometheus {path}: {error.strerror or error}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+
+
+class _BarProgress:
+    """One progress bar per verified location (Rich's Progress is thread-safe)."""
+
+    def __init__(self, bars: Any, name: str) -> None:
+        self._bars = bars
+        self._task = bars.add_task(name, total=None)
+
+    def planned(self, files: int, size: int) -> None:
+        self._bars.update(self._task, total=size)
+
+    def copied(self, size: int) -> None:
+        self._bars.advance(self._task, size)
+
+
+STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta"}
+
+
+def _print_tables(report: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from triplicate.actions.audit_report import summary, worst
+    from triplicate.units import format_bytes, format_duration
+
+    out = console()
+    if not report.clients:
+        out.print("No clients to audit.")
+    for client, audit in report.clients.items():
+        table = Table(title=f"audit {client}: [{STYLE[audit.status]}]{audit.status}[/]", title_justify="left")
+        for column in ("location", "status", "snapshots", "lag", "verified", "reason"):
+            table.add_column(column, justify="right" if column in ("snapshots", "lag") else "left")
+        own = worst(finding.status for finding in audit.findings)
+        age = audit.newest_snapshot_age_seconds
+        newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"
+        table.add_row("(primary)", f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "",
+                      escape(summary(audit.findings) or _notes(audit.findings) or newest))
+        for name, location in audit.locations.items():
+            present = ("" if location.snapshots is None
+                       else f"{audit.snapshots - len(location.missing_snapshots)}/{audit.snapshots}")
+            verified = (f"{location.verified_files} files, {format_bytes(location.verified_bytes)}"
+                        if location.verified_files else "")
+            table.add_row(
+                name, f"[{STYLE[location.status]}]{location.status}[/]", present,
+                format_duration(location.lag_seconds) if location.lag_seconds else "", verified,
+                escape(summary(location.findings) or _notes(location.findings)),
+            )
+        out.print(table)
+
+
+def _notes(findings: list[Any]) -> str:
+    return "; ".join(finding.text for finding in findings)

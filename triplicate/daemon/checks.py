@@ -1,0 +1,126 @@
+"""The daemon's scheduled checks: audit, restore check and retention, per client.
+
+Each is the same action the CLI runs, started by the daemon's scheduler when due
+(intervals from the configuration, last runs remembered across restarts), run in
+a worker thread, and followed by notifications on a change of state: an audit
+going from OK to CRITICAL and back, a restore check failing and recovering, a
+retention run removing snapshots or being refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from triplicate.config.model import Config
+from triplicate.daemon.scheduler import Job
+from triplicate.errors import TriplicateError
+
+log = logging.getLogger("triplicate.daemon")
+
+WEEK = 7 * 86400.0
+Notify = Callable[[str, str], None]
+
+
+def has_key(config: Config, client: str) -> bool:
+    settings = config.client(client)
+    return settings.password_file is not None or settings.password_command is not None
+
+
+def audit_interval(config: Config, client: str) -> float | None:
+    return config.effective(client, "audit_every")  # type: ignore[return-value]
+
+
+def restore_check_interval(config: Config, client: str) -> float | None:
+    """``restore_check_every``; weekly by default when the client has a key, else off."""
+    if not has_key(config, client):
+        return None
+    return config.client(client).restore_check_every or WEEK
+
+
+def retention_interval(config: Config, client: str) -> float | None:
+    """The policy's ``retention_every`` when a policy and a key are configured, else off."""
+    from triplicate.actions.retention import retention_policy
+
+    policy = retention_policy(config, client)
+    return policy.retention_every if policy is not None and has_key(config, client) else None
+
+
+def check_jobs(get_config: Callable[[], Config], send: Notify) -> list[Job]:
+    """The scheduled checks, reading the configuration current when each runs."""
+
+    async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], None]) -> None:
+        try:
+            await asyncio.to_thread(work, get_config(), client, send)
+        except TriplicateError as error:
+            log.warning("%s %s: %s", name, client, error)
+            send(f"triplicate: {name} of {client} could not run", str(error))
+        except Exception:  # a scheduled check must never take the daemon down
+            log.exception("%s %s failed unexpectedly", name, client)
+
+    def job(name: str, interval: Callable[[Config, str], float | None],
+            work: Callable[[Config, str, Notify], None]) -> Job:
+        async def action(client: str) -> None:
+            await in_thread(name, client, work)
+
+        return Job(name, interval, action, persist=True)
+
+    return [
+        job("audit", audit_interval, scheduled_audit),
+        job("restore-check", restore_check_interval, scheduled_restore_check),
+        job("retention", retention_interval, scheduled_retention),
+    ]
+
+
+def scheduled_audit(config: Config, client: str, send: Notify) -> None:
+    """Audit one client with its own verify percentage; notify each change of status."""
+    from triplicate.actions.audit import AuditOptions, run_audit, status_changes
+    from triplicate.state.audit import last_audits
+
+    previous: dict[str, Any] = dict(last_audits(config.server.state_dir))
+    report = run_audit(config, [client], options=AuditOptions(verify_percent=None, record=True))
+    log.info("audit %s: %s", client, report.status.value)
+    for change in status_changes(previous, report):
+        where = f"{change.client} at {change.location}" if change.location else change.client
+        send(f"triplicate: audit of {where} is {change.after}",
+             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}")
+
+
+def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
+    """Restore-check every location of one client; notify failures and recoveries."""
+    from triplicate.actions.restore_check import run_restore_check, select_locations
+    from triplicate.state.restore_check import RestoreCheckState
+
+    state = RestoreCheckState(config.server.state_dir)
+    try:
+        before = {name: record.ok for name, record in state.last_restore_checks(client).items()}
+    finally:
+        state.close()
+    report = run_restore_check(config, client, select_locations(config, client, []))
+    log.info("restore check %s: %s", client, "passed" if report.ok else "FAILED")
+    for location, result in report.locations.items():
+        was = before.get(location)
+        if not result.ok and was is not False:
+            reasons = "; ".join(f"{failure.path}: {failure.reason}" for failure in result.failures[:5])
+            send(f"triplicate: restore check of {client} at {location} FAILED", reasons or "failed")
+        elif result.ok and was is False:
+            send(f"triplicate: restore check of {client} at {location} passes again",
+                 f"{result.files_checked} files restored and checked.")
+
+
+def scheduled_retention(config: Config, client: str, send: Notify) -> None:
+    """Apply one client's retention policy; notify what was removed, or why it was not."""
+    from triplicate.actions.retention import run_retention
+    from triplicate.units import format_bytes
+
+    report = run_retention(config, client)
+    if report.refused or report.error:
+        log.warning("retention %s: %s", client, report.refused or report.error)
+        send(f"triplicate: retention of {client} did not run", str(report.refused or report.error))
+    elif report.removed:
+        log.info("retention %s: removed %d snapshot(s)", client, len(report.removed))
+        send(f"triplicate: retention removed {len(report.removed)} snapshot(s) of {client}",
+             "Removed: " + ", ".join(verdict.id[:8] for verdict in report.removed)
+             + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""))

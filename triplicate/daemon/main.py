@@ -1,0 +1,520 @@
+"""The daemon: detection, one runner per (client, location), hooks, notifications, signals.
+
+Everything happens on one asyncio loop; replication runs are the same
+``sync_client`` the CLI calls, in a thread pool, one location per run so each
+location has its own queue and backoff. ``examine(client)`` is the one place
+that decides whether a client needs a run: a file event, the periodic rescan,
+a start and a re-check of a snapshot still being written all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from triplicate.actions.sync import sync_client
+from triplicate.config.load import load_config
+from triplicate.config.model import Config
+from triplicate.daemon.checks import check_jobs
+from triplicate.daemon.runner import LocationRunner, RunOutcome
+from triplicate.daemon.scheduler import Job, Scheduler
+from triplicate.daemon.watcher import SnapshotWatcher
+from triplicate.engine.mirror import MirrorOptions
+from triplicate.errors import EXIT_UNKNOWN, TriplicateError
+from triplicate.hooks import ChangeEvent, run_on_change
+from triplicate.notify import notify
+from triplicate.state.daemon import DaemonState
+from triplicate.state.db import PRIMARY
+from triplicate.state.replication import ReplicationState
+from triplicate.storage.handle import is_id
+from triplicate.units import format_bytes, format_duration
+
+log = logging.getLogger("triplicate.daemon")
+
+# Replication runs at once across all clients and locations (each copies with its own workers).
+MAX_PARALLEL_RUNS = 8
+# On SIGTERM, runs get this long to stop between two files before they are abandoned.
+STOP_GRACE_SECONDS = 5.0
+# A snapshot file still being written is looked at again after 0.2 s, 0.4 s, ... up to 5 s.
+RECHECK_FIRST = 0.2
+RECHECK_MAX = 5.0
+# Snapshot files are a few kB; a bigger one is left to the mirror's own verification.
+MAX_HASHED_SNAPSHOT = 64 << 20
+
+
+class CannotRun(TriplicateError):
+    exit_code = EXIT_UNKNOWN
+
+
+@dataclass
+class ClientState:
+    """What the daemon keeps in memory per served client."""
+
+    name: str
+    runners: dict[str | None, LocationRunner] = field(default_factory=dict)
+    # Snapshot IDs whose file hashed to its name: never hashed again.
+    complete: set[str] = field(default_factory=set)
+    # The snapshot names at the last examination that found nothing to do.
+    in_sync: frozenset[str] | None = None
+    recheck: asyncio.TimerHandle | None = None
+    recheck_delay: float = RECHECK_FIRST
+    latest: dict[str | None, RunOutcome] = field(default_factory=dict)
+    hook_task: asyncio.Task[None] | None = None
+    hook_again: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """No run going or queued and no snapshot waiting to be complete: time for the hook."""
+        return self.recheck is None and not any(runner.busy for runner in self.runners.values())
+
+
+class Daemon:
+    """``triplicate syncd``: serve ``names`` (empty: every enabled client) until stopped."""
+
+    def __init__(self, config_path: Path, config: Config, names: list[str] | tuple[str, ...] = (),
+                 events: bool = True, metrics_listen: str | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.names = list(names)
+        self.events = events
+        self.metrics_listen = metrics_listen
+        self.clients: dict[str, ClientState] = {}
+        self.stopping = False
+        self.started = threading.Event()  # set once serving: for tests and embedding
+        self._stop_flag = threading.Event()  # MirrorOptions.stop: copies stop between files
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._executor = ThreadPoolExecutor(MAX_PARALLEL_RUNS, thread_name_prefix="sync")
+        self._notifier = ThreadPoolExecutor(1, thread_name_prefix="notify")
+        self._background: set[asyncio.Future[Any]] = set()
+        self.watcher: SnapshotWatcher | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._metrics_server: Any = None
+        self.replication: ReplicationState | None = None
+        self.daemon_state: DaemonState | None = None
+        self.scheduler: Scheduler | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop soon; callable from any thread or a signal handler."""
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    def request_reload(self) -> None:
+        """Reload the configuration file soon; callable from any thread or a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.reload)
+
+    async def run(self) -> int:
+        """Serve until stopped; return how many runs had to be abandoned (0: clean stop).
+
+        Raises CannotRun when the metrics address cannot be served.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        state_dir = self.config.server.state_dir
+        self.replication = ReplicationState(state_dir)
+        self.daemon_state = DaemonState(state_dir)
+        self.scheduler = Scheduler(self.daemon_state)
+        self.scheduler.add_job(Job("rescan", _poll_interval, self._rescan, persist=False))
+        for job in check_jobs(lambda: self.config, self.send):  # audit, restore check, retention
+            self.scheduler.add_job(job)
+        if self.metrics_listen:
+            self._start_metrics(self.metrics_listen)
+        if threading.current_thread() is threading.main_thread():
+            self._loop.add_signal_handler(signal.SIGTERM, self._stopped.set)
+            self._loop.add_signal_handler(signal.SIGINT, self._stopped.set)
+            self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.events:
+            self.watcher = SnapshotWatcher(self.examine)
+            self._watch_task = self._loop.create_task(self.watcher.run(), name="watcher")
+        self._apply(self.config)
+        log.info("syncd started (pid %d): %d client(s), detection by %s, rescan every %s%s",
+                 os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
+                 format_duration(self.config.server.poll_interval),
+                 f", metrics on {self.metrics_listen}" if self.metrics_listen else "")
+        self.started.set()
+        await self._stopped.wait()
+        return await self._shutdown()
+
+    def _start_metrics(self, listen: str) -> None:
+        from triplicate.metrics import ReplicationCollector, serve
+
+        collector = ReplicationCollector(self.config.server.state_dir, self.metric_pairs, self.queue_length)
+        try:
+            self._metrics_server = serve(listen, collector)
+        except OSError as error:
+            raise CannotRun(f"--metrics-listen {listen}: {error.strerror or error}") from None
+
+    async def _shutdown(self) -> int:
+        self.stopping = True
+        self._stop_flag.set()
+        running = [runner for state in self.clients.values() for runner in state.runners.values()
+                   if runner.running]
+        log.info("stopping: %d run(s) in progress finish their current file", len(running))
+        if self.watcher is not None:
+            self.watcher.stop()
+        pending: list[asyncio.Future[Any]] = list(self.scheduler.stop()) if self.scheduler else []
+        for state in self.clients.values():
+            if state.recheck is not None:
+                state.recheck.cancel()
+            for runner in state.runners.values():
+                runner.close()
+            if state.hook_task is not None and not state.hook_task.done():
+                state.hook_task.cancel()  # kills the hook's process
+                pending.append(state.hook_task)
+        tasks = [runner.task for runner in running if runner.task is not None]
+        waited = [*tasks, *pending] + ([self._watch_task] if self._watch_task else [])
+        if waited:
+            await asyncio.wait(waited, timeout=STOP_GRACE_SECONDS)
+        abandoned = [task for task in tasks if not task.done()]
+        for task in abandoned:
+            task.cancel()
+        if self._watch_task is not None and not self._watch_task.done():
+            self._watch_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._notifier.shutdown(wait=False, cancel_futures=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        for database in (self.replication, self.daemon_state):
+            if database is not None:
+                database.close()
+        if abandoned:
+            log.warning("stopped; abandoned %d run(s) still copying (their partial files are "
+                        "discarded by the next run)", len(abandoned))
+        else:
+            log.info("stopped")
+        return len(abandoned)
+
+    def reload(self) -> None:
+        """SIGHUP: apply a new configuration file; keep the old one if the new one is bad."""
+        if self.stopping:
+            return
+        try:
+            config = load_config(self.config_path)
+        except TriplicateError as error:
+            log.error("reload: %s; keeping the previous configuration", _one_line(str(error)))
+            return
+        if config.server.state_dir != self.config.server.state_dir:
+            log.error("reload: server.state_dir changed (%s); that needs a restart, keeping the "
+                      "previous configuration", config.server.state_dir)
+            return
+        self.config = config
+        self._apply(config)
+        for state in self.clients.values():
+            for runner in state.runners.values():
+                runner.retry_now()  # the operator may have just fixed a location
+        log.info("reload: configuration applied, %d client(s) served", len(self.clients))
+
+    # ---- what is served ---------------------------------------------------------------------
+
+    def served(self, config: Config) -> list[str]:
+        """The clients to serve under ``config``: the named ones, else all; enabled only."""
+        chosen = []
+        for name in self.names or sorted(config.clients):
+            settings = config.clients.get(name)
+            if settings is None:
+                log.warning("client %s is no longer in the configuration: not served", name)
+            elif not settings.enabled:
+                log.info("client %s is disabled: not served", name)
+            else:
+                chosen.append(name)
+        return chosen
+
+    def _apply(self, config: Config) -> None:
+        """Make runners, watches and jobs match ``config`` (on start and on every reload)."""
+        assert self.replication is not None and self.scheduler is not None
+        served = self.served(config)
+        for name in [name for name in self.clients if name not in served]:
+            self._forget_client(self.clients.pop(name))
+            log.info("client %s: no longer served", name)
+        added = []
+        for name in served:
+            state = self.clients.get(name)
+            if state is None:
+                state = self.clients[name] = ClientState(name)
+                added.append(name)
+            wanted: list[str | None] = list(config.clients[name].replicate_to) or [None]
+            for location in [location for location in state.runners if location not in wanted]:
+                state.runners.pop(location).close()
+            health = self.replication.location_health(name)
+            fresh = []
+            for location in wanted:
+                if location not in state.runners:
+                    runner = LocationRunner(name, location, self._execute, self._finished,
+                                            self._max_backoff)
+                    row = health.get(location) if location else None
+                    if row is not None:
+                        runner.failures = row["consecutive_failures"]
+                        runner.notified = bool(row["failure_notified"])
+                    state.runners[location] = runner
+                    fresh.append(runner)
+            state.in_sync = None
+            if name not in added:
+                for runner in fresh:
+                    runner.request("start")
+        for name in added:
+            for runner in self.clients[name].runners.values():
+                if runner.failures:
+                    runner.request("start")  # it was failing when we stopped: try again now
+        if self.watcher is not None:
+            self.watcher.set_clients(config.server.repos_dir, served)  # examines added clients once armed
+        else:
+            for name in added:
+                self.examine(name, "start")
+        self.scheduler.schedule(config, served)
+
+    def _forget_client(self, state: ClientState) -> None:
+        for runner in state.runners.values():
+            runner.close()
+        if state.recheck is not None:
+            state.recheck.cancel()
+
+    def _max_backoff(self) -> float:
+        return float(self.config.server.retry_max_backoff)
+
+    # ---- detection --------------------------------------------------------------------------
+
+    async def _rescan(self, client: str) -> None:
+        """The safety net: a periodic look at the client's snapshots whatever the events said."""
+        if self.watcher is not None:
+            self.watcher.refresh([client])
+        self.examine(client, "poll")
+
+    def examine(self, client: str, trigger: str) -> None:
+        """Compare the primary's snapshot files with what each location is known to hold;
+        request a run for each location that lacks something. Cheap: one folder listing,
+        a few indexed queries, and a hash of each new snapshot file (a few kB)."""
+        state = self.clients.get(client)
+        if state is None or self.stopping or self.replication is None:
+            return
+        folder = self.config.primary_dir(client) / "snapshots"
+        names = _snapshot_names(folder)
+        quiet = not any(runner.busy or runner.waiting_to_retry for runner in state.runners.values())
+        if trigger == "poll" and quiet and state.in_sync == names:
+            return  # nothing changed since everything was known to be in place
+        known_primary = set(self.replication.known_snapshots(client, PRIMARY))
+        known_at = {location: set(self.replication.known_snapshots(client, location))
+                    for location in state.runners if location is not None}
+        to_verify = {snapshot for snapshot in names - state.complete
+                     if snapshot not in known_primary or any(snapshot not in held for held in known_at.values())}
+        in_progress = set()
+        now = time.time()
+        for snapshot in sorted(to_verify):
+            status = _snapshot_status(folder / snapshot, now, self.config.server.in_progress_grace)
+            if status == "in_progress":
+                in_progress.add(snapshot)
+            elif status == "gone":
+                names.discard(snapshot)
+            else:  # complete, or corrupt: the mirror holds a corrupt one back and reports it
+                state.complete.add(snapshot)
+        state.complete &= names
+        ready = names - in_progress
+        changed = ready != known_primary - in_progress
+        requested = False
+        for location, runner in state.runners.items():
+            held = known_primary if location is None else known_at[location]
+            if changed or not ready <= held:
+                runner.request(trigger)
+                requested = True
+        if in_progress:
+            log.info("%s: snapshot %s still being written; looking again in %.1fs", client,
+                     ", ".join(sorted(snapshot[:8] for snapshot in in_progress)), state.recheck_delay)
+            self._recheck_later(state)
+        else:
+            state.recheck_delay = RECHECK_FIRST
+        if not requested and not in_progress:
+            state.in_sync = frozenset(names)
+            if state.settled:
+                self._maybe_run_hook(state)
+        else:
+            state.in_sync = None
+
+    def _recheck_later(self, state: ClientState) -> None:
+        if state.recheck is not None or self._loop is None:
+            return
+
+        def due() -> None:
+            state.recheck = None
+            self.examine(state.name, "recheck")
+
+        state.recheck = self._loop.call_later(state.recheck_delay, due)
+        state.recheck_delay = min(state.recheck_delay * 2, RECHECK_MAX)
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    async def _execute(self, runner: LocationRunner, trigger: str) -> RunOutcome:
+        """One run of ``sync_client`` for one location, in the pool; never raises TriplicateError."""
+        state = self.clients.get(runner.client)
+        if state is not None:
+            state.in_sync = None
+        config = self.config
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
+        locations = [runner.location] if runner.location is not None else []
+        started = time.monotonic()
+        call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options)
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except TriplicateError as error:
+            return RunOutcome(False, str(error), trigger, seconds=time.monotonic() - started)
+        if runner.location is None:
+            return RunOutcome(True, None, trigger, seconds=time.monotonic() - started)
+        result = report.locations[runner.location]
+        error = None
+        if not result.ok and self.replication is not None:  # as sync_client recorded it
+            health = self.replication.location_health(runner.client).get(runner.location)
+            error = (health["last_error"] if health is not None else None) or result.error or "failed"
+        return RunOutcome(result.ok, error, trigger, result.files_copied, result.bytes_copied,
+                          result.seconds, result.interrupted)
+
+    def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
+        """After each run: one log line, failure/recovery notifications, maybe the hook."""
+        if outcome.interrupted:
+            log.info("%s: stopped [%s]", runner.name, outcome.trigger)
+        elif outcome.ok:
+            what = (f"copied {outcome.files_copied} file(s), {format_bytes(outcome.bytes_copied)}"
+                    if outcome.files_copied else "up to date")
+            log.info("%s: %s in %.2fs [%s]", runner.name, what, outcome.seconds, outcome.trigger)
+        else:
+            log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
+                        format_duration(runner.retry_delay), outcome.trigger, outcome.error)
+        self._report_health(runner, outcome)
+        state = self.clients.get(runner.client)
+        if state is None or state.runners.get(runner.location) is not runner:
+            return
+        state.latest[runner.location] = outcome
+        if state.settled:
+            self._maybe_run_hook(state)
+
+    def _report_health(self, runner: LocationRunner, outcome: RunOutcome) -> None:
+        """Tell people once when a location starts failing and once when it recovers."""
+        if outcome.interrupted:
+            return
+        threshold = self.config.notify.after_failures
+        if not outcome.ok and runner.failures >= threshold and not runner.notified:
+            self._set_notified(runner, True)
+            self.send(f"triplicate: {runner.name} is failing",
+                      f"{runner.failures} replication attempts in a row failed; the last error: "
+                      f"{outcome.error}. Retrying with backoff (next in "
+                      f"{format_duration(runner.retry_delay)}).")
+        elif outcome.ok and runner.notified:
+            self._set_notified(runner, False)
+            self.send(f"triplicate: {runner.name} recovered",
+                      f"Replication to {runner.location} works again ({outcome.trigger} run succeeded).")
+
+    def _set_notified(self, runner: LocationRunner, notified: bool) -> None:
+        runner.notified = notified
+        if runner.location is not None and self.replication is not None:
+            self.replication.set_failure_notified(runner.client, runner.location, notified)
+
+    def send(self, title: str, body: str) -> None:
+        """Notify in the background (apprise blocks on the network); never raises."""
+        if not self.config.notify.urls or self._loop is None or self.stopping:
+            return
+        future = self._loop.run_in_executor(self._notifier, notify, self.config.notify, title, body)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    def _maybe_run_hook(self, state: ClientState) -> None:
+        if self.stopping or not self.config.effective(state.name, "on_change"):
+            return
+        if state.hook_task is not None and not state.hook_task.done():
+            state.hook_again = True  # look again when the running hook is done
+            return
+        assert self._loop is not None
+        state.hook_task = self._loop.create_task(self._run_hooks(state), name=f"hook {state.name}")
+
+    async def _run_hooks(self, state: ClientState) -> None:
+        """Run the client's hook for what changed since its last run, until nothing has."""
+        assert self.replication is not None and self.daemon_state is not None
+        client = state.name
+        while True:
+            state.hook_again = False
+            if self.clients.get(client) is not state:  # no longer served (a reload)
+                return
+            command = self.config.effective(client, "on_change")
+            if not command:
+                return
+            current = set(self.replication.known_snapshots(client, PRIMARY))
+            baseline = self.daemon_state.hook_baseline(client) or set()
+            added, removed = sorted(current - baseline), sorted(baseline - current)
+            if not added and not removed:
+                return
+            locations: dict[str, dict[str, object]] = {}
+            for location, runner in state.runners.items():
+                if location is None:
+                    continue
+                held = self.replication.known_snapshots(client, location)
+                ok = runner.failures == 0 and all(snapshot in held for snapshot in added)
+                latest = state.latest.get(location)
+                error = None if ok else (latest.error if latest and latest.error else "not replicated yet")
+                locations[location] = {"ok": ok, "error": error}
+            event = ChangeEvent(client, added, removed, all(item["ok"] for item in locations.values()),
+                                locations)
+            outcome = await run_on_change(list(command), event, self.config.server.hook_timeout)  # type: ignore[arg-type]
+            self.daemon_state.record_hook_run(client, current, time.time(), outcome.ok)
+            if not outcome.ok:
+                self.send(f"triplicate: on_change hook of {client} failed", outcome.error or "failed")
+            if not (state.hook_again and state.settled):
+                return
+
+    # ---- metrics ----------------------------------------------------------------------------
+
+    def metric_pairs(self) -> list[tuple[str, str]]:
+        """(client, location) pairs served now. Called from the metrics thread: copies first."""
+        return [(name, location) for name, state in list(self.clients.items())
+                for location in list(state.runners) if location is not None]
+
+    def queue_length(self, client: str, location: str) -> int:
+        state = self.clients.get(client)
+        runner = state.runners.get(location) if state is not None else None
+        return runner.queue_length if runner is not None else 0
+
+
+def _poll_interval(config: Config, client: str) -> float | None:
+    return float(config.effective(client, "poll_interval"))  # type: ignore[arg-type]
+
+
+def _snapshot_names(folder: Path) -> set[str]:
+    try:
+        return {name for name in os.listdir(folder) if is_id(name)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError as error:
+        log.warning("cannot list %s: %s", folder, error.strerror)
+        return set()
+
+
+def _snapshot_status(path: Path, now: float, grace: float) -> str:
+    """"complete" when the file hashes to its name; "in_progress" when it does not and was
+    modified within ``grace`` (rclone's REST server writes in place); else "corrupt";
+    "gone" when it vanished."""
+    try:
+        with open(path, "rb") as file:
+            modified = os.fstat(file.fileno()).st_mtime
+            content = file.read(MAX_HASHED_SNAPSHOT + 1)
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return "complete"  # unreadable: let the run try and report it
+    if len(content) > MAX_HASHED_SNAPSHOT or hashlib.sha256(content).hexdigest() == path.name:
+        return "complete"
+    return "in_progress" if now - modified < grace else "corrupt"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
