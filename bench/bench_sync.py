@@ -7,7 +7,8 @@ copy and a no-change run, plus a no-change run over a synthetic repository of
 50,000 files, and `triplicate --help`. Prints a Markdown report of ratios (the
 numbers that matter across machines) with the medians behind them.
 
-    .venv/bin/python bench/bench_sync.py --size-mb 1100 --runs 3 > bench/out/sync.md
+    .venv/bin/python bench/bench_sync.py --size-mb 1100 --runs 5 > bench/out/sync.md
+    .venv/bin/python bench/bench_sync.py --size-mb 1100 --runs 5 --data mixed > bench/out/sync-mixed.md
 
 Needs: restic, rclone, rsync, hyperfine (Debian packages).
 """
@@ -47,12 +48,32 @@ def hyperfine(commands: dict[str, str], runs: int, prepare: dict[str, str] | Non
     return {result["command"]: result["median"] for result in results}
 
 
-def make_data(folder: Path, megabytes: int, prefix: str) -> None:
+def make_data(folder: Path, megabytes: int, prefix: str, kind: str = "random") -> None:
+    """``random``: 64 MB files of random bytes (incompressible: the worst case for the
+    ratios, as restic copy then does the least work per byte). ``mixed``: half of it
+    such files, half text files of 64 kB to 1 MB that compress as documents and logs do."""
+    import random
+
     folder.mkdir(parents=True, exist_ok=True)
     chunk = 64
-    for index in range(0, megabytes, chunk):
-        size = min(chunk, megabytes - index)
+    random_part = megabytes if kind == "random" else megabytes // 2
+    for index in range(0, random_part, chunk):
+        size = min(chunk, random_part - index)
         (folder / f"{prefix}-{index:05d}.bin").write_bytes(os.urandom(size << 20))
+    if kind == "random":
+        return
+    generator = random.Random(f"{prefix}{megabytes}")
+    vocabulary = ["".join(generator.choices("abcdefghijklmnopqrstuvwxyz", k=generator.randint(2, 10)))
+                  for _ in range(20_000)]
+    text = folder / f"{prefix}-text"
+    text.mkdir(exist_ok=True)
+    written, number = 0, 0
+    while written < (megabytes - random_part) << 20:
+        words = generator.choices(vocabulary, k=generator.randint(10_000, 150_000))
+        content = " ".join(words).encode()
+        (text / f"{number:06d}.txt").write_bytes(content)
+        written += len(content)
+        number += 1
 
 
 def make_synthetic_repository(root: Path, files: int) -> None:
@@ -75,6 +96,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--synthetic-files", type=int, default=50_000)
     parser.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp folder)")
+    parser.add_argument("--data", choices=("random", "mixed"), default="random",
+                        help="random: incompressible files; mixed: half of it compressible text")
     arguments = parser.parse_args()
     triplicate = shutil.which("triplicate") or str(Path(sys.executable).parent / "triplicate")
     work = Path(arguments.workdir or tempfile.mkdtemp(prefix="triplicate-bench-"))
@@ -94,7 +117,7 @@ def main() -> None:
     )
     q = shlex.quote
     print(f"building a {arguments.size_mb} MB repository in {work}", file=sys.stderr)
-    make_data(work / "data", arguments.size_mb, "first")
+    make_data(work / "data", arguments.size_mb, "first", arguments.data)
     sh(f"restic init -q -r {q(str(source))}")
     sh(f"restic -q -r {q(str(source))} backup {q(str(work / 'data'))}")
 
@@ -130,7 +153,7 @@ def main() -> None:
         base = work / f"base-{keys[name]}"
         sh(f"rm -rf {q(str(base))} && cp -a {q(str(destinations[keys[name]]))} {q(str(base))}")
         bases[name] = base
-    make_data(work / "data", arguments.increment_mb, "second")
+    make_data(work / "data", arguments.increment_mb, "second", arguments.data)
     sh(f"restic -q -r {q(str(source))} backup {q(str(work / 'data'))}")
     incremental = hyperfine(commands, arguments.runs, {name: reset(name, bases[name]) for name in commands}, work)
     for name in commands:  # bring every destination up to date for the no-change run
@@ -156,7 +179,7 @@ def main() -> None:
 def report(arguments: argparse.Namespace, size: int, full: dict[str, float], incremental: dict[str, float],
            no_change: dict[str, float], many: dict[str, float], help_time: dict[str, float]) -> None:
     t = "triplicate sync"
-    print(f"Repository: {size / 1e6:.0f} MB ({arguments.size_mb} MB of random files), then a "
+    print(f"Repository: {size / 1e6:.0f} MB ({arguments.size_mb} MB of {arguments.data} data), then a "
           f"{arguments.increment_mb} MB increment; {arguments.runs} runs each; medians.\n")
     print("| run | " + " | ".join(full) + " |")
     print("|---|" + "---:|" * len(full))

@@ -90,7 +90,7 @@ class Server:
         )
 
     def snapshot_ids(self, repo: Path) -> list[str]:
-        output = self.restic(repo, "snapshots", "--json").stdout
+        output = self.restic(repo, "--no-lock", "snapshots", "--json").stdout  # never waits on a lock
         return sorted(snapshot["id"] for snapshot in json.loads(output))
 
     def backup(self, data: Path, client: str = "web01") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from triplicate.state.audit import last_audit
 from triplicate.state.restore_check import RestoreCheckState
 
 from .conftest import BASE_CONFIG, Server, write_files
-from .syncd_support import DaemonProcess, NotificationSink
+from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port  # noqa: F401 (fixture)
 
 TIMEOUT = 60.0
 
@@ -23,18 +24,10 @@ def sink() -> NotificationSink:
     receiver.close()
 
 
-@pytest.fixture
-def daemons() -> list[DaemonProcess]:
-    started: list[DaemonProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-def start(daemons: list[DaemonProcess], server: Server, client_keys: str, extra: str) -> DaemonProcess:
+def start(daemons: list[DaemonProcess], server: Server, client_keys: str, extra: str, *args: str) -> DaemonProcess:
     server.write_config(BASE_CONFIG.replace('password_file = "{root}/password"\n',
                                             'password_file = "{root}/password"\n' + client_keys + "\n") + extra)
-    process = DaemonProcess(server.config_path)
+    process = DaemonProcess(server.config_path, *args)
     daemons.append(process)
     return process.started()
 
@@ -46,8 +39,10 @@ def titles(sink: NotificationSink) -> list[str]:
 def test_scheduled_audit_and_restore_check_notify_a_broken_location(
     server: Server, daemons: list[DaemonProcess], sink: NotificationSink
 ) -> None:
+    port = free_port()
     daemon = start(daemons, server, 'audit_every = "1s"\nrestore_check_every = "1s"',
-                   f'[clients.web01.restore_check]\nfiles = 2\n[notify]\nurls = ["{sink.url}"]\n')
+                   f'[clients.web01.restore_check]\nfiles = 2\n[notify]\nurls = ["{sink.url}"]\n',
+                   "--metrics-listen", f"127.0.0.1:{port}")
 
     def restore_checks() -> dict[str, object]:
         state = RestoreCheckState(server.root / "state")
@@ -61,6 +56,10 @@ def test_scheduled_audit_and_restore_check_notify_a_broken_location(
     daemon.wait_until(lambda: {"usb", "nas"} <= set(restore_checks())
                       and all(record.ok for record in restore_checks().values()), TIMEOUT, "passing restore checks")
     assert titles(sink) == [], "a healthy first audit and restore check notify nobody"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'triplicate_audit_status{client="web01"} 0.0' in metrics
+    assert 'triplicate_audit_location_status{client="web01",location="nas"} 0.0' in metrics
+    assert 'triplicate_restore_check_last_success_timestamp_seconds{client="web01",location="usb"}' in metrics
 
     daemon.terminate()  # (not while a restore reads the replica: restic would retry for a minute)
     shutil.rmtree(server.replica("nas"))  # the nas disk loses the client's replica
@@ -72,6 +71,11 @@ def test_scheduled_audit_and_restore_check_notify_a_broken_location(
     daemon.wait_until(lambda: "triplicate: restore check of web01 at nas FAILED" in titles(sink), TIMEOUT,
                       f"a restore-check notification; got {titles(sink)}")
     assert restore_checks()["usb"].ok and not restore_checks()["nas"].ok
+    status = server.cli("status", "web01", "--json")
+    shown = status.json()["clients"][0]
+    assert {row["location"]: row["result"] for row in shown["restore_check"]}["nas"] == "failed"
+    assert {row["location"]: row["status"] for row in shown["audit"]}["nas"] in ("CRITICAL", "UNKNOWN")
+    assert any("restore check failed" in problem for problem in shown["problems"])
     assert "Traceback" not in daemon.log
 
 
@@ -97,4 +101,7 @@ def test_scheduled_retention_removes_and_says_so(
     daemon.wait_until(lambda: "triplicate: retention removed 1 snapshot(s) of web01" in titles(sink), TIMEOUT,
                       f"a retention notification; got {titles(sink)}")
     assert server.check_read_data(server.primary()).returncode == 0
+    status = server.cli("status", "web01", "--json")
+    shown = status.json()["clients"][0]
+    assert shown["retention"][0]["result"] == "ok" and shown["retention"][0]["kept"] == 2
     assert "Traceback" not in daemon.log

@@ -200,3 +200,25 @@ def test_kill_9_in_the_middle_then_rerun_completes_a_valid_replica(server: Serve
     assert server.snapshot_ids(server.replica("usb")) == server.snapshot_ids(server.primary())
     assert server.check_read_data(server.replica("usb")).returncode == 0
     assert not any((server.replica("usb") / ".triplicate-partial").iterdir())
+
+
+def test_an_interrupted_run_is_history_but_not_a_failure(server: Server) -> None:
+    import threading
+
+    from triplicate.actions.sync import sync_client
+    from triplicate.config import load_config
+    from triplicate.state.replication import ReplicationState
+
+    config = load_config(server.config_path)
+    stop = threading.Event()
+    stop.set()  # asked to stop before the first file
+    report = sync_client(config, "web01", ["usb"], options=MirrorOptions(stop=stop))
+    assert report.locations["usb"].interrupted and not report.ok
+    state = ReplicationState(server.root / "state")
+    try:
+        health = state.location_health("web01")["usb"]
+        assert health["consecutive_failures"] == 0 and health["last_error"] == "interrupted"
+        runs = state.connection.execute("SELECT ok, error FROM runs WHERE location='usb'").fetchall()
+        assert [tuple(run) for run in runs] == [(0, "interrupted")]
+    finally:
+        state.close()

@@ -17,8 +17,8 @@ from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.state.daemon import DaemonState
 
 from .conftest import BASE_CONFIG, PASSWORD, Server, write_files
-from .syncd_support import (HOOK_SCRIPT, DaemonProcess, InProcessDaemon, LogRecorder, NotificationSink,
-                            read_hook_calls, snapshot_files, wait_until)
+from .syncd_support import (HOOK_SCRIPT, DaemonProcess, InProcessDaemon, LogRecorder, NotificationSink,  # noqa: F401
+                            daemons, free_port, read_hook_calls, snapshot_files, wait_until)
 
 # Generous for a loaded 2-core machine; the benchmark measures the real latency.
 ARRIVAL_TIMEOUT = 10.0
@@ -37,15 +37,6 @@ def replicated_everywhere(server: Server, client: str = "web01", locations: tupl
                                 for location in locations)
 
 
-@pytest.fixture
-def daemons() -> list[DaemonProcess]:
-    """Daemon processes started by a test, killed if the test left them running."""
-    started: list[DaemonProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
 def start(daemons: list[DaemonProcess], server: Server, *args: str) -> DaemonProcess:
     process = DaemonProcess(server.config_path, *args)
     daemons.append(process)
@@ -55,7 +46,7 @@ def start(daemons: list[DaemonProcess], server: Server, *args: str) -> DaemonPro
 def test_a_backup_is_on_every_location_within_seconds_and_metrics_show_it(
     server: Server, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     daemon = start(daemons, server, "--metrics-listen", f"127.0.0.1:{port}")
     # The snapshot that was there before the daemon started is caught up on at once.
     daemon.wait_until(lambda: replicated_everywhere(server), ARRIVAL_TIMEOUT, "the catch-up on start")
@@ -439,11 +430,3 @@ def _metric_values(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

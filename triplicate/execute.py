@@ -125,14 +125,20 @@ async def run_async(
     return Result(argv, process.returncode or 0, stdout, stderr)
 
 
-def start(argv: list[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a long-running program (a supervisor) in the background; the caller stops it.
+def start(argv: list[str], *, env: Mapping[str, str] | None = None, secrets: Iterable[str] = (),
+          capture_log: bool = False) -> subprocess.Popen[bytes]:
+    """Start a long-running program (a supervisor, a server) in the background.
 
-    Its output goes where ours goes. Raises CommandFailed when the program is missing.
+    Its output goes where ours goes; with ``capture_log`` its standard output is
+    discarded and its standard error is a pipe the caller reads (a server's log: its
+    address, its errors). The caller stops it with :func:`stop`. Raises
+    CommandFailed when the program is missing.
     """
-    log.debug("start: %s", describe(argv))
+    log.debug("start: %s", describe(argv, secrets))
+    output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE} if capture_log else {}
     try:
-        return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+                                **output)  # type: ignore[call-overload]
     except FileNotFoundError:
         raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
 
@@ -157,23 +163,8 @@ def failure_message(result: Result, secrets: Iterable[str] = ()) -> str:
     return mask(f"{describe(result.argv[:2])} exited with status {result.returncode}: {last}", secrets)
 
 
-def start_server(argv: list[str], *, env: Mapping[str, str] | None = None,
-                 secrets: Iterable[str] = ()) -> subprocess.Popen[bytes]:
-    """Start a long-running server triplicate talks to (``rclone serve restic``), its log on a pipe.
-
-    The caller reads ``process.stderr`` (the server's log: its address, its errors) and
-    stops it with :func:`stop_server`. Raises CommandFailed when the program is missing.
-    """
-    log.debug("start: %s", describe(argv, secrets))
-    try:
-        return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
-
-
-def stop_server(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """Stop a server started by :func:`start_server`: TERM, then KILL after ``timeout``; its exit status."""
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop a program started by :func:`start`: TERM, then KILL after ``timeout``; its exit status."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -115,13 +115,41 @@ def _never_ran(state: ReplicationState, client: str, location: str, now: float) 
     }
 
 
-def serve(listen: str, collector: Collector) -> Any:
-    """Serve ``collector`` on ``listen`` (ADDR:PORT) in a daemon thread; return the server
+class ChecksCollector(Collector):
+    """The last audit of each served client and the last passed restore check per location."""
+
+    def __init__(self, state_dir: Path, clients: Callable[[], list[str]]) -> None:
+        self._state_dir = state_dir
+        self._clients = clients
+
+    def collect(self) -> Iterator[Metric]:
+        from triplicate.actions.audit_report import audit_metric_families
+        from triplicate.state.audit import last_audits
+        from triplicate.state.restore_check import RestoreCheckState
+
+        served = set(self._clients())
+        audits = {client: record.to_json() for client, record in last_audits(self._state_dir).items()
+                  if client in served}
+        yield from audit_metric_families(audits)
+        restore = GaugeMetricFamily(
+            "triplicate_restore_check_last_success_timestamp_seconds",
+            "When a restore check from the location last passed (Unix time).", labels=LABELS)
+        with RestoreCheckState.opened(self._state_dir) as state:
+            successes = state.last_successes()
+        for (client, location), when in sorted(successes.items()):
+            if client in served:
+                restore.add_metric([client, location], when)
+        yield restore
+
+
+def serve(listen: str, *collectors: Collector) -> Any:
+    """Serve ``collectors`` on ``listen`` (ADDR:PORT) in a daemon thread; return the server
     (``.shutdown()`` stops it). Raises UsageError for a bad address, OSError when it is taken."""
     from prometheus_client import start_http_server
 
     host, port = parse_listen(listen)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

@@ -7,6 +7,7 @@ a collector to :data:`COLLECTORS`; the CLI renders every section the same way.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,7 +131,64 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-COLLECTORS: list[Collector] = [services_section, locations_section]
+def audit_section(context: StatusContext) -> Section:
+    """The last audit: the client's status and each location's, with the reason."""
+    from triplicate.state.audit import last_audit
+
+    section = Section("audit", "last audit", [])
+    record = last_audit(context.config.server.state_dir, context.client)
+    if record is None:
+        return section
+    age = _rounded(context.now - record.finished)
+    section.rows.append({"location": "(client)", "status": record.status, "age_seconds": age,
+                         "reason": record.reason})
+    for location, result in record.locations.items():
+        section.rows.append({"location": location, "status": result.status, "age_seconds": age,
+                             "reason": result.reason})
+    if record.status not in ("OK", "WARNING"):
+        section.problems.append(f"last audit: {record.status}: {record.reason}")
+    return section
+
+
+def restore_check_section(context: StatusContext) -> Section:
+    """The last restore check of each location: passed or failed, files, estimated full restore."""
+    from triplicate.state.restore_check import RestoreCheckState
+
+    section = Section("restore_check", "last restore check", [])
+    with RestoreCheckState.opened(context.config.server.state_dir) as state:
+        records = state.last_restore_checks(context.client)
+    for location, record in records.items():
+        reason = "; ".join(f"{failure.get('path') or location}: {failure.get('reason')}"
+                           for failure in record.failures[:3])
+        section.rows.append({"location": location, "result": "passed" if record.ok else "failed",
+                             "age_seconds": _rounded(context.now - record.time), "files": record.files_checked,
+                             "full_restore_estimate_seconds": _rounded(record.estimated_full_restore_seconds),
+                             "reason": reason or None})
+        if not record.ok:
+            section.problems.append(f"{location}: last restore check failed: {reason}")
+    return section
+
+
+def retention_section(context: StatusContext) -> Section:
+    """The last retention run: when, what it removed, the space it reclaimed."""
+    from triplicate.state.retention import RetentionState
+
+    section = Section("retention", "last retention", [])
+    with RetentionState.opened(context.config.server.state_dir) as state:
+        row = state.last_run(context.client)
+    if row is None:
+        return section
+    removed = json.loads(row["removed"])
+    section.rows.append({"result": "ok" if row["ok"] else "failed", "age_seconds": _rounded(context.now - row["finished"]),
+                         "kept": row["kept"], "removed": len(removed), "reclaimed_bytes": row["reclaimed_bytes"],
+                         "error": row["error"]})
+    if not row["ok"]:
+        section.problems.append(f"last retention: {row['error']}")
+    return section
+
+
+COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
+                               retention_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

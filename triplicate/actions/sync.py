@@ -134,7 +134,7 @@ class _TrackedDeletions:
 
 
 def _deletions(config: Config, client: str, location: str) -> _TrackedDeletions | None:
-    delay = getattr(config.locations[location], "propagate_deletes", None)
+    delay = config.locations[location].propagate_deletes
     if delay is None:
         return None
     return _TrackedDeletions(delay, RetentionState(config.server.state_dir), client, location)
@@ -149,5 +149,5 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error,
+        corrupt_files=result.corrupt_files, error=result.error, interrupted=result.interrupted,
     ))

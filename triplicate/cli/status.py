@@ -13,8 +13,8 @@ from triplicate.cli.output import console, print_json
 if TYPE_CHECKING:
     from triplicate.actions.status import ClientStatus
 
-GOOD = {"run", "ok", "yes"}
-BAD = {"down", "failed", "finish", "unsupervised", "absent"}
+GOOD = {"run", "ok", "yes", "OK", "passed"}
+BAD = {"down", "failed", "finish", "unsupervised", "absent", "CRITICAL", "UNKNOWN"}
 
 
 @click.command(epilog="Exit status: 0 every client healthy; 1 something needs attention (listed "

@@ -113,13 +113,21 @@ class ServerSettings(Section):
     retention: RetentionSettings | None = None
 
 
-class LocalLocation(Section):
-    type: Literal["local"]
-    path: AbsolutePath
+class LocationSettings(Section):
+    """Keys every kind of location has."""
+
+    # files copied at once to this location (its connection limit); server.workers when unset
     workers: int | None = Field(default=None, ge=1, le=64)
     # Replicas are append-only unless this is set: a file gone from the primary for
     # this long is then removed from the replica too (docs/retention.md).
     propagate_deletes: Duration | None = None
+
+
+class LocalLocation(LocationSettings):
+    """A folder on this machine: another disk, a mounted share."""
+
+    type: Literal["local"]
+    path: AbsolutePath
 
 
 def _http_url(value: str) -> str:
@@ -146,7 +154,7 @@ RcloneRemote = Annotated[str, AfterValidator(_rclone_remote)]
 BucketName = Annotated[str, AfterValidator(_bucket)]
 
 
-class SftpLocation(Section):
+class SftpLocation(LocationSettings):
     """A folder on another machine over SFTP; docs/locations.md."""
 
     type: Literal["sftp"]
@@ -156,11 +164,9 @@ class SftpLocation(Section):
     path: str = Field(min_length=1)
     identity_file: AbsolutePath | None = None
     known_hosts_file: AbsolutePath | None = None
-    workers: int | None = Field(default=None, ge=1, le=64)
-    propagate_deletes: Duration | None = None
 
 
-class S3Location(Section):
+class S3Location(LocationSettings):
     """A bucket (and prefix) of an S3-compatible object store; docs/locations.md."""
 
     type: Literal["s3"]
@@ -169,11 +175,9 @@ class S3Location(Section):
     prefix: str = ""
     region: str | None = None
     credentials_file: AbsolutePath | None = None
-    workers: int | None = Field(default=None, ge=1, le=64)
-    propagate_deletes: Duration | None = None
 
 
-class RestLocation(Section):
+class RestLocation(LocationSettings):
     """Another restic REST server (rest-server, rclone serve restic, triplicate); docs/locations.md."""
 
     type: Literal["rest"]
@@ -181,18 +185,14 @@ class RestLocation(Section):
     username: str | None = None
     password_file: AbsolutePath | None = None
     cacert: AbsolutePath | None = None
-    workers: int | None = Field(default=None, ge=1, le=64)
-    propagate_deletes: Duration | None = None
 
 
-class RcloneLocation(Section):
+class RcloneLocation(LocationSettings):
     """Any rclone remote, reached through ``rclone serve restic``; docs/locations.md."""
 
     type: Literal["rclone"]
     remote: RcloneRemote
     rclone_config: AbsolutePath | None = None
-    workers: int | None = Field(default=None, ge=1, le=64)
-    propagate_deletes: Duration | None = None
 
 
 Location = Annotated[

@@ -93,11 +93,8 @@ def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
     from triplicate.actions.restore_check import run_restore_check, select_locations
     from triplicate.state.restore_check import RestoreCheckState
 
-    state = RestoreCheckState(config.server.state_dir)
-    try:
+    with RestoreCheckState.opened(config.server.state_dir) as state:
         before = {name: record.ok for name, record in state.last_restore_checks(client).items()}
-    finally:
-        state.close()
     report = run_restore_check(config, client, select_locations(config, client, []))
     log.info("restore check %s: %s", client, "passed" if report.ok else "FAILED")
     for location, result in report.locations.items():

@@ -149,11 +149,13 @@ class Daemon:
         return await self._shutdown()
 
     def _start_metrics(self, listen: str) -> None:
-        from triplicate.metrics import ReplicationCollector, serve
+        from triplicate.metrics import ChecksCollector, ReplicationCollector, serve
 
-        collector = ReplicationCollector(self.config.server.state_dir, self.metric_pairs, self.queue_length)
+        state_dir = self.config.server.state_dir
+        replication = ReplicationCollector(state_dir, self.metric_pairs, self.queue_length)
+        checks = ChecksCollector(state_dir, lambda: list(self.clients))
         try:
-            self._metrics_server = serve(listen, collector)
+            self._metrics_server = serve(listen, replication, checks)
         except OSError as error:
             raise CannotRun(f"--metrics-listen {listen}: {error.strerror or error}") from None
 

@@ -179,17 +179,11 @@ class AuditState(Store):
 
 def last_audit(state_dir: Path, client: str) -> AuditRecord | None:
     """The client's most recent audit (for ``status``), or None when never audited."""
-    state = AuditState(state_dir)
-    try:
+    with AuditState.opened(state_dir) as state:
         return state.last_audit(client)
-    finally:
-        state.close()
 
 
 def last_audits(state_dir: Path) -> dict[str, AuditRecord]:
     """Every audited client's most recent audit (for ``status`` and metrics)."""
-    state = AuditState(state_dir)
-    try:
+    with AuditState.opened(state_dir) as state:
         return state.last_audits()
-    finally:
-        state.close()

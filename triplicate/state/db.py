@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,7 +61,18 @@ class Store:
     def close(self) -> None:
         self.connection.close()
 
+    @classmethod
+    @contextmanager
+    def opened(cls: type[StoreType], state_dir: Path) -> Iterator[StoreType]:
+        """The store, open for the ``with`` block: ``with AuditState.opened(dir) as state:``."""
+        store = cls(state_dir)
+        try:
+            yield store
+        finally:
+            store.close()
 
+
+StoreType = TypeVar("StoreType", bound=Store)
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 

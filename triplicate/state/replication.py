@@ -68,6 +68,9 @@ class RunRecord:
     files_skipped_in_progress: int
     corrupt_files: list[str]
     error: str | None
+    # Stopped on request (the daemon's SIGTERM): in the history, but neither a success
+    # nor a failure of the location, so a restart does not count it towards notifying.
+    interrupted: bool = False
 
 
 class ReplicationState(Store):
@@ -135,11 +138,12 @@ class ReplicationState(Store):
                 "UPDATE location_state SET last_attempt=?,"
                 " last_success=CASE WHEN ? THEN ? ELSE last_success END,"
                 " last_error=?,"
-                " consecutive_failures=CASE WHEN ? THEN 0 ELSE consecutive_failures + 1 END,"
+                " consecutive_failures=CASE WHEN ? THEN 0 WHEN ? THEN consecutive_failures"
+                " ELSE consecutive_failures + 1 END,"
                 " bytes_copied_total=bytes_copied_total + ?, files_copied_total=files_copied_total + ?"
                 " WHERE client=? AND location=?",
                 (
-                    run.finished, int(run.ok), run.finished, _run_error(run), int(run.ok),
+                    run.finished, int(run.ok), run.finished, _run_error(run), int(run.ok), int(run.interrupted),
                     run.bytes_copied, run.files_copied, run.client, run.location,
                 ),
             )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from triplicate.state.db import connect
+from triplicate.state.db import Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS restore_checks (
@@ -44,15 +43,10 @@ class RestoreCheckRecord:
     failures: list[dict[str, str | None]]
 
 
-class RestoreCheckState:
+class RestoreCheckState(Store):
     """Reads and writes the ``restore_checks`` table; safe to share between threads."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.connection = connect(state_dir, SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self.connection.close()
+    SCHEMA = SCHEMA
 
     def record(self, record: RestoreCheckRecord) -> bool | None:
         """Store one location's result; return the previous result's ``ok`` (None: first check).

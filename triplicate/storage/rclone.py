@@ -107,7 +107,7 @@ class RcloneBackend:
                 self._rest.close()
                 self._rest = None
             if self._process is not None:
-                execute.stop_server(self._process)
+                execute.stop(self._process)
                 self._process = None
             if self._folder is not None:
                 shutil.rmtree(self._folder, ignore_errors=True)
@@ -156,7 +156,7 @@ class RcloneBackend:
         argv = ["rclone", "serve", "restic", "--addr", "127.0.0.1:0", "--htpasswd", str(htpasswd),
                 "--cache-objects=false", self.remote]
         try:
-            process = execute.start_server(argv, env=self._environment())
+            process = execute.start(argv, env=self._environment(), capture_log=True)
         except execute.CommandFailed as error:
             raise StorageError(f"{self.description}: {error}") from None
         self._process = process
@@ -176,7 +176,7 @@ class RcloneBackend:
 
         threading.Thread(target=read_log, name="rclone log", daemon=True).start()
         if not found.wait(START_TIMEOUT) or not address:
-            execute.stop_server(process)
+            execute.stop(process)
             raise StorageError(f"{self.description}: rclone serve restic did not start: "
                                f"{self._last_error() or 'no address within ' + str(int(START_TIMEOUT)) + 's'}")
         target = RestTarget(address[0], _USER, password=password)
