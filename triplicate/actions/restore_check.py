@@ -9,6 +9,7 @@ and the canaries hold. Each location's outcome is recorded in the state database
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ from triplicate.restic import (error_summary, key_problem, parse_ls, restic_envi
                                restore_arguments, restore_errors)
 from triplicate.state.db import PRIMARY
 from triplicate.state.restore_check import RestoreCheckRecord, RestoreCheckState
-from triplicate.storage import StorageError, restic_repository
+from triplicate.storage import FileType, StorageError, open_location, open_primary, restic_repository
 
 TEMPORARY_PREFIX = "restore-check-"
 SNAPSHOT_ARGUMENT = re.compile(r"latest|[0-9a-f]{4,64}")
@@ -189,7 +190,7 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
     temporary_parent = config.server.state_dir / "tmp"
     remove_stale_folders(temporary_parent)
 
-    info, nodes = _choose_snapshot(snapshot, opened, results)
+    info, nodes = _choose_snapshot(snapshot, opened, results, functools.partial(_snapshot_names, config, client))
     usable = [location for location in opened if results[location.name].ok]
     listing = [SnapshotFile(node["path"], int(node.get("size", 0))) for node in nodes if node["type"] == "file"]
     snapshot_bytes = sum(item.size for item in listing)
@@ -232,7 +233,8 @@ def _open(config: Config, client: str, name: str, result: LocationResult) -> _Op
     return _Opened(name, env, secrets, lock=name == PRIMARY)
 
 
-def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict[str, LocationResult]
+def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict[str, LocationResult],
+                     snapshot_names: Callable[[str], set[str] | None]
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """restic's snapshot object and listing (``ls --json``) of the snapshot to check.
 
@@ -243,20 +245,33 @@ def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict
     if requested is not None or len(opened) <= 1:
         return _list_snapshot(requested or "latest", opened, results)
     # Usually the first location's newest snapshot is everywhere: list it while the other
-    # locations list their snapshots (each restic spends most of a second deriving the key).
+    # locations' snapshot IDs are read keyless, from their snapshots/ folders (a restic
+    # command there would spend most of a second deriving the key).
     first, others = opened[0], opened[1:]
     with ThreadPoolExecutor(max_workers=len(opened), thread_name_prefix="restore-check") as pool:
         first_listing = pool.submit(_list, first, "latest", results[first.name])
-        found = dict(zip([other.name for other in others],
-                         pool.map(lambda other: _snapshot_ids(other, results[other.name]), others)))
-    _raise_when_key_opens_nothing(results)
-    present = {name: ids for name, ids in found.items() if ids is not None}
+        keyless = list(pool.map(lambda other: snapshot_names(other.name), others))
     listing = first_listing.result()
-    if listing is not None and all(listing[0]["id"] in ids for ids in present.values()):
+    if listing is not None and all(names is not None and listing[0]["id"] in names for names in keyless):
         return listing
-    if results[first.name].ok:
-        present = {first.name: _snapshot_ids(first, results[first.name]), **present}
-    return _list_snapshot(_newest_common(present, results), opened, results)
+    # Not everywhere (or not readable): find the newest common one with restic at each location.
+    readable = [location for location in opened if results[location.name].ok]
+    with ThreadPoolExecutor(max_workers=max(1, len(readable)), thread_name_prefix="restore-check") as pool:
+        found = dict(zip([location.name for location in readable],
+                         pool.map(lambda location: _snapshot_ids(location, results[location.name]), readable)))
+    _raise_when_key_opens_nothing(results)
+    return _list_snapshot(_newest_common(found, results), opened, results)
+
+
+def _snapshot_names(config: Config, client: str, location: str) -> set[str] | None:
+    """The snapshot IDs at ``location``, read keyless from its file names; None when unreadable."""
+    backend = open_primary(config, client) if location == PRIMARY else open_location(config, location, client)
+    try:
+        return {info.name for info in backend.list(FileType.SNAPSHOT)}
+    except StorageError:
+        return None
+    finally:
+        backend.close()
 
 
 def _snapshot_ids(location: _Opened, result: LocationResult) -> dict[str, datetime] | None:
