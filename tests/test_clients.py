@@ -303,3 +303,19 @@ def test_runsv_status_is_decoded_to_unix_time_pid_and_state(tmp_path: Path) -> N
     assert status is not None
     assert (status.state, status.pid, status.want, status.since) == ("run", 11881, "up", 1795678104.5)
     assert status.seconds(1795678110.5) == 6.0
+
+
+def test_disable_and_remove_refused_by_the_service_settings_change_nothing(site: Site) -> None:
+    import re
+
+    for name in ("web01", "db01", "app01"):
+        assert site.cli("client", "add", name, "--replicate-to", "usb", "--no-enable").code == 0
+    text = site.config_path.read_text()
+    ports = re.findall(r"^port = (\d+)$", text, flags=re.MULTILINE)
+    assert len(ports) == 3
+    site.config_path.write_text(text.replace(f"port = {ports[2]}", f"port = {ports[1]}"))  # db01 and app01 clash
+    before = tree_snapshot(site.root)
+    for command in (["client", "enable", "web01"], ["client", "remove", "web01"]):
+        refused = site.cli(*command)
+        assert refused.code == 2 and ports[1] in refused.err, (command, refused.err)
+        assert tree_snapshot(site.root) == before, f"{command} changed something"

@@ -90,3 +90,22 @@ def test_cli_unknown_client_and_location(server: Server) -> None:
     unknown_location = server.cli("sync", "web01", "--to", "tape")
     assert unknown_location.code == 2 and "--to tape" in unknown_location.err
     assert not (server.root / "usb" / "web01").exists()
+
+
+def test_status_reads_and_creates_nothing(server: Server) -> None:
+    server.write_config(server.config_path.read_text().replace(f"{server.root}/state", f"{server.root}/typo/state"))
+    result = server.cli("status", "--json")
+    assert "Traceback" not in result.err and result.json()["clients"][0]["name"] == "web01"
+    assert not (server.root / "typo").exists(), "a read-only command must not create the state folder"
+
+
+@pytest.mark.parametrize(("addition", "key"), [
+    ('password_command = ["cat", "/x"]', "password_file and password_command"),
+    ('enabled = "yes"', "clients.web01.enabled"),
+    ("poll_interval = 0", "clients.web01.poll_interval"),
+    ('[clients.web01.restore_check]\ncanaries = [{{ path = "etc/hostname" }}]', "canaries[0].path"),
+])
+def test_values_that_would_only_fail_later_are_refused_now(server: Server, addition: str, key: str) -> None:
+    server.write_config(server.config_path.read_text() + addition + "\n")
+    result = server.cli("sync", "web01")
+    assert result.code == 2 and key in result.err, result.err

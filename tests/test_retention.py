@@ -133,6 +133,18 @@ def test_snapshots_that_predate_the_database_fall_back_to_their_own_time(server:
     assert report["removed"][0]["time_source"].startswith("snapshot (predates")
 
 
+def test_a_first_backup_made_while_triplicate_watched_is_judged_by_arrival(server: Server, tmp_path: Path) -> None:
+    repo = add_client(server, "keep_last = 1\nmax_remove_percent = 100")
+    arrive(server, [], NOW - timedelta(days=30))  # the daemon listed the empty repository
+    honest = backup_at(server, repo, tmp_path / "data", NOW - timedelta(hours=12))
+    arrive(server, [honest], NOW - timedelta(hours=12))
+    forged = backup_at(server, repo, tmp_path / "data", NOW - timedelta(days=400))  # arrived an hour ago
+    arrive(server, [honest, forged], NOW - timedelta(hours=1))
+    report = server.cli("retention", "db01", "--dry-run", "--json").json()
+    assert [verdict["id"] for verdict in report["kept"]] == [forged], "the newest arrival, whatever its time says"
+    assert {verdict["time_source"] for verdict in report["kept"] + report["removed"]} == {"arrival"}
+
+
 def test_the_guard_refuses_a_mass_removal_unless_forced(server: Server, tmp_path: Path) -> None:
     repo = add_client(server, "keep_last = 1")
     ids = make_history(server, repo, tmp_path, HISTORY[-4:])

@@ -146,6 +146,7 @@ def set_enabled(config_path: Path, name: str, enabled: bool) -> ClientState:
         changed_at = time.time()
         if editor.config.clients[name].enabled != enabled:
             editor.set_client(name, "enabled", enabled)
+            check_service_settings(editor.validated(), str(config_path))  # refuse before writing anything
             editor.save()
         config = editor.config
         report = reconcile(config, config_path.absolute())
@@ -168,6 +169,7 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
         editor = ConfigEditor(config_path)
         editor.config.client(name)
         editor.remove_client(name)
+        check_service_settings(editor.validated(), str(config_path))  # refuse before writing anything
         changed_at = time.time()
         config = editor.save()
         layout = Layout(config.server.state_dir)

@@ -114,7 +114,7 @@ def initial_config(options: InitOptions) -> str:
     user_line = '# user = "triplicate"   # services run as this user (when started as root)'
     if options.user:
         user_line = f"user = {_toml(options.user)}   # services run as this user (when started as root)"
-    public_host = options.public_host or socket.getfqdn()
+    public_host = options.public_host or socket.gethostname()  # the model's default, as documented
     return INITIAL_CONFIG.format(
         state_dir=_toml(options.state_dir or "/var/lib/triplicate"),
         repos_dir=_toml(options.repos_dir or "/srv/restic"),

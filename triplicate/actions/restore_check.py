@@ -179,8 +179,10 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
     count = settings.restore_check.files if files is None else files
     if count < 0:
         raise UsageError(f"--files {count}: must be 0 or more")
+    if count == 0 and not settings.restore_check.canaries:
+        raise UsageError(f"--files 0: client '{client}' has no canaries either: nothing to check")
     if snapshot is not None and not SNAPSHOT_ARGUMENT.fullmatch(snapshot):
-        raise UsageError(f"--snapshot {snapshot}: expected a snapshot ID (hex) or 'latest'")
+        raise UsageError(f"--snapshot {snapshot}: expected 'latest' or a snapshot ID (at least 4 hex digits)")
     if settings.password_file is None and settings.password_command is None:
         raise RestoreCheckUnavailable(
             f"client '{client}' has no key for restore checks: set password_file or password_command "

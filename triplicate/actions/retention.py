@@ -79,8 +79,10 @@ def run_retention(config: Config, client: str, *, dry_run: bool = False, force: 
     settings = config.client(client)
     policy = retention_policy(config, client)
     if policy is None:
-        raise UsageError(f"client '{client}' has no retention policy "
-                         f"(set [clients.{client}.retention] or [server.retention])")
+        configured = config.client(client).retention or config.server.retention
+        raise UsageError(
+            f"client '{client}' has no retention policy (set [clients.{client}.retention] or [server.retention])"
+            if configured is None else f"client '{client}': its retention section sets no keep_* rule")
     if settings.password_file is None and settings.password_command is None:
         raise NoKey(f"client '{client}' has no key: retention needs password_file or password_command")
     started = time.time()
@@ -163,9 +165,14 @@ def _refusal(candidates: list[Candidate], removed: list[Candidate], policy: Rete
     """Why the guards refuse this removal (without --force), or None."""
     if not removed:
         return None
-    newest = max(candidates, key=lambda candidate: candidate.time)
-    if any(candidate.id == newest.id for candidate in removed):
-        return f"refusing to remove the newest snapshot {newest.id[:8]} (use --force)"
+    removing = {candidate.id for candidate in removed}
+    groups: dict[tuple[str, ...], list[Candidate]] = {}
+    for candidate in candidates:
+        groups.setdefault(candidate.group, []).append(candidate)
+    for group in groups.values():  # the newest of each host and paths, as restic groups them
+        newest = max(group, key=lambda candidate: (candidate.time, candidate.id))
+        if newest.id in removing:
+            return f"refusing to remove the newest snapshot {newest.id[:8]} of {newest.group[0]} (use --force)"
     share = 100 * len(removed) / len(candidates)
     if share > policy.max_remove_percent:
         return (f"refusing to remove {len(removed)} of {len(candidates)} snapshots ({share:.0f}%, more than "

@@ -133,10 +133,11 @@ def _rounded(seconds: float | None) -> float | None:
 
 def audit_section(context: StatusContext) -> Section:
     """The last audit: the client's status and each location's, with the reason."""
-    from triplicate.state.audit import last_audit
+    from triplicate.state.audit import AuditState
 
     section = Section("audit", "last audit", [])
-    record = last_audit(context.config.server.state_dir, context.client)
+    with AuditState.opened(context.config.server.state_dir, create=False) as state:
+        record = state.last_audit(context.client)
     if record is None:
         return section
     age = _rounded(context.now - record.finished)
@@ -155,7 +156,7 @@ def restore_check_section(context: StatusContext) -> Section:
     from triplicate.state.restore_check import RestoreCheckState
 
     section = Section("restore_check", "last restore check", [])
-    with RestoreCheckState.opened(context.config.server.state_dir) as state:
+    with RestoreCheckState.opened(context.config.server.state_dir, create=False) as state:
         records = state.last_restore_checks(context.client)
     for location, record in records.items():
         reason = "; ".join(f"{failure.get('path') or location}: {failure.get('reason')}"
@@ -174,7 +175,7 @@ def retention_section(context: StatusContext) -> Section:
     from triplicate.state.retention import RetentionState
 
     section = Section("retention", "last retention", [])
-    with RetentionState.opened(context.config.server.state_dir) as state:
+    with RetentionState.opened(context.config.server.state_dir, create=False) as state:
         row = state.last_run(context.client)
     if row is None:
         return section
@@ -197,7 +198,7 @@ def collect_status(config: Config, names: list[str] | None = None, now: float | 
         config.client(name)
     now = time.time() if now is None else now
     layout = Layout(config.server.state_dir)
-    replication = ReplicationState(config.server.state_dir)
+    replication = ReplicationState(config.server.state_dir, create=False)  # status writes nothing
     try:
         statuses = []
         for name in names or sorted(config.clients):

@@ -25,18 +25,27 @@ class SyncReport:
 
     @property
     def ok(self) -> bool:
+        """No location failed (an incomplete location is not a failure)."""
         return all(result.ok for result in self.locations.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every location holds everything listed: the command's exit status 0."""
+        return all(result.ok and result.complete for result in self.locations.values())
 
     def to_json(self) -> dict[str, object]:
         return {
             "client": self.client,
             "ok": self.ok,
+            "complete": self.complete,
             "locations": {
                 name: {
                     "ok": result.ok,
+                    "complete": result.ok and result.complete,
                     "files_copied": result.files_copied,
                     "bytes_copied": result.bytes_copied,
                     "files_skipped_in_progress": result.files_skipped_in_progress,
+                    "files_vanished": result.files_vanished,
                     "corrupt_files": result.corrupt_files,
                     "held_back": result.held_back,
                     "files_removed": result.files_removed,
@@ -97,7 +106,8 @@ def sync_client(
             replica.close()
             if deletions is not None:
                 deletions.state.close()
-        _record(state, client, location, trigger, started, result)
+        if listing.exception() is None:  # the primary's fault is not the location's: not recorded
+            _record(state, client, location, trigger, started, result)
         return result
 
     try:

@@ -95,7 +95,10 @@ def run(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:
-        error.show()
+        # One line, as every other error: the message and where to read more.
+        context = getattr(error, "ctx", None)
+        where = f" (see '{context.command_path} --help')" if context is not None else ""
+        click.echo(f"triplicate: {error.format_message()}{where}", err=True)
         return EXIT_USAGE if error.exit_code == 2 else error.exit_code
     except click.exceptions.Abort:
         click.echo("triplicate: aborted", err=True)

@@ -14,10 +14,10 @@ from triplicate.cli import AppContext
                "runit missing.")
 @click.option("--stop", is_flag=True, help="Stop the running supervision and wait until every "
               "service has exited (a systemd unit's ExecStop).")
-@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-              help="With --stop: seconds to wait before killing what is left.")
+@click.option("--timeout", type=click.FloatRange(1), default=None,
+              help="With --stop: seconds to wait before killing what is left [default: 60].")
 @click.pass_obj
-def supervise(app: AppContext, stop: bool, timeout: float) -> None:
+def supervise(app: AppContext, stop: bool, timeout: float | None) -> None:
     """Run the top-level runsvdir in the foreground (what a systemd unit runs).
 
     Reconciles the service tree with the configuration first, then becomes
@@ -28,7 +28,10 @@ def supervise(app: AppContext, stop: bool, timeout: float) -> None:
     from triplicate.service.supervision import run_supervision, stop_supervision
 
     if not stop:
+        if timeout is not None:
+            raise click.UsageError("--timeout goes with --stop")
         run_supervision(app.config, app.config_path.absolute())  # never returns
+    timeout = 60.0 if timeout is None else timeout
     result = stop_supervision(app.config, timeout)
     if result.killed:
         click.echo(f"triplicate: killed {len(result.killed)} process(es) that did not stop in "

@@ -12,7 +12,8 @@ from triplicate.cli.output import console, print_json, progress_bars
 
 
 @click.command(epilog="Exit status: 0 every location complete and nothing corrupt; 1 a location "
-               "failed or the source has corrupt files; 2 bad arguments or configuration.")
+               "failed, the source has corrupt files, or a location is incomplete (files still being "
+               "written or removed by a prune: run again); 2 bad arguments or configuration.")
 @click.argument("client")
 @click.option("--to", "locations", multiple=True, metavar="LOCATION",
               help="Only this location (repeatable) [default: all of the client's].")
@@ -37,7 +38,7 @@ def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool
         print_json(report.to_json())
     else:
         _summarise(report)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.complete else 1)
 
 
 class _BarProgress:
@@ -72,8 +73,13 @@ def _summarise(report: object) -> None:
             detail += f" removals deferred: {result.removals_deferred}"
         if result.files_skipped_in_progress:
             detail += f" {result.files_skipped_in_progress} file(s) still being written, next time"
+        if result.files_vanished:
+            detail += f" {result.files_vanished} file(s) gone from the primary meanwhile (a prune?)"
+        if result.held_back and not result.corrupt_files:
+            detail += f"; {len(result.held_back)} new file(s) that may need them held back"
         table.add_row(
-            name, "[green]ok[/]" if result.ok else "[red]FAILED[/]", str(result.files_copied),
+            name, ("[green]ok[/]" if result.complete else "[yellow]incomplete[/]") if result.ok else "[red]FAILED[/]",
+            str(result.files_copied),
             format_bytes(result.bytes_copied), f"{result.seconds:.1f}", detail.strip(),
         )
     console().print(table)

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from triplicate.units import parse_duration, parse_size
 
@@ -81,7 +81,7 @@ class RetentionSettings(Section):
     keep_monthly: int | None = Field(default=None, ge=1)
     keep_yearly: int | None = Field(default=None, ge=1)
     keep_within: Duration | None = None
-    prune: bool = True
+    prune: StrictBool = True
     retention_every: Duration = 86400.0
     max_remove_percent: Percent = 50.0
 
@@ -101,9 +101,9 @@ class ServerSettings(Section):
     # replication defaults, overridable per client or location
     workers: int = Field(default=4, ge=1, le=64)
     in_progress_grace: Duration = 300.0
-    poll_interval: Duration = 60.0
+    poll_interval: Annotated[Duration, Field(gt=0)] = 60.0
     on_change: Command = []
-    hook_timeout: Duration = 300.0
+    hook_timeout: Annotated[Duration, Field(gt=0)] = 300.0
     retry_max_backoff: Duration = 3600.0
     # checks
     max_lag: Duration = 3600.0
@@ -119,8 +119,9 @@ class LocationSettings(Section):
     # files copied at once to this location (its connection limit); server.workers when unset
     workers: int | None = Field(default=None, ge=1, le=64)
     # Replicas are append-only unless this is set: a file gone from the primary for
-    # this long is then removed from the replica too (docs/retention.md).
-    propagate_deletes: Duration | None = None
+    # this long is then removed from the replica too (docs/retention.md). At least an
+    # hour, so that a listing taken during a prune is never acted on by itself.
+    propagate_deletes: Annotated[Duration, Field(ge=3600)] | None = None
 
 
 class LocalLocation(LocationSettings):
@@ -202,7 +203,7 @@ LOCATION_TYPES = ("local", "sftp", "s3", "rest", "rclone")
 
 
 class Canary(Section):
-    path: str
+    path: Annotated[str, Field(pattern=r"^/", description="an absolute path, as restic lists it")]
     min_size: Size = 0
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
@@ -213,20 +214,26 @@ class RestoreCheckSettings(Section):
 
 
 class ClientSettings(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     replicate_to: list[str] = []
     port: int | None = Field(default=None, ge=1, le=65535)
-    poll_interval: Duration | None = None
+    poll_interval: Annotated[Duration, Field(gt=0)] | None = None
     on_change: Command | None = None
     max_lag: Duration | None = None
     expect_backup_every: Duration | None = None
     audit_every: Duration | None = None
     audit_verify_percent: Percent | None = None
     password_file: AbsolutePath | None = None
-    password_command: Command | None = None
+    password_command: Annotated[Command, Field(min_length=1)] | None = None
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ClientSettings:
+        if self.password_file is not None and self.password_command is not None:
+            raise ValueError("password_file and password_command: set one, not both (restic refuses both)")
+        return self
 
 
 class NotifySettings(Section):

@@ -37,7 +37,8 @@ def restore_check_interval(config: Config, client: str) -> float | None:
     """``restore_check_every``; weekly by default when the client has a key, else off."""
     if not has_key(config, client):
         return None
-    return config.client(client).restore_check_every or WEEK
+    every = config.client(client).restore_check_every
+    return WEEK if every is None else every
 
 
 def retention_interval(config: Config, client: str) -> float | None:

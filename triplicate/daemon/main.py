@@ -379,7 +379,7 @@ class Daemon:
             health = self.replication.location_health(runner.client).get(runner.location)
             error = (health["last_error"] if health is not None else None) or result.error or "failed"
         return RunOutcome(result.ok, error, trigger, result.files_copied, result.bytes_copied,
-                          result.seconds, result.interrupted)
+                          result.seconds, result.interrupted, incomplete=result.ok and not result.complete)
 
     def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """After each run: one log line, failure/recovery notifications, maybe the hook."""
@@ -388,6 +388,9 @@ class Daemon:
         elif outcome.ok:
             what = (f"copied {outcome.files_copied} file(s), {format_bytes(outcome.bytes_copied)}"
                     if outcome.files_copied else "up to date")
+            if outcome.incomplete:
+                what += f"; incomplete (a backup or prune is running), again in {INCOMPLETE_RETRY_SECONDS:.0f}s"
+                self._follow_up(runner)
             log.info("%s: %s in %.2fs [%s]", runner.name, what, outcome.seconds, outcome.trigger)
         else:
             log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
@@ -399,6 +402,17 @@ class Daemon:
         state.latest[runner.location] = outcome
         if state.settled:
             self._maybe_run_hook(state)
+
+    def _follow_up(self, runner: LocationRunner) -> None:
+        """Run again soon: what was being written or held back is probably complete then."""
+        assert self._loop is not None
+
+        def again() -> None:
+            state = self.clients.get(runner.client)
+            if not self.stopping and state is not None and state.runners.get(runner.location) is runner:
+                runner.request("incomplete")
+
+        self._loop.call_later(INCOMPLETE_RETRY_SECONDS, again)
 
     def _report_health(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """Tell people once when a location starts failing and once when it recovers."""
@@ -485,6 +499,9 @@ class Daemon:
         state = self.clients.get(client)
         runner = state.runners.get(location) if state is not None else None
         return runner.queue_length if runner is not None else 0
+
+
+INCOMPLETE_RETRY_SECONDS = 10.0
 
 
 def _poll_interval(config: Config, client: str) -> float | None:

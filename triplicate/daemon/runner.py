@@ -37,6 +37,9 @@ class RunOutcome:
     bytes_copied: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    # ok, but something listed was not copied (being written, gone, held back): a
+    # backup or a prune is running; another run soon completes the replica.
+    incomplete: bool = False
 
 
 class LocationRunner:

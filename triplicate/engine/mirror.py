@@ -54,6 +54,7 @@ class MirrorResult:
     files_copied: int = 0
     bytes_copied: int = 0
     files_skipped_in_progress: int = 0
+    files_vanished: int = 0  # listed, then gone from the source before they were copied (a prune)
     corrupt_files: list[str] = field(default_factory=list)
     # New files not copied because a file they may need is corrupt in the source.
     held_back: list[str] = field(default_factory=list)
@@ -64,6 +65,16 @@ class MirrorResult:
     interrupted: bool = False
     files_removed: int = 0
     removals_deferred: str | None = None  # why due deletions did not happen this run
+
+    @property
+    def complete(self) -> bool:
+        """Everything listed was copied: nothing corrupt, being written, gone or held back.
+
+        An incomplete run that is ``ok`` is no failure (a backup or a prune is running):
+        the next run, soon, completes it.
+        """
+        return (self.error is None and not self.corrupt_files and not self.held_back
+                and not self.files_skipped_in_progress and not self.files_vanished)
 
 
 class Progress:
@@ -143,12 +154,14 @@ def mirror(
             sum(len(infos) for infos in missing.values()),
             sum(info.size for infos in missing.values() for info in infos),
         )
+        unsettled: set[FileType] = set()  # phases with a file not copied as listed
         for file_type in PHASES:
             todo = missing[file_type]
-            if _must_hold_back(file_type, result.corrupt_files):
+            if _must_hold_back(file_type, unsettled):
                 result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in todo)
                 continue
-            _copy_all(source, replica, file_type, todo, options, result)
+            if _copy_all(source, replica, file_type, todo, options, result):
+                unsettled.add(file_type)
         result.ok = not result.corrupt_files
         if options.deletions is not None:
             _propagate_deletions(source, replica, listing, present, options, result)
@@ -185,7 +198,7 @@ def _propagate_deletions(
         due[file_type] = sorted(name for name, first in since.items() if now - first >= options.deletions.delay)
     if not any(due.values()):
         return
-    if result.corrupt_files or result.held_back or result.files_skipped_in_progress:
+    if not result.complete:
         result.removals_deferred = "the copy was not clean"
         return
     live = [info.name for info in source.list(FileType.LOCK)
@@ -208,17 +221,20 @@ def _propagate_deletions(
         result.files_removed += len(removed)
 
 
-def _must_hold_back(file_type: FileType, corrupt: list[str]) -> bool:
-    """Without a key there is no telling which snapshot or index needs a corrupt file.
+def _must_hold_back(file_type: FileType, unsettled: set[FileType]) -> bool:
+    """Whether the new files of ``file_type`` must wait: a file they may need was not copied.
 
-    So a corrupt pack holds back every new index file (restic check fails on an
-    index naming a missing pack, while a pack no index names is harmless), and any
-    corruption holds back every new snapshot: the replica stays a valid repository.
+    Without a key there is no telling which snapshot or index needs a pack that was
+    corrupt, still being written or gone (a prune running meanwhile): so a phase with
+    any such file holds back every later phase that may refer to it. A new index waits
+    for its packs (restic check fails on an index naming a missing pack, while a pack
+    no index names is harmless), and a new snapshot waits for keys, packs and index:
+    the replica stays a valid repository after every file.
     """
     if file_type is FileType.SNAPSHOT:
-        return bool(corrupt)
+        return bool(unsettled & {FileType.KEY, FileType.DATA, FileType.INDEX})
     if file_type is FileType.INDEX:
-        return any(path.startswith("data/") for path in corrupt)
+        return FileType.DATA in unsettled
     return False
 
 
@@ -251,9 +267,11 @@ def _copy_all(
     todo: Iterable[FileInfo],
     options: MirrorOptions,
     result: MirrorResult,
-) -> None:
-    """Copy files of one phase in parallel; return when all are done. Raises StorageError."""
+) -> bool:
+    """Copy files of one phase in parallel; return whether any was not copied as listed
+    (corrupt, still being written, vanished). Raises StorageError."""
     lock = threading.Lock()
+    unsettled: list[str] = []
 
     def copy_one(info: FileInfo) -> None:
         if options.stop.is_set():
@@ -268,8 +286,12 @@ def _copy_all(
                 result.bytes_copied += info.size
             elif outcome == "in_progress":
                 result.files_skipped_in_progress += 1
+            elif outcome == "vanished":
+                result.files_vanished += 1
             elif outcome == "corrupt":
                 result.corrupt_files.append(handle.relative_path())
+            if outcome != "copied":
+                unsettled.append(outcome)
         options.progress.copied(info.size)
 
     workers = max(1, min(options.workers, replica.connections))
@@ -283,6 +305,7 @@ def _copy_all(
             if error is not None:
                 raise error
     result.corrupt_files.sort()
+    return bool(unsettled)
 
 
 def _copy_file(source: Backend, replica: Backend, handle: Handle, options: MirrorOptions) -> str:

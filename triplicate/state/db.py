@@ -24,16 +24,18 @@ def database_path(state_dir: Path) -> Path:
     return state_dir / DATABASE_NAME
 
 
-def connect(state_dir: Path, schema: str = "") -> sqlite3.Connection:
+def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.Connection:
     """Open (creating when needed) the database and make sure ``schema`` exists.
 
     ``schema`` is idempotent DDL (``CREATE TABLE IF NOT EXISTS``) of the caller's
     tables. The connection may be shared across threads with the caller's lock.
+    Without ``create`` (a command that only reads, such as ``status``) a missing
+    database is an empty one in memory: a mistyped ``state_dir`` creates nothing.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    connection = sqlite3.connect(
-        database_path(state_dir), timeout=30, isolation_level=None, check_same_thread=False
-    )
+    if create:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    where = database_path(state_dir) if create or database_path(state_dir).exists() else ":memory:"
+    connection = sqlite3.connect(where, timeout=30, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -54,8 +56,8 @@ class Store:
 
     SCHEMA = ""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.connection = connect(state_dir, self.SCHEMA)
+    def __init__(self, state_dir: Path, create: bool = True) -> None:
+        self.connection = connect(state_dir, self.SCHEMA, create)
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -63,9 +65,9 @@ class Store:
 
     @classmethod
     @contextmanager
-    def opened(cls: type[StoreType], state_dir: Path) -> Iterator[StoreType]:
+    def opened(cls: type[StoreType], state_dir: Path, create: bool = True) -> Iterator[StoreType]:
         """The store, open for the ``with`` block: ``with AuditState.opened(dir) as state:``."""
-        store = cls(state_dir)
+        store = cls(state_dir, create)
         try:
             yield store
         finally:

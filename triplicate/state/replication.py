@@ -19,6 +19,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     gone_since  REAL,                   -- set when it disappeared; NULL while present
     PRIMARY KEY (client, location, snapshot_id)
 );
+CREATE TABLE IF NOT EXISTS first_scans (
+    client   TEXT NOT NULL,
+    location TEXT NOT NULL,
+    at       REAL NOT NULL,                 -- triplicate's first listing there, even an empty one
+    PRIMARY KEY (client, location)
+);
 CREATE TABLE IF NOT EXISTS location_state (
     client               TEXT NOT NULL,
     location             TEXT NOT NULL,
@@ -87,6 +93,9 @@ class ReplicationState(Store):
                 (client, location),
             ).fetchall()
             known = {row[0] for row in rows}
+            self.connection.execute(
+                "INSERT INTO first_scans (client, location, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (client, location) DO NOTHING", (client, location, now))
             added = sorted(present - known)
             removed = sorted(known - present)
             self.connection.executemany(

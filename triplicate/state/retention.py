@@ -104,6 +104,6 @@ def first_scan_time(connection: sqlite3.Connection, client: str, location: str) 
     Snapshots first seen then were already there: their arrival is unknown.
     """
     row = connection.execute(
-        "SELECT MIN(first_seen) FROM snapshots WHERE client=? AND location=?", (client, location)
+        "SELECT at FROM first_scans WHERE client=? AND location=?", (client, location)
     ).fetchone()
     return row[0] if row else None

@@ -26,6 +26,7 @@ T = TypeVar("T")
 ATTEMPTS = 4
 FIRST_DELAY = 0.5
 MAX_DELAY = 8.0
+MAX_RESUMES = 8  # times one load may resume a broken stream
 
 
 class TransientError(StorageError):
@@ -115,6 +116,7 @@ class _ResumingReader:
         self._offset = offset
         self._length = length
         self._done = 0
+        self._resumes = 0
         self._stack: ExitStack | None = None
         self._file: BinaryIO | None = None
 
@@ -141,6 +143,12 @@ class _ResumingReader:
                 assert self._file is not None
                 data = self._file.read(size)
             except TransientError:
+                # Resume where the stream broke, but not forever: a server that opens
+                # files and then times out on every read must fail the run, so that the
+                # daemon's backoff (and its notification) takes over.
+                self._resumes += 1
+                if self._resumes > MAX_RESUMES:
+                    raise
                 self.open()
                 continue
             self._done += len(data)
