@@ -430,3 +430,20 @@ def _metric_values(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def test_an_incomplete_run_is_followed_up_without_a_new_snapshot(
+    server: Server, daemons: list[DaemonProcess]
+) -> None:
+    # One pack of the fixture's snapshot is still being written (rclone's REST server
+    # writes in place): the snapshot must wait for it, and the daemon must come back
+    # for it by itself, since no new snapshot file will announce that the pack is done.
+    pack = next(path for path in (server.primary() / "data").rglob("*") if path.is_file())
+    content = pack.read_bytes()
+    pack.write_bytes(content[: len(content) // 2])
+    daemon = start(daemons, server)
+    daemon.wait_for_log(r"web01 -> usb: .*incomplete")
+    assert not snapshot_files(server.replica("usb")), "the snapshot waits for its pack"
+    pack.write_bytes(content)
+    daemon.wait_until(lambda: replicated_everywhere(server), 30, "the follow-up run")
+    assert server.check_read_data(server.replica("usb")).returncode == 0
