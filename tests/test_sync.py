@@ -268,3 +268,23 @@ def test_an_interrupted_run_is_history_but_not_a_failure(server: Server) -> None
         assert [tuple(run) for run in runs] == [(0, "interrupted")]
     finally:
         state.close()
+
+
+def test_a_replica_file_the_audit_found_corrupt_is_repaired_by_the_next_sync(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = next(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
+    with open(pack, "r+b") as file:  # bit rot on the usb disk
+        file.seek(10)
+        byte = file.read(1)
+        file.seek(10)
+        file.write(bytes([byte[0] ^ 0x01]))
+    age_file(pack)
+    audit = server.cli("audit", "web01", "--verify", "100", "--json")
+    assert audit.code == 2, audit.out
+    assert server.cli("sync", "web01", "--json").json()["locations"]["usb"]["files_repaired"] == 1
+    assert file_hash_matches_name(pack)
+    assert server.cli("sync", "web01", "--json").json()["locations"]["usb"]["files_copied"] == 0, "repaired once"
+    age_file(pack)
+    again = server.cli("audit", "web01", "--verify", "100", "--json")
+    assert again.code == 0, again.out
+    assert server.check_read_data(server.replica("usb")).returncode == 0

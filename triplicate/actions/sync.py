@@ -12,6 +12,7 @@ from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, Sou
 from triplicate.errors import TriplicateError, UsageError
 from triplicate.locks import location_lock
 from triplicate.state.db import PRIMARY
+from triplicate.state.audit import AuditState, Verification
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
 from triplicate.state.retention import RetentionState
 from triplicate.storage import FileType, StorageError, open_location, open_primary
@@ -49,6 +50,7 @@ class SyncReport:
                     "corrupt_files": result.corrupt_files,
                     "held_back": result.held_back,
                     "files_removed": result.files_removed,
+                    "files_repaired": len(result.repaired),
                     "removals_deferred": result.removals_deferred,
                     "seconds": round(result.seconds, 3),
                     "error": result.error,
@@ -97,7 +99,7 @@ def sync_client(
         deletions = _deletions(config, client, location)
         location_options = replace(options, workers=replica.connections,
                                    progress=(progress_for or {}).get(location, options.progress),
-                                   deletions=deletions)
+                                   deletions=deletions, repair=_found_corrupt(config, client, location))
         started = time.time()
         try:
             with location_lock(config.server.state_dir, client, location):
@@ -108,6 +110,10 @@ def sync_client(
                 deletions.state.close()
         if listing.exception() is None:  # the primary's fault is not the location's: not recorded
             _record(state, client, location, trigger, started, result)
+        if result.repaired:  # copied again and verified on the way: good as of now
+            with AuditState.opened(config.server.state_dir) as audits:
+                audits.record_verifications(client, location, [
+                    Verification(kind, name, time.time(), True) for kind, name in result.repaired])
         return result
 
     try:
@@ -141,6 +147,12 @@ class _TrackedDeletions:
 
     def forget(self, file_type: FileType, names: list[str]) -> None:
         self.state.forget_absent(self.client, self.location, file_type.value, names)
+
+
+def _found_corrupt(config: Config, client: str, location: str) -> frozenset[tuple[str, str]]:
+    """The replica's files whose last audit found them corrupt: the sync copies them again."""
+    with AuditState.opened(config.server.state_dir) as audits:
+        return frozenset(key for key, stamp in audits.stamps(client, location).items() if not stamp.ok)
 
 
 def _deletions(config: Config, client: str, location: str) -> _TrackedDeletions | None:

@@ -67,6 +67,8 @@ def _summarise(report: object) -> None:
             detail = f"corrupt in source: {', '.join(result.corrupt_files)}"
             if result.held_back:
                 detail += f"; {len(result.held_back)} new file(s) that may need them held back"
+        if result.repaired:
+            detail += f" {len(result.repaired)} corrupt file(s) the audit found repaired"
         if result.files_removed:
             detail += f" {result.files_removed} file(s) gone from the primary removed"
         if result.removals_deferred:

@@ -64,6 +64,7 @@ class MirrorResult:
     seconds: float = 0.0
     interrupted: bool = False
     files_removed: int = 0
+    repaired: list[tuple[str, str]] = field(default_factory=list)  # (type, name) copied again
     removals_deferred: str | None = None  # why due deletions did not happen this run
 
     @property
@@ -97,6 +98,9 @@ class MirrorOptions:
     # None: the replica is append-only (the default). Otherwise files gone from the
     # primary for ``deletions.delay`` seconds are removed from the replica too.
     deletions: Deletions | None = None
+    # (type, name) of replica files an audit found corrupt: copied again from the
+    # primary (verified, then renamed over the bad copy), as if the replica lacked them.
+    repair: frozenset[tuple[str, str]] = frozenset()
 
 
 class Deletions(Protocol):
@@ -143,11 +147,14 @@ def mirror(
         replica.discard_partial_saves()
         present = {file_type: _names(replica, file_type) for file_type in PHASES}
         result.replica_snapshots = set(present[FileType.SNAPSHOT])
+        repairing = {file_type: {name for kind, name in options.repair if kind == file_type.value}
+                     for file_type in PHASES}
         if callable(listing):
             listing = listing()
         _copy_config(source, replica, listing, result)
         missing = {
-            file_type: [info for name, info in listing.files[file_type].items() if name not in present[file_type]]
+            file_type: [info for name, info in listing.files[file_type].items()
+                        if name not in present[file_type] or name in repairing[file_type]]
             for file_type in PHASES
         }
         options.progress.planned(
@@ -282,6 +289,8 @@ def _copy_all(
             if outcome == "copied":
                 if file_type is FileType.SNAPSHOT and result.replica_snapshots is not None:
                     result.replica_snapshots.add(info.name)
+                if (file_type.value, info.name) in options.repair:
+                    result.repaired.append((file_type.value, info.name))
                 result.files_copied += 1
                 result.bytes_copied += info.size
             elif outcome == "in_progress":
