@@ -49,12 +49,19 @@ def retention_interval(config: Config, client: str) -> float | None:
     return policy.retention_every if policy is not None and has_key(config, client) else None
 
 
-def check_jobs(get_config: Callable[[], Config], send: Notify) -> list[Job]:
-    """The scheduled checks, reading the configuration current when each runs."""
+def check_jobs(get_config: Callable[[], Config], send: Notify,
+               resync: Callable[[str], None] = lambda client: None) -> list[Job]:
+    """The scheduled checks, reading the configuration current when each runs.
+
+    ``resync(client)`` asks for a replication run of the client (thread-safe): after an
+    audit that found corrupt replica files, the run copies them again.
+    """
 
     async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], None]) -> None:
         try:
             await asyncio.to_thread(work, get_config(), client, send)
+            if name == "audit" and _found_corrupt_replica_files(get_config(), client):
+                resync(client)
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
             send(f"triplicate: {name} of {client} could not run", str(error))
@@ -87,6 +94,13 @@ def scheduled_audit(config: Config, client: str, send: Notify) -> None:
         where = f"{change.client} at {change.location}" if change.location else change.client
         send(f"triplicate: audit of {where} is {change.after}",
              f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}")
+
+
+def _found_corrupt_replica_files(config: Config, client: str) -> bool:
+    from triplicate.state.audit import last_audit
+
+    record = last_audit(config.server.state_dir, client)
+    return record is not None and any(result.report.get("corrupt_files") for result in record.locations.values())
 
 
 def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:

@@ -128,7 +128,7 @@ class Daemon:
         self.daemon_state = DaemonState(state_dir)
         self.scheduler = Scheduler(self.daemon_state)
         self.scheduler.add_job(Job("rescan", _poll_interval, self._rescan, persist=False))
-        for job in check_jobs(lambda: self.config, self.send):  # audit, restore check, retention
+        for job in check_jobs(lambda: self.config, self.send, self.resync):  # audit, restore check, retention
             self.scheduler.add_job(job)
         if self.metrics_listen:
             self._start_metrics(self.metrics_listen)
@@ -402,6 +402,17 @@ class Daemon:
         state.latest[runner.location] = outcome
         if state.settled:
             self._maybe_run_hook(state)
+
+    def resync(self, client: str) -> None:
+        """Ask for a run of every location of ``client`` (callable from any thread)."""
+        def request() -> None:
+            state = self.clients.get(client)
+            if state is not None and not self.stopping:
+                for runner in state.runners.values():
+                    runner.request("repair")
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(request)
 
     def _follow_up(self, runner: LocationRunner) -> None:
         """Run again soon: what was being written or held back is probably complete then."""
