@@ -152,3 +152,12 @@ def age_file(path: Path, seconds: float = 3600) -> None:
     """Make a file look as if it was last modified ``seconds`` ago."""
     stat = path.stat()
     os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def flip_byte(path: Path, offset: int = 100) -> None:
+    """Corrupt one byte in place, as a failing disk would."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0xFF]))

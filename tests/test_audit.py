@@ -16,7 +16,7 @@ from triplicate.config.load import load_config
 from triplicate.state.audit import AuditState, last_audit, last_audits
 from triplicate.state.db import connect
 
-from .conftest import BASE_CONFIG, Server, age_file, repository_files, write_files
+from .conftest import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
 from .remote_support import start_rest_server, stop
 
 LOCATION_FIELDS = {
@@ -35,15 +35,6 @@ def age_tree(folder: Path, seconds: float = 3600) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             age_file(path, seconds)
-
-
-def flip_byte(path: Path, offset: int = 100) -> None:
-    """Corrupt one byte in place, as a failing disk would."""
-    with open(path, "r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 0xFF]))
 
 
 def first(repo: Path, folder: str) -> Path:

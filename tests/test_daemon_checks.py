@@ -110,15 +110,11 @@ def test_scheduled_retention_removes_and_says_so(
 def test_a_corrupt_replica_file_found_by_the_scheduled_audit_is_repaired(
     server: Server, daemons: list[DaemonProcess]
 ) -> None:
-    from .conftest import age_file, file_hash_matches_name
+    from .conftest import age_file, file_hash_matches_name, flip_byte
 
     assert server.cli("sync", "web01").code == 0
     pack = next(path for path in (server.replica("nas") / "data").rglob("*") if path.is_file())
-    with open(pack, "r+b") as file:  # bit rot on the nas disk
-        file.seek(10)
-        byte = file.read(1)
-        file.seek(10)
-        file.write(bytes([byte[0] ^ 0x01]))
+    flip_byte(pack)  # bit rot on the nas disk
     age_file(pack)
     daemon = start(daemons, server, 'audit_every = "1s"\naudit_verify_percent = 100', "")
     daemon.wait_until(lambda: file_hash_matches_name(pack), TIMEOUT, "the repair of the corrupt pack")

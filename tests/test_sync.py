@@ -16,7 +16,7 @@ from triplicate.engine.mirror import MirrorOptions, list_source, mirror
 from triplicate.storage import FileType, Handle
 from triplicate.storage.local import LocalBackend
 
-from .conftest import Server, age_file, file_hash_matches_name, repository_files, write_files
+from .conftest import Server, age_file, file_hash_matches_name, flip_byte, repository_files, write_files
 
 
 def test_full_sync_makes_valid_replicas_with_the_same_snapshots(server: Server) -> None:
@@ -63,11 +63,7 @@ def test_corrupt_source_pack_is_not_propagated_and_new_snapshots_are_held_back(
     server.backup(tmp_path / "more")
     new_packs = sorted(set(repository_files(server.primary())) - set(repository_files(server.replica("usb"))))
     pack = next(server.primary() / path for path in new_packs if path.startswith("data/"))
-    with open(pack, "r+b") as file:  # flip one byte, as a failing disk would
-        file.seek(100)
-        byte = file.read(1)
-        file.seek(100)
-        file.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(pack)
     age_file(pack)
 
     result = server.cli("sync", "web01", "--json")
@@ -273,11 +269,7 @@ def test_an_interrupted_run_is_history_but_not_a_failure(server: Server) -> None
 def test_a_replica_file_the_audit_found_corrupt_is_repaired_by_the_next_sync(server: Server) -> None:
     assert server.cli("sync", "web01").code == 0
     pack = next(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
-    with open(pack, "r+b") as file:  # bit rot on the usb disk
-        file.seek(10)
-        byte = file.read(1)
-        file.seek(10)
-        file.write(bytes([byte[0] ^ 0x01]))
+    flip_byte(pack)  # bit rot on the usb disk
     age_file(pack)
     audit = server.cli("audit", "web01", "--verify", "100", "--json")
     assert audit.code == 2, audit.out
