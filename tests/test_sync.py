@@ -280,3 +280,22 @@ def test_a_replica_file_the_audit_found_corrupt_is_repaired_by_the_next_sync(ser
     again = server.cli("audit", "web01", "--verify", "100", "--json")
     assert again.code == 0, again.out
     assert server.check_read_data(server.replica("usb")).returncode == 0
+
+
+def test_a_location_that_must_be_a_mount_point_is_refused_when_not_mounted(server: Server) -> None:
+    server.write_config(server.config_path.read_text().replace(
+        f'path = "{server.root}/usb"', f'path = "{server.root}/usb"\nmount_point = true'))
+    report = server.cli("sync", "web01", "--json").json()
+    assert "not a mount point" in report["locations"]["usb"]["error"]
+    assert not server.replica("usb").exists(), "nothing written onto the disk below the mount folder"
+    assert report["locations"]["nas"]["ok"]
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(server.root / "usb")],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        again = server.cli("sync", "web01", "--json").json()
+        assert again["locations"]["usb"]["ok"], again
+        assert server.snapshot_ids(server.replica("usb")) == server.snapshot_ids(server.primary())
+    finally:
+        subprocess.run(["umount", str(server.root / "usb")], check=True)

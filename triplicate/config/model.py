@@ -129,6 +129,9 @@ class LocalLocation(LocationSettings):
 
     type: Literal["local"]
     path: AbsolutePath
+    # Refuse to write unless ``path`` is a mount point: for a removable or network
+    # disk, whose empty mount folder must never receive a replica on the root disk.
+    mount_point: StrictBool = False
 
 
 def _http_url(value: str) -> str:

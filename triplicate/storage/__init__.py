@@ -37,7 +37,8 @@ def open_location(config: Config, location: str, client: str) -> Backend:
     settings = config.locations[location]
     workers = settings.workers or config.server.workers
     if isinstance(settings, LocalLocation):
-        return LocalBackend(settings.path / client, f"{location} ({settings.path / client})", workers)
+        return LocalBackend(settings.path / client, f"{location} ({settings.path / client})", workers,
+                            mount_point=settings.mount_point)
     from triplicate.storage.retry import RetryingBackend
 
     return RetryingBackend(_open_remote(settings, location, client, workers))

@@ -24,10 +24,14 @@ _HEX = "0123456789abcdef"
 class LocalBackend:
     """A repository at ``root``; ``root.parent`` is the location's folder."""
 
-    def __init__(self, root: Path, description: str | None = None, connections: int = 4) -> None:
+    def __init__(self, root: Path, description: str | None = None, connections: int = 4,
+                 mount_point: bool = False) -> None:
         self.root = root
         self.description = description or str(root)
         self.connections = connections
+        # The location's folder must be a mount point: an unmounted disk leaves an empty
+        # folder on the root file system, which must not receive the replica.
+        self.mount_point = mount_point
         self._known_dirs: set[Path] = set()
 
     def prepare(self, create: bool) -> None:
@@ -38,6 +42,8 @@ class LocalBackend:
                     f"location folder {parent} does not exist (not mounted?); "
                     "triplicate never creates it"
                 )
+            if self.mount_point and not os.path.ismount(parent):
+                raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
             try:
                 self.root.mkdir(mode=0o700, exist_ok=True)
             except OSError as error:
