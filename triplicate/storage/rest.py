@@ -20,6 +20,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ def read_password(path: Path) -> str:
         raise StorageError(f"password_file {path}: empty")
     return lines[0]
 
+
+# After a broken upload, how long a retry waits for the server to drop the partial file.
+DISCARD_TIMEOUT = 10.0
+DISCARD_POLL = 0.05
 
 class RestBackend:
     """The repository ``<target.url>/<client>/`` on a REST server."""
@@ -166,12 +171,32 @@ class RestBackend:
         except (CorruptContent, SourceReadError):
             raise  # the server has already dropped the upload (see storage/upload.py)
         except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
-            raise self._storage_error(what, error) from None
+            failure = self._storage_error(what, error)
+            if isinstance(failure, TransientError):
+                self._await_discard(handle)
+            raise failure from None
         if status == 404:  # for a save, a missing repository is a failure, not a missing file
             raise StorageError(f"{self.description}: {what}: no repository there (404)")
         if status != 200:
             raise self._status_error(what, status, answer or reason.encode())
         return size
+
+    def _await_discard(self, handle: Handle, timeout: float = DISCARD_TIMEOUT) -> None:
+        """After an upload broke off: wait until the server no longer shows the partial file.
+
+        rclone's REST server writes in place and removes a broken upload a moment
+        later on its own: a retry that raced that removal could see its complete file
+        removed. So the retry waits (bounded) for the name to be free again.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.stat(handle)
+            except NotFound:
+                return
+            except StorageError:
+                return  # the server is unreachable: the retry will find out
+            time.sleep(DISCARD_POLL)
 
     def stat(self, handle: Handle) -> FileInfo:
         response = self._request("HEAD", handle.relative_path(), f"stat {handle}")
