@@ -25,6 +25,12 @@ class UsageError(TriplicateError):
     exit_code = EXIT_USAGE
 
 
+class CannotRun(TriplicateError):
+    """The work could not run at all (no key, a missing program, already running): exit 3."""
+
+    exit_code = EXIT_UNKNOWN
+
+
 class ConfigError(UsageError):
     """The configuration file is missing or invalid; carries every problem found."""
 

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from triplicate.config.model import Canary, Config
-from triplicate.errors import EXIT_UNKNOWN, TriplicateError, UsageError
+from triplicate.errors import CannotRun, UsageError
 from triplicate.restic import (error_summary, key_problem, parse_ls, restic_environment, restic_run,
                                restore_arguments, restore_errors)
 from triplicate.state.db import PRIMARY
@@ -45,10 +45,8 @@ LISTING_TIMEOUT = 1800.0
 HASH_CHUNK = 4 << 20  # one reusable buffer per file; hashlib releases the GIL on it
 
 
-class RestoreCheckUnavailable(TriplicateError):
+class RestoreCheckUnavailable(CannotRun):
     """The check could not run at all (no key, wrong key, no common snapshot): exit status 3."""
-
-    exit_code = EXIT_UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from datetime import datetime
 
 from triplicate.config.model import Config, RetentionSettings
 from triplicate.engine.policy import Candidate, apply_policy, is_empty
-from triplicate.errors import EXIT_UNKNOWN, TriplicateError, UsageError
+from triplicate.errors import CannotRun, TriplicateError, UsageError
 from triplicate.restic import restic_environment, restic_run
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.state.retention import RetentionRun, RetentionState, first_scan_time
 
 
-class NoKey(TriplicateError):
-    exit_code = EXIT_UNKNOWN
+class NoKey(CannotRun):
+    """The client has no key configured: exit status 3."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import MirrorOptions
-from triplicate.errors import EXIT_UNKNOWN, TriplicateError
+from triplicate.errors import CannotRun, TriplicateError
 from triplicate.hooks import ChangeEvent, run_on_change
 from triplicate.notify import notify
 from triplicate.state.daemon import DaemonState
@@ -50,10 +50,6 @@ RECHECK_FIRST = 0.2
 RECHECK_MAX = 5.0
 # Snapshot files are a few kB; a bigger one is left to the mirror's own verification.
 MAX_HASHED_SNAPSHOT = 64 << 20
-
-
-class CannotRun(TriplicateError):
-    exit_code = EXIT_UNKNOWN
 
 
 @dataclass

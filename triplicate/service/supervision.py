@@ -11,15 +11,15 @@ from pathlib import Path
 
 from triplicate import execute
 from triplicate.config.model import Config
-from triplicate.errors import EXIT_UNKNOWN, TriplicateError
+from triplicate.errors import CannotRun
 from triplicate.service import runit
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs, triplicate_command
 from triplicate.service.tree import client_names, reconcile, stop_client, stop_unit
 
 
-class AlreadySupervised(TriplicateError):
-    exit_code = EXIT_UNKNOWN
+class AlreadySupervised(CannotRun):
+    """Another supervise runs over the same tree: exit status 3."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ state/replication.py; these tables only hold what the scheduler needs to honour
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from triplicate.state.db import Store
 

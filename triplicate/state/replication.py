@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 from triplicate.state.db import PRIMARY, Store, locked
 
