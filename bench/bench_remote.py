@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kinds", default="sftp,s3,rest,rclone", help="comma-separated subset to run")
     arguments = parser.parse_args()
     work = Path(arguments.workdir or tempfile.mkdtemp(prefix="triplicate-bench-remote-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,8 @@ password_file = "{work / 'password'}"
         }
         results: dict[str, dict[str, float]] = {}
         for kind, (ours, our_reset, theirs, their_reset) in cases.items():
+            if kind not in arguments.kinds.split(","):
+                continue
             commands = {f"triplicate {kind}": ours, f"rclone {kind}": theirs}
             if kind == "sftp":
                 commands["rclone sftp --sftp-disable-hashcheck"] = (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE_CONFIG, Server, repository_files, write_files
+from tests.conftest import BASE_CONFIG, Server, file_hash_matches_name, flip_byte, repository_files, write_files
 from tests.remote_support import (
     LOOPBACK, RestServer, S3Server, SshServer, free_port, rclone_local_config, rclone_location_toml,
     rest_server, s3_server, small_disk, sshd, start_rest_server, stop,
@@ -149,6 +149,40 @@ def test_audit_and_restore_check_work_on_every_remote_kind(
     locations = audit.json()["clients"]["web01"]["locations"]
     assert locations["far-sftp"]["corrupt_files"] == [pack.relative_to(replica).as_posix()]
     assert all(locations[name]["corrupt_files"] == [] for name in names if name != "far-sftp")
+
+
+def replica_folder(kind: str, name: str, server: Server, request: pytest.FixtureRequest) -> Path:
+    """Where the far side of a disk-backed location of ``kind`` keeps the client's files."""
+    if kind == "rest":
+        rest: RestServer = request.getfixturevalue("rest_server")
+        return rest.root / f"{name}-{unique(server.root)}" / "web01"
+    return server.root / f"{name}-{kind}" / "web01"
+
+
+@pytest.mark.parametrize("kind", ("sftp", "rest", "rclone"))
+def test_a_replica_file_cut_short_or_corrupt_on_the_far_side_is_copied_again(
+    kind: str, server: Server, request: pytest.FixtureRequest
+) -> None:
+    """A file cut short under its final name (a writer killed mid-upload) is seen by its size;
+    one corrupt at the same size is found by the audit and overwritten by the next sync."""
+    configure(server, ["far"], location_toml(kind, "far", server, request), in_progress_grace="0s")
+    assert sync(server)[0] == 0
+    packs = sorted((replica_folder(kind, "far", server, request) / "data").glob("*/*"))
+    short, corrupt = packs[0], packs[-1]
+    short.write_bytes(short.read_bytes()[: short.stat().st_size // 2])
+    before = corrupt.stat()
+    flip_byte(corrupt)
+    os.utime(corrupt, ns=(before.st_atime_ns, before.st_mtime_ns))  # bit rot leaves the time alone
+    code, report = sync(server)
+    assert code == 0 and report["locations"]["far"]["files_copied"] == 1, report
+    assert file_hash_matches_name(short)
+
+    audit = server.cli("audit", "web01", "--verify", "100", "--json")
+    assert audit.code == 2, audit.out
+    code, report = sync(server)
+    assert code == 0 and report["locations"]["far"]["files_repaired"] == 1, report
+    assert file_hash_matches_name(corrupt)
+    assert restic_at(server, "far", "check", "--read-data").returncode == 0
 
 
 # -- failures: each location says what is wrong, the others go on ----------------------------

@@ -152,6 +152,21 @@ def test_saving_content_that_does_not_match_its_name_fails_and_leaves_nothing(ba
     assert list(backend.list(FileType.DATA)) == []
 
 
+def test_saving_from_a_local_file(backend: Backend, tmp_path: Path) -> None:
+    """What a sync does: the source is a file of the primary (the rclone kind has rclone copy it)."""
+    handle, data = content(2 << 20)
+    path = tmp_path / handle.name
+    path.write_bytes(data)
+    with open(path, "rb") as source:
+        assert backend.save(handle, source) == len(data)
+    with backend.load(handle) as reader:
+        assert reader.read() == data
+    path.write_bytes(data[:-1] + b"!")  # rot in the source: never sent on
+    with open(path, "rb") as source, pytest.raises(CorruptContent):
+        backend.save(Handle(FileType.INDEX, handle.name), source)
+    assert list(backend.list(FileType.INDEX)) == []
+
+
 def test_a_failed_save_leaves_no_file_under_its_name(backend: Backend) -> None:
     handle, data = content(3 << 20)
     with pytest.raises(SourceReadError):

@@ -145,7 +145,7 @@ def mirror(
     try:
         replica.prepare(create=True)
         replica.discard_partial_saves()
-        present = {file_type: _names(replica, file_type) for file_type in PHASES}
+        present = {file_type: _listed(replica, file_type) for file_type in PHASES}
         result.replica_snapshots = set(present[FileType.SNAPSHOT])
         repairing = {file_type: {name for kind, name in options.repair if kind == file_type.value}
                      for file_type in PHASES}
@@ -154,7 +154,8 @@ def mirror(
         _copy_config(source, replica, listing, result)
         missing = {
             file_type: [info for name, info in listing.files[file_type].items()
-                        if name not in present[file_type] or name in repairing[file_type]]
+                        if name not in present[file_type] or name in repairing[file_type]
+                        or _short(present[file_type][name], info)]
             for file_type in PHASES
         }
         options.progress.planned(
@@ -186,7 +187,7 @@ def _propagate_deletions(
     source: Backend,
     replica: Backend,
     listing: SourceListing,
-    present: dict[FileType, set[str]],
+    present: dict[FileType, dict[str, FileInfo]],
     options: MirrorOptions,
     result: MirrorResult,
 ) -> None:
@@ -200,7 +201,7 @@ def _propagate_deletions(
     now = options.clock()
     due: dict[FileType, list[str]] = {}
     for file_type in DELETION_ORDER:
-        extra = present[file_type] - set(listing.files[file_type])
+        extra = present[file_type].keys() - listing.files[file_type].keys()
         since = options.deletions.absent_since(file_type, extra, now)
         due[file_type] = sorted(name for name, first in since.items() if now - first >= options.deletions.delay)
     if not any(due.values()):
@@ -245,8 +246,18 @@ def _must_hold_back(file_type: FileType, unsettled: set[FileType]) -> bool:
     return False
 
 
-def _names(backend: Backend, file_type: FileType) -> set[str]:
-    return {info.name for info in backend.list(file_type)}
+def _listed(backend: Backend, file_type: FileType) -> dict[str, FileInfo]:
+    return {info.name: info for info in backend.list(file_type)}
+
+
+def _short(replica: FileInfo, source: FileInfo) -> bool:
+    """Whether the replica's file is not the source's size (an upload cut short in place).
+
+    Only when the replica's listing gave sizes (the remote kinds): a local replica
+    writes under a temporary name, and its sizes would cost a stat each.
+    """
+    known = replica.known_size
+    return known is not None and known != source.size
 
 
 def _copy_config(source: Backend, replica: Backend, listing: SourceListing, result: MirrorResult) -> None:

@@ -45,6 +45,11 @@ class FileInfo:
         return self._size or 0
 
     @property
+    def known_size(self) -> int | None:
+        """The size when the listing gave it, None when learning it would cost a stat."""
+        return self._size
+
+    @property
     def mtime(self) -> float | None:
         if self._size is None:
             self._resolve()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 from triplicate.storage.backend import FileInfo, NotFound, StorageError
 from triplicate.storage.handle import FileType, Handle
@@ -35,3 +36,23 @@ class BodyReader:
             return data
         except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
             raise self._translate(error) from None
+
+
+def range_header(offset: int, length: int | None) -> dict[str, str]:
+    """The HTTP ``Range`` header for a load from ``offset`` for ``length`` bytes (none for a whole file)."""
+    if not offset and length is None:
+        return {}
+    end = "" if length is None else str(offset + length - 1)
+    return {"Range": f"bytes={offset}-{end}"}
+
+
+@contextmanager
+def streamed(response: Any, translate: Callable[[Exception], StorageError]) -> Iterator[BinaryIO]:
+    """A urllib3 response's body as a reader; its connection is reused only when read to the end."""
+    try:
+        yield BodyReader(response, translate)  # type: ignore[misc]
+    finally:
+        if response.length_remaining:
+            response.close()
+        else:
+            response.release_conn()

@@ -36,7 +36,7 @@ from triplicate.storage.backend import (
     CHUNK_SIZE, CorruptContent, FileInfo, NotFound, SourceReadError, StorageError,
 )
 from triplicate.storage.handle import FileType, Handle, is_id
-from triplicate.storage.remote import BodyReader, list_config
+from triplicate.storage.remote import BodyReader, list_config, range_header, streamed
 from triplicate.storage.retry import TransientError
 from triplicate.storage.upload import ChunkedUploads
 
@@ -122,24 +122,14 @@ class RestBackend:
         if length == 0:
             yield BodyReader(None, translate)  # type: ignore[misc]
             return
-        headers = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{end}"
-        response = self._request("GET", handle.relative_path(), what, headers=headers,
+        response = self._request("GET", handle.relative_path(), what, headers=range_header(offset, length),
                                  allow=(200, 206, 416), stream_body=True)
         if response.status == 416:  # an offset at the end: nothing left
             response.release_conn()
             yield BodyReader(None, translate)  # type: ignore[misc]
             return
-        try:
-            yield BodyReader(response, translate)  # type: ignore[misc]
-        finally:
-            # A body read to its end gives its connection back; one left half-read cannot be reused.
-            if response.length_remaining:
-                response.close()
-            else:
-                response.release_conn()
+        with streamed(response, translate) as reader:
+            yield reader
 
     def save(self, handle: Handle, source: BinaryIO) -> int:
         what = f"saving {handle}"
