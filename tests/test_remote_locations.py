@@ -311,17 +311,39 @@ def test_s3_large_files_go_as_multipart_uploads_aborted_on_a_mismatch(s3_server:
     backend.close()
 
 
-def test_rclone_server_runs_only_while_the_location_is_open(tmp_path: Path) -> None:
+def test_rclone_server_runs_only_while_a_location_uses_it_or_the_daemon_keeps_it(tmp_path: Path) -> None:
+    from triplicate.storage import rclone_server
     from triplicate.storage.rclone import RcloneBackend
 
     (tmp_path / "location").mkdir()
-    backend = RcloneBackend(f"far:{tmp_path / 'location'}", rclone_local_config(tmp_path), "client", "rclone")
-    backend.prepare(create=True)
-    process, folder = backend._process, backend._folder
-    assert process is not None and process.poll() is None
-    assert folder is not None and (folder / "htpasswd").stat().st_mode & 0o077 == 0
-    backend.close()
-    assert process.poll() is not None and not folder.exists()
+    config = rclone_local_config(tmp_path)
+    first = RcloneBackend(f"far:{tmp_path / 'location'}", config, "client", "rclone")
+    second = RcloneBackend(f"far:{tmp_path / 'location'}", config, "other", "rclone")
+    first.prepare(create=True)
+    second.prepare(create=True)
+    server = first._rclone
+    assert server is not None and second._rclone is server, "one rclone per configuration file"
+    assert server.running and (server.folder / "htpasswd").stat().st_mode & 0o077 == 0
+    first.close()
+    assert server.running, "still used by the other location"
+    second.close()
+    assert not server.running and not server.folder.exists()
+
+    with rclone_server.keep_servers():  # the daemon: one rclone across runs
+        first.prepare(create=True)
+        kept = first._rclone
+        first.close()
+        assert kept is not None and kept.running
+        second.prepare(create=True)
+        assert second._rclone is kept
+        second.close()
+        config.write_text(config.read_text() + "\n[other]\ntype = local\n")  # edited: a new rclone
+        first.prepare(create=True)
+        assert first._rclone is not kept and not kept.running
+        renewed = first._rclone
+        first.close()
+        assert renewed is not None and renewed.running
+    assert not renewed.running
 
 
 def test_sftp_saves_leave_nothing_in_the_partial_folder(sshd: SshServer, tmp_path: Path) -> None:

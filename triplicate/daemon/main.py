@@ -37,6 +37,7 @@ from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.storage.handle import is_id
+from triplicate.storage.rclone_server import keep_servers
 from triplicate.units import format_bytes, format_duration
 
 log = logging.getLogger("triplicate.daemon")
@@ -140,9 +141,11 @@ class Daemon:
                  os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
                  format_duration(self.config.server.poll_interval),
                  f", metrics on {self.metrics_listen}" if self.metrics_listen else "")
-        self.started.set()
-        await self._stopped.wait()
-        return await self._shutdown()
+        # rclone locations: one rclone per configuration file, kept running between runs.
+        with keep_servers():
+            self.started.set()
+            await self._stopped.wait()
+            return await self._shutdown()
 
     def _start_metrics(self, listen: str) -> None:
         from triplicate.metrics import ChecksCollector, ReplicationCollector, serve

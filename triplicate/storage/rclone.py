@@ -1,9 +1,8 @@
 """Any rclone remote (B2, Google Drive, S3, SFTP, ...), reached through rclone itself.
 
-triplicate starts ``rclone rcd`` (rclone's remote-control server) on a private
-loopback port, with a random password in an htpasswd file only this process can
-read, and drives it over its JSON API; close() stops it. So every backend rclone
-has works, with rclone's own configuration file (``rclone_config``).
+triplicate drives ``rclone rcd`` (rclone's remote-control server, private to this
+process: storage/rclone_server.py) over its JSON API. So every backend rclone has
+works, with rclone's own configuration file (``rclone_config``).
 
 Files do not cross an HTTP hop on their way out. A save from a local file (every
 sync: the primary is a local folder) first reads the file here and checks that it
@@ -18,13 +17,8 @@ object server (``--rc-serve``), with ranges.
 
 from __future__ import annotations
 
-import base64
-import collections
-import json
 import os
 import re
-import secrets
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -34,32 +28,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import urllib3
-
-from triplicate import execute
+from triplicate.storage import rclone_server
 from triplicate.storage.backend import FileInfo, NotFound, StorageError, copy_verified
 from triplicate.storage.handle import FileType, Handle, is_id
+from triplicate.storage.rclone_server import RcError, RcloneServer, error_text, rclone_environment
 from triplicate.storage.remote import BodyReader, list_config, range_header, streamed
 from triplicate.storage.retry import TransientError
 
-START_TIMEOUT = 30.0
-_SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
-_USER = "triplicate"
+__all__ = ["RcloneBackend", "join_remote", "rclone_environment"]
+
 _TYPE_FOLDERS = ("keys", "data", "index", "snapshots", "locks")
 # The slowest transfer rate a copy may have before it counts as hung (bytes per second).
 _SLOWEST_RATE = 50_000
-
-
-def rclone_environment(rclone_config: Path | None) -> dict[str, str]:
-    """The environment for rclone (and for restic's rclone: backend).
-
-    This machine's kind sets AWS_CA_BUNDLE, which makes rclone's S3 client fail
-    (LoadCustomCABundleError); an empty value is ignored by it.
-    """
-    extra = {"AWS_CA_BUNDLE": ""}
-    if rclone_config is not None:
-        extra["RCLONE_CONFIG"] = str(rclone_config)
-    return extra
 
 
 def join_remote(remote: str, client: str) -> str:
@@ -67,17 +47,8 @@ def join_remote(remote: str, client: str) -> str:
     return remote + client if remote.endswith((":", "/")) else f"{remote}/{client}"
 
 
-class _RcError(Exception):
-    """rclone answered a call with an error."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class RcloneBackend:
-    """The repository ``<remote>/<client>``, through an ``rclone rcd`` of our own."""
+    """The repository ``<remote>/<client>``, through the ``rclone rcd`` of its configuration file."""
 
     def __init__(self, remote: str, rclone_config: Path | None, client: str, description: str,
                  connections: int = 4, timeout: float = 120.0) -> None:
@@ -89,12 +60,7 @@ class RcloneBackend:
         self.connections = connections
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._process: "execute.subprocess.Popen[bytes] | None" = None
-        self._url: str | None = None
-        self._pool: urllib3.PoolManager | None = None
-        self._headers: dict[str, str] = {}
-        self._folder: Path | None = None
-        self._log: collections.deque[str] = collections.deque(maxlen=50)
+        self._rclone: RcloneServer | None = None
 
     # -- the Backend protocol ---------------------------------------------------------------
 
@@ -140,10 +106,9 @@ class RcloneBackend:
         if length == 0:
             yield BodyReader(None, translate)  # type: ignore[misc]
             return
-        headers = {**self._headers, **range_header(offset, length)}
-        url = self._server() + quote(f"[{self.repository}]/{handle.relative_path()}", safe="/[]:")
+        path = quote(f"[{self.repository}]/{handle.relative_path()}", safe="/[]:")
         try:
-            response = self._http().request("GET", url, headers=headers, preload_content=False, redirect=False)
+            response = self._server().get(path, range_header(offset, length), self._timeout)
         except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
             raise translate(error) from None
         if response.status not in (200, 206):
@@ -152,7 +117,7 @@ class RcloneBackend:
             if response.status == 416:  # an offset at the end: nothing left
                 yield BodyReader(None, translate)  # type: ignore[misc]
                 return
-            raise self._rc_error(what, _RcError(response.status, _error_text(body)))
+            raise self._rc_error(what, RcError(response.status, error_text(body)))
         with streamed(response, translate) as reader:
             yield reader
 
@@ -162,9 +127,7 @@ class RcloneBackend:
             size = copy_verified(handle, source, lambda chunk: None)
             self._copy_file(handle, path, size)
             return size
-        self._server()
-        assert self._folder is not None
-        descriptor, spooled = tempfile.mkstemp(dir=self._folder, prefix="save.")
+        descriptor, spooled = tempfile.mkstemp(dir=self._server().folder, prefix="save.")
         try:
             with os.fdopen(descriptor, "wb") as out:
                 size = copy_verified(handle, source, out.write)
@@ -192,16 +155,9 @@ class RcloneBackend:
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.clear()
-                self._pool = None
-            if self._process is not None:
-                execute.stop(self._process)
-                self._process = None
-            self._url = None
-            if self._folder is not None:
-                shutil.rmtree(self._folder, ignore_errors=True)
-                self._folder = None
+            server, self._rclone = self._rclone, None
+        if server is not None:
+            rclone_server.release(server)
 
     # -- the rclone server ------------------------------------------------------------------
 
@@ -225,23 +181,15 @@ class RcloneBackend:
 
     def _call(self, method: str, what: str, timeout: float | None = None, **params: Any) -> dict[str, Any]:
         """One rc call; returns its answer. Raises NotFound, StorageError or TransientError."""
-        url = self._server() + method
+        server = self._server()
         try:
-            response = self._http().request(
-                "POST", url, body=json.dumps(params).encode(), redirect=False,
-                headers={**self._headers, "Content-Type": "application/json"},
-                timeout=urllib3.Timeout(connect=10, read=timeout or self._timeout))
+            return server.call(method, params, timeout or self._timeout)
+        except RcError as error:
+            raise self._rc_error(what, error) from None
         except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
             raise self._storage_error(what, error) from None
-        if response.status != 200:
-            raise self._rc_error(what, _RcError(response.status, _error_text(response.data)))
-        try:
-            answer = json.loads(response.data)
-        except ValueError:
-            raise StorageError(f"{self.description}: {what}: rclone's answer is not JSON") from None
-        return answer if isinstance(answer, dict) else {}
 
-    def _rc_error(self, what: str, error: _RcError) -> StorageError:
+    def _rc_error(self, what: str, error: RcError) -> StorageError:
         where = f"{self.description}: {what}"
         message = error.message
         lowered = message.lower()
@@ -259,79 +207,22 @@ class RcloneBackend:
     def _storage_error(self, what: str, error: Exception) -> StorageError:
         if isinstance(error, StorageError):
             return error
-        process = self._process
-        if process is not None and process.poll() is not None:
-            return StorageError(f"{self.description}: {what}: rclone rcd stopped "
-                                f"(status {process.returncode}): {self._last_error() or 'no error logged'}")
+        server = self._rclone
+        if server is not None and not server.running:
+            return StorageError(f"{self.description}: {what}: {server.stopped_error()}")
         return TransientError(f"{self.description}: {what}: rclone did not answer ({error})")
 
-    def _http(self) -> urllib3.PoolManager:
-        self._server()
-        assert self._pool is not None
-        return self._pool
-
-    def _server(self) -> str:
-        """The URL of our running rclone; starts it on first use. Raises StorageError."""
+    def _server(self) -> RcloneServer:
+        """The running rclone of this location's configuration file; started on first use."""
         with self._lock:
-            if self._url is None:
-                self._start()
-            assert self._url is not None and self._process is not None
-            if self._process.poll() is not None:
-                raise StorageError(f"{self.description}: rclone rcd stopped "
-                                   f"(status {self._process.returncode}): {self._last_error() or 'no error logged'}")
-            return self._url
-
-    def _start(self) -> None:
-        import bcrypt
-
-        self._folder = Path(tempfile.mkdtemp(prefix="triplicate-rclone-"))
-        password = secrets.token_urlsafe(24)
-        htpasswd = self._folder / "htpasswd"
-        # The lowest bcrypt cost: rclone checks it on every request, and the password is random.
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-        htpasswd.touch(mode=0o600)
-        htpasswd.write_text(f"{_USER}:{hashed}\n")
-        argv = ["rclone", "rcd", "--rc-addr", "127.0.0.1:0", "--rc-htpasswd", str(htpasswd), "--rc-serve",
-                # Always copy when asked (a repair overwrites a corrupt file of the same size);
-                # the content was verified here (see the module's text).
-                "--no-check-dest", "--ignore-checksum"]
-        try:
-            process = execute.start(argv, env=execute.environment(rclone_environment(self.rclone_config)),
-                                    capture_log=True)
-        except execute.CommandFailed as error:
-            raise StorageError(f"{self.description}: {error}") from None
-        self._process = process
-        found = threading.Event()
-        address: list[str] = []
-
-        def read_log() -> None:
-            assert process.stderr is not None
-            for raw in process.stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
-                self._log.append(line)
-                match = _SERVING.search(line)
-                if match and not found.is_set():
-                    address.append(match.group(1))
-                    found.set()
-            found.set()  # the log ended: rclone exited
-
-        threading.Thread(target=read_log, name="rclone log", daemon=True).start()
-        if not found.wait(START_TIMEOUT) or not address:
-            execute.stop(process)
-            raise StorageError(f"{self.description}: rclone rcd did not start: "
-                               f"{self._last_error() or 'no address within ' + str(int(START_TIMEOUT)) + 's'}")
-        token = base64.b64encode(f"{_USER}:{password}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {token}"}
-        self._pool = urllib3.PoolManager(num_pools=1, maxsize=max(self.connections, 4), block=False, retries=False,
-                                         timeout=urllib3.Timeout(connect=10, read=self._timeout))
-        self._url = address[0]
-
-    def _last_error(self) -> str | None:
-        """rclone's last ERROR log line, without its date (why a call failed on the far side)."""
-        for line in reversed(self._log):
-            if "ERROR" in line or "Failed" in line or "CRITICAL" in line:
-                return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", line)
-        return None
+            if self._rclone is None:
+                try:
+                    self._rclone = rclone_server.acquire(self.rclone_config)
+                except StorageError as error:
+                    raise StorageError(f"{self.description}: {error}") from None
+            if not self._rclone.running:
+                raise StorageError(f"{self.description}: {self._rclone.stopped_error()}")
+            return self._rclone
 
 
 def _local_file(source: BinaryIO) -> Path | None:
@@ -349,18 +240,6 @@ def _local_file(source: BinaryIO) -> Path | None:
         return Path(name) if os.path.samestat(opened, os.stat(name)) else None
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _error_text(body: bytes) -> str:
-    """The "error" of rclone's JSON error answer, else the body's first line."""
-    text = body.decode("utf-8", "replace")
-    try:
-        answer = json.loads(text)
-        if isinstance(answer, dict) and answer.get("error"):
-            return str(answer["error"])
-    except ValueError:
-        pass
-    return (text.strip().splitlines() or ["no error text"])[0][:200]
 
 
 def _rclone_time(value: Any) -> float | None:

@@ -1,0 +1,233 @@
+"""``rclone rcd``: rclone's remote-control server, one per rclone configuration file.
+
+Every rclone location that uses the same ``rclone_config`` talks to the same
+server (each call names its remote). A server runs while a location uses it; the
+daemon keeps servers running between runs (:func:`keep_servers`), so a run does
+not pay rclone's start-up. A configuration file changed on disk gets a new server.
+
+The server listens on a private loopback port (``127.0.0.1:0``: rclone picks a
+free one and logs it) behind a random password, in an htpasswd file (bcrypt) only
+this process can read. Its folder also holds the spool for saves of streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from triplicate import execute
+from triplicate.storage.backend import StorageError
+
+START_TIMEOUT = 30.0
+_SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
+_USER = "triplicate"
+_POOL_SIZE = 32  # connections kept open to the server, across every location using it
+
+
+class RcError(Exception):
+    """rclone answered a call with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def rclone_environment(rclone_config: Path | None) -> dict[str, str]:
+    """The environment for rclone (and for restic's rclone: backend).
+
+    This machine's kind sets AWS_CA_BUNDLE, which makes rclone's S3 client fail
+    (LoadCustomCABundleError); an empty value is ignored by it.
+    """
+    extra = {"AWS_CA_BUNDLE": ""}
+    if rclone_config is not None:
+        extra["RCLONE_CONFIG"] = str(rclone_config)
+    return extra
+
+
+class RcloneServer:
+    """One running ``rclone rcd``. Raises StorageError when it cannot start."""
+
+    def __init__(self, rclone_config: Path | None) -> None:
+        import bcrypt
+
+        self.rclone_config = rclone_config
+        self.users = 0
+        self.log: collections.deque[str] = collections.deque(maxlen=50)
+        self.folder = Path(tempfile.mkdtemp(prefix="triplicate-rclone-"))
+        password = secrets.token_urlsafe(24)
+        htpasswd = self.folder / "htpasswd"
+        # The lowest bcrypt cost: rclone checks it on every request, and the password is random.
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd.touch(mode=0o600)
+        htpasswd.write_text(f"{_USER}:{hashed}\n")
+        argv = ["rclone", "rcd", "--rc-addr", "127.0.0.1:0", "--rc-htpasswd", str(htpasswd), "--rc-serve",
+                # Always copy when asked (a repair overwrites a corrupt file of the same size
+                # and time); the content is verified by triplicate (see storage/rclone.py).
+                "--no-check-dest", "--ignore-checksum"]
+        try:
+            self.process = execute.start(argv, env=execute.environment(rclone_environment(rclone_config)),
+                                         capture_log=True)
+        except execute.CommandFailed as error:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise StorageError(str(error)) from None
+        token = base64.b64encode(f"{_USER}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+        self.pool = urllib3.PoolManager(num_pools=1, maxsize=_POOL_SIZE, block=False, retries=False)
+        self.url = self._await_address()
+
+    def _await_address(self) -> str:
+        found = threading.Event()
+        address: list[str] = []
+        process = self.process
+
+        def read_log() -> None:
+            assert process.stderr is not None
+            for raw in process.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                self.log.append(line)
+                match = _SERVING.search(line)
+                if match and not found.is_set():
+                    address.append(match.group(1))
+                    found.set()
+            found.set()  # the log ended: rclone exited
+
+        threading.Thread(target=read_log, name="rclone log", daemon=True).start()
+        if not found.wait(START_TIMEOUT) or not address:
+            self.stop()
+            raise StorageError(f"rclone rcd did not start: "
+                               f"{self.last_error() or 'no address within ' + str(int(START_TIMEOUT)) + 's'}")
+        return address[0]
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def call(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One rc call; its answer. Raises RcError, or urllib3's errors when the server is unreachable."""
+        response = self.pool.request(
+            "POST", self.url + method, body=json.dumps(params).encode(), redirect=False,
+            headers={**self.headers, "Content-Type": "application/json"},
+            timeout=urllib3.Timeout(connect=10, read=timeout))
+        if response.status != 200:
+            raise RcError(response.status, error_text(response.data))
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            raise RcError(response.status, "rclone's answer is not JSON") from None
+        return answer if isinstance(answer, dict) else {}
+
+    def get(self, path: str, headers: dict[str, str], timeout: float) -> Any:
+        """A streamed GET from rclone's object server (``--rc-serve``); the caller releases it."""
+        return self.pool.request("GET", self.url + path, headers={**self.headers, **headers},
+                                 preload_content=False, redirect=False,
+                                 timeout=urllib3.Timeout(connect=10, read=timeout))
+
+    def stopped_error(self) -> str:
+        return (f"rclone rcd stopped (status {self.process.returncode}): "
+                f"{self.last_error() or 'no error logged'}")
+
+    def last_error(self) -> str | None:
+        """rclone's last ERROR log line, without its date (why a call failed on the far side)."""
+        for line in reversed(self.log):
+            if "ERROR" in line or "Failed" in line or "CRITICAL" in line:
+                return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", line)
+        return None
+
+    def stop(self) -> None:
+        self.pool.clear()
+        execute.stop(self.process)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- the servers of this process ------------------------------------------------------------
+
+_lock = threading.Lock()
+_servers: dict[Path | None, tuple[tuple[int, int, int] | None, RcloneServer]] = {}
+_kept = 0  # how many keep_servers() blocks are open
+
+
+def _stamp(rclone_config: Path | None) -> tuple[int, int, int] | None:
+    """What tells a changed configuration file: inode, size and modification time."""
+    if rclone_config is None:
+        return None
+    try:
+        status = rclone_config.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def acquire(rclone_config: Path | None) -> RcloneServer:
+    """The running server for ``rclone_config``, started when there is none. Raises StorageError."""
+    stamp = _stamp(rclone_config)
+    with _lock:
+        entry = _servers.get(rclone_config)
+        if entry is not None and (entry[0] != stamp or not entry[1].running):
+            del _servers[rclone_config]  # stale: stopped by its last user's release
+            if entry[1].users == 0:
+                entry[1].stop()
+            entry = None
+        if entry is None:
+            entry = (stamp, RcloneServer(rclone_config))
+            _servers[rclone_config] = entry
+        entry[1].users += 1
+        return entry[1]
+
+
+def release(server: RcloneServer) -> None:
+    """A location is done with ``server``: stopped when nobody uses or keeps it."""
+    with _lock:
+        server.users -= 1
+        current = _servers.get(server.rclone_config)
+        registered = current is not None and current[1] is server
+        if server.users > 0 or (registered and _kept):
+            return
+        if registered:
+            del _servers[server.rclone_config]
+    server.stop()
+
+
+@contextmanager
+def keep_servers() -> Iterator[None]:
+    """Servers stay running between uses while in this block (the daemon); stopped at its end."""
+    global _kept
+    with _lock:
+        _kept += 1
+    try:
+        yield
+    finally:
+        idle = []
+        with _lock:
+            _kept -= 1
+            if not _kept:
+                for key, (_, server) in list(_servers.items()):
+                    if server.users == 0:
+                        idle.append(server)
+                        del _servers[key]
+        for server in idle:
+            server.stop()
+
+
+def error_text(body: bytes) -> str:
+    """The "error" of rclone's JSON error answer, else the body's first line."""
+    text = body.decode("utf-8", "replace")
+    try:
+        answer = json.loads(text)
+        if isinstance(answer, dict) and answer.get("error"):
+            return str(answer["error"])
+    except ValueError:
+        pass
+    return (text.strip().splitlines() or ["no error text"])[0][:200]
