@@ -114,6 +114,8 @@ def refusal_cases(site: Site) -> dict[str, tuple[list[str], str]]:
         "unknown location": (["client", "add", "db01", "--replicate-to", "tape"], "--replicate-to tape: unknown"),
         "full port range": (["client", "add", "db01", "--replicate-to", "usb"], "no free port"),
         "taken port": (["client", "add", "db01", "--port", str(site.low)], "already client 'web01'"),
+        "port outside the range": (["client", "add", "db01", "--port", str(site.high + 1)],
+                                   f"--port {site.high + 1}: outside server.ports"),
         "existing password file": (["client", "add", "db01", "--save-password", str(site.config_path)],
                                    "--save-password"),
         "bad configuration": (["client", "add", "db01"], "colour: unknown key"),
@@ -121,7 +123,8 @@ def refusal_cases(site: Site) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("case", ["bad name", "existing name", "unknown location", "full port range",
-                                  "taken port", "existing password file", "bad configuration"])
+                                  "taken port", "port outside the range", "existing password file",
+                                  "bad configuration"])
 def test_a_refused_client_add_changes_nothing_and_says_why(site: Site, case: str) -> None:
     site.add_client("web01", "usb")
     if case == "full port range":  # one port, and web01 has it

@@ -48,7 +48,11 @@ def allocate_port(config: Config) -> int:
 
 
 def check_port(config: Config, port: int) -> None:
-    """Refuse a requested port another client has or another program listens on (UsageError)."""
+    """Refuse a requested port outside ``server.ports``, another client's, or one another program
+    listens on (UsageError): the range is what the firewall lets through."""
+    low, high = config.server.ports
+    if not low <= port <= high:
+        raise UsageError(f"--port {port}: outside server.ports ({low}-{high}); widen the range to use it")
     owner = taken_ports(config).get(port)
     if owner is not None:
         raise UsageError(f"--port {port}: already client '{owner}'s")
