@@ -8,11 +8,14 @@ S3-compatible server installable here, not AWS itself); the REST server is
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,9 +276,10 @@ def test_bad_remote_settings_are_config_errors_naming_the_key(server: Server) ->
     configure(server, ["far"], '[locations.far]\ntype = "rest"\nurl = "http://user:secret@host/"\n')
     result = server.cli("sync", "web01")
     assert result.code == 2 and "locations.far.url" in result.err and "Traceback" not in result.err
-    configure(server, ["far"], '[locations.far]\ntype = "rclone"\nremote = "no-colon"\n')
-    result = server.cli("sync", "web01")
-    assert result.code == 2 and "locations.far.remote" in result.err
+    for remote in ("no-colon", "far:backups[old]", "far:backups//new"):
+        configure(server, ["far"], f'[locations.far]\ntype = "rclone"\nremote = "{remote}"\n')
+        result = server.cli("sync", "web01")
+        assert result.code == 2 and "locations.far.remote" in result.err, (remote, result.err)
     configure(server, ["far"], '[locations.far]\ntype = "sftp"\nhost = "h"\npath = "/x"\nport = 0\n')
     result = server.cli("sync", "web01")
     assert result.code == 2 and "locations.far.port" in result.err
@@ -323,11 +327,16 @@ def test_rclone_server_runs_only_while_a_location_uses_it_or_the_daemon_keeps_it
     second.prepare(create=True)
     server = first._rclone
     assert server is not None and second._rclone is server, "one rclone per configuration file"
-    assert server.running and (server.folder / "htpasswd").stat().st_mode & 0o077 == 0
+    assert server.running
+    password = base64.b64decode(server.headers["Authorization"].split()[1]).decode().split(":", 1)[1]
+    assert password.encode() not in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+    anonymous = urllib.request.Request(server.url + "rc/noop", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(anonymous, timeout=10)
     first.close()
     assert server.running, "still used by the other location"
     second.close()
-    assert not server.running and not server.folder.exists()
+    assert not server.running
 
     with rclone_server.keep_servers():  # the daemon: one rclone across runs
         first.prepare(create=True)
@@ -514,3 +523,63 @@ def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServ
     assert delays, "the first try failed on the dead connection and was retried"
     assert (tmp_path / "client" / handle.relative_path()).read_bytes() == data
     backend.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd: SshServer, tmp_path: Path) -> None:
+    """Copies share the uplink, so there is no deadline per file: one that moves no byte for the
+    location's timeout is stopped. Here the far side (an SFTP server, through rclone) freezes."""
+    import signal
+    import threading
+    import time
+
+    from triplicate.storage.rclone import RcloneBackend
+
+    (tmp_path / "far").mkdir()
+    config = tmp_path / "rclone.conf"
+    config.write_text(f"[far]\ntype = sftp\nhost = {LOOPBACK}\nport = {sshd.port}\nuser = {sshd.user}\n"
+                      f"key_file = {sshd.identity_file}\nknown_hosts_file = {sshd.known_hosts_file}\n")
+    backend = RcloneBackend(f"far:{tmp_path / 'far'}", config, "client", "rclone over sftp", timeout=2)
+    try:
+        backend.prepare(create=True)
+        data = os.urandom(64 << 20)
+        handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+        source = tmp_path / handle.name
+        source.write_bytes(data)
+        sessions = _descendants(sshd.process.pid)  # rclone's open SSH session: frozen below
+        assert sessions
+        resume = threading.Timer(12, lambda: [os.kill(pid, signal.SIGCONT) for pid in sessions])
+        for pid in sessions:
+            os.kill(pid, signal.SIGSTOP)
+        resume.start()
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="no progress for 2s"), open(source, "rb") as reader:
+            backend.save(handle, reader)
+        assert time.monotonic() - started < 45
+        resume.join()
+        with open(source, "rb") as reader:  # the far side is back: the next attempt goes through
+            assert backend.save(handle, reader) == len(data)
+        with backend.load(handle) as loaded:
+            assert hashlib.sha256(loaded.read()).hexdigest() == handle.name
+    finally:
+        for pid in _descendants(sshd.process.pid):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        backend.close()

@@ -157,7 +157,9 @@ def test_saving_from_a_local_file(backend: Backend, tmp_path: Path) -> None:
     handle, data = content(2 << 20)
     path = tmp_path / handle.name
     path.write_bytes(data)
-    with open(path, "rb") as source:
+    link = tmp_path / "link"
+    link.symlink_to(path)  # a primary on a folder reached through a link
+    with open(link, "rb") as source:
         assert backend.save(handle, source) == len(data)
     with backend.load(handle) as reader:
         assert reader.read() == data

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from triplicate.engine.mirror import MirrorOptions, list_source, mirror
 from triplicate.storage import FileType, Handle
+from triplicate.storage.backend import FileInfo
 from triplicate.storage.local import LocalBackend
 
 from .conftest import Server, age_file, file_hash_matches_name, flip_byte, repository_files, write_files
@@ -137,6 +139,27 @@ def test_a_prune_during_the_sync_never_leaves_a_snapshot_without_its_index(serve
     assert again.code == 0, again.out
     assert server.snapshot_ids(server.replica("usb")) == server.snapshot_ids(server.primary())
     assert server.check_read_data(server.replica("usb")).returncode == 0
+
+
+class SizedReplica(LocalBackend):
+    """A local replica whose listing gives sizes, as every remote kind's does."""
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        return iter([FileInfo(info.name, info.size, info.mtime) for info in super().list(file_type)])
+
+
+def test_a_replica_file_cut_short_is_copied_again_but_not_one_the_primary_pruned_since(server: Server) -> None:
+    assert server.cli("sync", "web01", "--to", "usb").code == 0
+    replica = server.replica("usb")
+    packs = sorted((replica / "data").rglob("*/*"))
+    short = packs[0]
+    short.write_bytes(short.read_bytes()[:100])
+    pruned = server.primary() / packs[1].relative_to(replica)
+    listing = list_source(LocalBackend(server.primary()))
+    pruned.unlink()  # gone from the primary after the listing, as a prune would do it
+    result = mirror(LocalBackend(server.primary()), SizedReplica(replica), listing, MirrorOptions())
+    assert result.ok and result.complete and result.files_vanished == 0, result
+    assert result.files_copied == 1 and file_hash_matches_name(short)
 
 
 def test_a_missing_location_folder_fails_alone_and_is_never_created(server: Server) -> None:

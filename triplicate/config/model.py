@@ -144,6 +144,9 @@ def _http_url(value: str) -> str:
 def _rclone_remote(value: str) -> str:
     if not re.fullmatch(r"[^:\s/][^:]*:\S*", value):
         raise ValueError("expected an rclone remote such as 'b2:bucket/path' (a configured remote's name, ':', a path)")
+    if "]" in value or "//" in value.split(":", 1)[1]:
+        # rclone's object server (loads) addresses a file as "[remote]/path": it cannot name these.
+        raise ValueError("']' and '//' are not supported in an rclone remote")
     return value
 
 
@@ -192,7 +195,7 @@ class RestLocation(LocationSettings):
 
 
 class RcloneLocation(LocationSettings):
-    """Any rclone remote, reached through ``rclone serve restic``; docs/locations.md."""
+    """Any rclone remote, reached through ``rclone rcd``; docs/locations.md."""
 
     type: Literal["rclone"]
     remote: RcloneRemote

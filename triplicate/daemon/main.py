@@ -118,6 +118,11 @@ class Daemon:
 
         Raises CannotRun when the metrics address cannot be served.
         """
+        # rclone locations: one rclone per configuration file, kept running between runs.
+        with keep_servers():
+            return await self._serve()
+
+    async def _serve(self) -> int:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         state_dir = self.config.server.state_dir
@@ -141,11 +146,9 @@ class Daemon:
                  os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
                  format_duration(self.config.server.poll_interval),
                  f", metrics on {self.metrics_listen}" if self.metrics_listen else "")
-        # rclone locations: one rclone per configuration file, kept running between runs.
-        with keep_servers():
-            self.started.set()
-            await self._stopped.wait()
-            return await self._shutdown()
+        self.started.set()
+        await self._stopped.wait()
+        return await self._shutdown()
 
     def _start_metrics(self, listen: str) -> None:
         from triplicate.metrics import ChecksCollector, ReplicationCollector, serve

@@ -254,10 +254,11 @@ def _short(replica: FileInfo, source: FileInfo) -> bool:
     """Whether the replica's file is not the source's size (an upload cut short in place).
 
     Only when the replica's listing gave sizes (the remote kinds): a local replica
-    writes under a temporary name, and its sizes would cost a stat each.
+    writes under a temporary name, and its sizes would cost a stat each. A source
+    file gone since the listing (a prune; no time) is not a reason to copy.
     """
     known = replica.known_size
-    return known is not None and known != source.size
+    return known is not None and known != source.size and source.mtime is not None
 
 
 def _copy_config(source: Backend, replica: Backend, listing: SourceListing, result: MirrorResult) -> None:

@@ -30,7 +30,7 @@ class FileInfo:
 
     __slots__ = ("name", "_size", "_mtime")
 
-    def __init__(self, name: str, size: int = 0, mtime: float | None = None) -> None:
+    def __init__(self, name: str, size: int | None = 0, mtime: float | None = None) -> None:
         self.name = name
         self._size: int | None = size
         self._mtime = mtime

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,8 +39,13 @@ from triplicate.storage.retry import TransientError
 __all__ = ["RcloneBackend", "join_remote", "rclone_environment"]
 
 _TYPE_FOLDERS = ("keys", "data", "index", "snapshots", "locks")
-# The slowest transfer rate a copy may have before it counts as hung (bytes per second).
-_SLOWEST_RATE = 50_000
+_POLL_MAX = 0.2  # seconds between two looks at a running copy, at most
+_STALL_CHECK = 5.0  # seconds between two looks at a copy's progress
+_STOP_WAIT = 30.0  # seconds a stopped copy is waited for
+_DISK_FULL = ("no space left", "remaining disk space", "storage quota", "insufficient storage")
+# rclone's messages for what retrying will not fix (a wrong configuration or path, denied access).
+_PERMANENT = ("didn't find section", "didn't find backend", "permission denied", "failed to read private key",
+              "is a file not a directory", "not a directory", "access denied", "unauthorized")
 
 
 def join_remote(remote: str, client: str) -> str:
@@ -94,7 +100,7 @@ class RcloneBackend:
         for entry in answer.get("list") or []:
             name = entry.get("Name", "")
             if is_id(name) and not entry.get("IsDir"):
-                yield FileInfo(name, int(entry.get("Size", 0)), _rclone_time(entry.get("ModTime")))
+                yield FileInfo(name, _size(entry), _rclone_time(entry.get("ModTime")))
 
     @contextmanager
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
@@ -117,7 +123,13 @@ class RcloneBackend:
             if response.status == 416:  # an offset at the end: nothing left
                 yield BodyReader(None, translate)  # type: ignore[misc]
                 return
-            raise self._rc_error(what, RcError(response.status, error_text(body)))
+            failure = self._rc_error(what, RcError(response.status, error_text(body)))
+            if isinstance(failure, NotFound):
+                # rclone's object server answers 404 to any failure to open: only stat can tell.
+                self.stat(handle)
+                failure = TransientError(f"{self.description}: {what}: rclone could not open it "
+                                         f"({error_text(body)})")
+            raise failure
         with streamed(response, translate) as reader:
             yield reader
 
@@ -127,12 +139,19 @@ class RcloneBackend:
             size = copy_verified(handle, source, lambda chunk: None)
             self._copy_file(handle, path, size)
             return size
-        descriptor, spooled = tempfile.mkstemp(dir=self._server().folder, prefix="save.")
+        try:
+            descriptor, spooled = tempfile.mkstemp(prefix="triplicate-rclone-save.")
+        except OSError as error:
+            raise StorageError(f"{self.description}: saving {handle}: no temporary file "
+                               f"({error.strerror or error})") from None
         try:
             with os.fdopen(descriptor, "wb") as out:
                 size = copy_verified(handle, source, out.write)
             self._copy_file(handle, Path(spooled), size)
             return size
+        except OSError as error:
+            raise StorageError(f"{self.description}: saving {handle}: writing the temporary file failed "
+                               f"({error.strerror or error})") from None
         finally:
             Path(spooled).unlink(missing_ok=True)
 
@@ -141,7 +160,7 @@ class RcloneBackend:
         item = answer.get("item")
         if not item:
             raise NotFound(f"{self.description}: stat {handle}: does not exist")
-        return FileInfo(handle.name, int(item.get("Size", 0)), _rclone_time(item.get("ModTime")))
+        return FileInfo(handle.name, _size(item), _rclone_time(item.get("ModTime")))
 
     def remove(self, handle: Handle) -> None:
         try:
@@ -162,22 +181,69 @@ class RcloneBackend:
     # -- the rclone server ------------------------------------------------------------------
 
     def _copy_file(self, handle: Handle, path: Path, size: int) -> None:
-        """rclone copies the local file ``path`` to the handle's place (overwriting: a repair).
+        """rclone copies the local file ``path`` to the handle's place (replacing what is there).
 
         rclone writes some remotes (a local disk, SFTP) in place under the final name,
         and a failed copy can leave a short file there (an empty one when the disk is
         too full to preallocate): it is removed before the error is raised.
         """
+        what = f"saving {handle}"
         try:
-            self._call("operations/copyfile", f"saving {handle}", timeout=self._timeout + size / _SLOWEST_RATE,
-                       srcFs=str(path.parent), srcRemote=path.name,
-                       dstFs=self.repository, dstRemote=handle.relative_path())
-        except StorageError:
+            self._run_job(what, "operations/copyfile", srcFs=str(path.parent), srcRemote=path.name,
+                          dstFs=self.repository, dstRemote=handle.relative_path())
+        except StorageError as error:
             try:
                 self.remove(handle)
             except StorageError:
                 pass  # the error to report is the copy's; the mirror's size check catches a leftover
+            if isinstance(error, NotFound) and path.exists():
+                raise StorageError(f"{self.description}: {what}: rclone found no such folder on the far side "
+                                   f"({error})") from None
             raise
+
+    def _run_job(self, what: str, method: str, **params: Any) -> None:
+        """Run an rc call as a job and wait for it, however long it takes while it makes progress.
+
+        Copies run side by side and share the uplink, so no deadline fits them all:
+        a job that has moved no byte for the location's timeout is stopped (and
+        waited for, so that its clean-up cannot race a retry) and the save fails as
+        transient.
+        """
+        job = self._call(method, what, _async=True, **params).get("jobid")
+        group = f"job/{job}"
+        delay, moved, last_check = 0.002, 0, time.monotonic()
+        last_progress = last_check
+        try:
+            while True:
+                status = self._call("job/status", what, jobid=job)
+                if status.get("finished"):
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX)
+                now = time.monotonic()
+                if now - last_check < min(_STALL_CHECK, self._timeout):
+                    continue
+                last_check = now
+                before, moved = moved, int(self._call("core/stats", what, group=group).get("bytes") or 0)
+                if moved != before:
+                    last_progress = now
+                elif now - last_progress >= self._timeout:
+                    self._call("job/stop", what, jobid=job)
+                    self._await_finished(job, what)
+                    raise TransientError(f"{self.description}: {what}: no progress for "
+                                         f"{self._timeout:.0f}s (stopped at {moved} bytes)")
+        finally:
+            try:
+                self._call("core/stats-delete", what, group=group)  # rclone keeps a group's stats until then
+            except StorageError:
+                pass
+        if not status.get("success"):
+            raise self._rc_error(what, RcError(0, str(status.get("error") or "the job failed")))
+
+    def _await_finished(self, job: int, what: str) -> None:
+        deadline = time.monotonic() + _STOP_WAIT
+        while time.monotonic() < deadline and not self._call("job/status", what, jobid=job).get("finished"):
+            time.sleep(0.05)
 
     def _call(self, method: str, what: str, timeout: float | None = None, **params: Any) -> dict[str, Any]:
         """One rc call; returns its answer. Raises NotFound, StorageError or TransientError."""
@@ -193,13 +259,14 @@ class RcloneBackend:
         where = f"{self.description}: {what}"
         message = error.message
         lowered = message.lower()
-        if error.status == 404 or ("not found" in lowered and "section" not in lowered):
+        if error.status == 404 or ("not found" in lowered and "section" not in lowered
+                                   and "backend called" not in lowered):
             return NotFound(f"{where}: does not exist")
-        if any(sign in lowered for sign in ("no space left", "remaining disk space", "quota")):
+        if any(sign in lowered for sign in _DISK_FULL):
             return StorageError(f"{where}: disk full on the far side ({message})")
         if error.status == 401:
             return StorageError(f"{where}: rclone refused our password (401)")
-        if "didn't find section" in lowered or "permission denied" in lowered or error.status == 400:
+        if error.status == 400 or any(sign in lowered for sign in _PERMANENT):
             return StorageError(f"{where}: rclone cannot reach {self.remote}: {message}")
         # rclone has already retried low-level errors itself; ours retries the call as a whole.
         return TransientError(f"{where}: rclone failed ({message})")
@@ -237,9 +304,16 @@ def _local_file(source: BinaryIO) -> Path | None:
         opened = os.fstat(source.fileno())
         if source.tell() != 0:
             return None
-        return Path(name) if os.path.samestat(opened, os.stat(name)) else None
+        # The real path: rclone copies a symbolic link as a link, not what it points to.
+        return Path(os.path.realpath(name)) if os.path.samestat(opened, os.stat(name)) else None
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _size(entry: dict[str, Any]) -> int | None:
+    """A listed size; None when rclone does not know it (-1)."""
+    size = int(entry.get("Size", 0))
+    return size if size >= 0 else None
 
 
 def _rclone_time(value: Any) -> float | None:

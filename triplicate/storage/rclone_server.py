@@ -6,8 +6,9 @@ daemon keeps servers running between runs (:func:`keep_servers`), so a run does
 not pay rclone's start-up. A configuration file changed on disk gets a new server.
 
 The server listens on a private loopback port (``127.0.0.1:0``: rclone picks a
-free one and logs it) behind a random password, in an htpasswd file (bcrypt) only
-this process can read. Its folder also holds the spool for saves of streams.
+free one and logs it) behind a random user and password given to rclone in its
+environment (``RCLONE_RC_USER``/``RCLONE_RC_PASS``): never on its command line, and
+no file that a /tmp cleaner could remove under a long-lived server.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import collections
 import json
 import re
 import secrets
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,29 +60,22 @@ class RcloneServer:
     """One running ``rclone rcd``. Raises StorageError when it cannot start."""
 
     def __init__(self, rclone_config: Path | None) -> None:
-        import bcrypt
-
         self.rclone_config = rclone_config
         self.users = 0
         self.log: collections.deque[str] = collections.deque(maxlen=50)
-        self.folder = Path(tempfile.mkdtemp(prefix="triplicate-rclone-"))
-        password = secrets.token_urlsafe(24)
-        htpasswd = self.folder / "htpasswd"
-        # The lowest bcrypt cost: rclone checks it on every request, and the password is random.
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-        htpasswd.touch(mode=0o600)
-        htpasswd.write_text(f"{_USER}:{hashed}\n")
-        argv = ["rclone", "rcd", "--rc-addr", "127.0.0.1:0", "--rc-htpasswd", str(htpasswd), "--rc-serve",
-                # Always copy when asked (a repair overwrites a corrupt file of the same size
-                # and time); the content is verified by triplicate (see storage/rclone.py).
-                "--no-check-dest", "--ignore-checksum"]
+        user, password = secrets.token_hex(8), secrets.token_urlsafe(24)
+        argv = ["rclone", "rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve",
+                # Always copy when asked, replacing what is there (a repair of a corrupt file
+                # of the same size and time); the content is verified by triplicate and rclone
+                # still checks the size (see storage/rclone.py).
+                "--ignore-times", "--ignore-checksum"]
+        environment = {**rclone_environment(rclone_config), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": password}
         try:
-            self.process = execute.start(argv, env=execute.environment(rclone_environment(rclone_config)),
+            self.process = execute.start(argv, env=execute.environment(environment), secrets=[password],
                                          capture_log=True)
         except execute.CommandFailed as error:
-            shutil.rmtree(self.folder, ignore_errors=True)
             raise StorageError(str(error)) from None
-        token = base64.b64encode(f"{_USER}:{password}".encode()).decode()
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}"}
         self.pool = urllib3.PoolManager(num_pools=1, maxsize=_POOL_SIZE, block=False, retries=False)
         self.url = self._await_address()
@@ -149,13 +141,13 @@ class RcloneServer:
     def stop(self) -> None:
         self.pool.clear()
         execute.stop(self.process)
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # -- the servers of this process ------------------------------------------------------------
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards the three below; never held while a server starts
 _servers: dict[Path | None, tuple[tuple[int, int, int] | None, RcloneServer]] = {}
+_starting: dict[Path | None, threading.Lock] = {}  # one start at a time per configuration file
 _kept = 0  # how many keep_servers() blocks are open
 
 
@@ -172,19 +164,26 @@ def _stamp(rclone_config: Path | None) -> tuple[int, int, int] | None:
 
 def acquire(rclone_config: Path | None) -> RcloneServer:
     """The running server for ``rclone_config``, started when there is none. Raises StorageError."""
-    stamp = _stamp(rclone_config)
     with _lock:
-        entry = _servers.get(rclone_config)
-        if entry is not None and (entry[0] != stamp or not entry[1].running):
-            del _servers[rclone_config]  # stale: stopped by its last user's release
-            if entry[1].users == 0:
-                entry[1].stop()
-            entry = None
-        if entry is None:
-            entry = (stamp, RcloneServer(rclone_config))
-            _servers[rclone_config] = entry
-        entry[1].users += 1
-        return entry[1]
+        starting = _starting.setdefault(rclone_config, threading.Lock())
+    with starting:
+        stamp = _stamp(rclone_config)
+        stale = None
+        with _lock:
+            entry = _servers.get(rclone_config)
+            if entry is not None and entry[0] == stamp and entry[1].running:
+                entry[1].users += 1
+                return entry[1]
+            if entry is not None:  # edited or dead: its last user's release stops it
+                del _servers[rclone_config]
+                stale = entry[1] if entry[1].users == 0 else None
+        if stale is not None:
+            stale.stop()
+        server = RcloneServer(rclone_config)
+        with _lock:
+            _servers[rclone_config] = (stamp, server)
+            server.users += 1
+        return server
 
 
 def release(server: RcloneServer) -> None:
