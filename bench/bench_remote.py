@@ -204,7 +204,7 @@ def report(results: dict[str, dict[str, float]], size: int, files: int, argument
     print(f"Repository: {megabytes:.0f} MB in {files} files (restic 0.14, one backup of random data); "
           f"{arguments.runs} runs each, medians; ratio = rclone's time / triplicate's (above 1: triplicate faster).\n")
     print("| kind | triplicate full s (MB/s) | rclone sync full s (MB/s) | full ratio "
-          "| triplicate no-change s (CLI / in-process) | rclone no-change s | no-change ratio (CLI / in-process) |")
+          "| triplicate no-change s (CLI / daemon) | rclone no-change s | no-change ratio (CLI / daemon) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, values in results.items():
         rows = [(kind, f"rclone {kind}")]

@@ -118,6 +118,23 @@ def test_a_snapshot_not_replicated_yet_is_judged_by_its_lag(server: Server, tmp_
     assert audit(server)[0] == 0
 
 
+def test_a_location_without_the_clients_replica_is_judged_by_the_missing_snapshots(server: Server) -> None:
+    """The disk is there but holds nothing of the client: missing snapshots, judged like any other."""
+    (snapshot,) = server.snapshot_ids(server.primary())
+    age_file(server.primary() / "snapshots" / snapshot, 2 * 3600)  # beyond max_lag (1h)
+    code, report = audit(server)  # never synced
+    usb = report["clients"]["web01"]["locations"]["usb"]
+    assert code == 2 and usb["status"] == "CRITICAL" and usb["missing_snapshots"] == [snapshot], usb
+    assert any("no repository here yet" in note for note in usb["notes"])
+
+    synced(server)
+    shutil.rmtree(server.replica("usb"))  # removed by hand after a sync: lost
+    code, report = audit(server)
+    usb = report["clients"]["web01"]["locations"]["usb"]
+    assert code == 2 and usb["status"] == "CRITICAL" and any("lost" in reason for reason in usb["reasons"])
+    assert report["clients"]["web01"]["locations"]["nas"]["status"] == "OK"
+
+
 def test_a_pack_deleted_from_a_replica_is_named(server: Server) -> None:
     synced(server)
     pack = first(server.replica("nas"), "data")
@@ -229,7 +246,8 @@ def test_an_unreachable_location_is_unknown_without_hiding_the_others(server: Se
     code, report = audit(server)
     locations = report["clients"]["web01"]["locations"]
     assert code == 2, "CRITICAL at usb must not be hidden by UNKNOWN at nas"
-    assert locations["nas"]["status"] == "UNKNOWN" and str(server.replica("nas")) in locations["nas"]["reasons"][0]
+    assert locations["nas"]["status"] == "UNKNOWN" and "not mounted" in locations["nas"]["reasons"][0]
+    assert str(server.root / "nas") in locations["nas"]["reasons"][0]
     assert locations["usb"]["status"] == "CRITICAL" and locations["usb"]["missing_snapshots"] == [snapshot]
 
     assert server.cli("sync", "web01", "--to", "usb").code == 0

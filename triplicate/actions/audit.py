@@ -33,6 +33,7 @@ from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.storage import (Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location,
                                 open_primary, restic_repository)
+from triplicate.storage.backend import NoRepository
 from triplicate.units import format_duration
 
 log = logging.getLogger("triplicate.audit")
@@ -216,7 +217,14 @@ def _audit_location(context: _Context, client: str, location: str, listing: Sour
     result = LocationAudit()
     replica = open_location(context.config, location, client)
     try:
-        replica.prepare(create=False)
+        try:
+            replica.prepare(create=False)
+        except NoRepository as missing:
+            # Reachable, but nothing replicated here yet: every snapshot is missing, judged by its age.
+            result.findings.append(Finding(Status.OK, f"no repository here yet ({missing})"))
+            empty: dict[FileType, dict[str, FileInfo]] = {file_type: {} for file_type in LISTING_ORDER}
+            _judge_snapshots(context, client, location, empty, arrival, now, result)
+            return result
         # Reader order, as for the primary: whatever a listed snapshot needs was there before it.
         present = {file_type: {info.name: info for info in replica.list(file_type)} for file_type in LISTING_ORDER}
         if _read_config(replica) != primary_config:

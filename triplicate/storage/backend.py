@@ -67,6 +67,10 @@ class NotFound(StorageError):
     """The file does not exist at the location."""
 
 
+class NoRepository(StorageError):
+    """The location is there but holds no repository for the client (nothing replicated yet)."""
+
+
 class SourceReadError(StorageError):
     """Reading what was being saved failed; nothing was saved."""
 

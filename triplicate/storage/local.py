@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from triplicate.fsutil import fsync_directory
-from triplicate.storage.backend import FileInfo, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import FileInfo, NoRepository, NotFound, StorageError, copy_verified
 from triplicate.storage.handle import FileType, Handle
 
 # Saves are written here, inside the repository but in a folder restic never reads,
@@ -49,7 +49,9 @@ class LocalBackend:
             except OSError as error:
                 raise _storage_error(error, self.root) from None
         elif not self.root.is_dir():
-            raise StorageError(f"no repository at {self.root}")
+            if not self.root.parent.is_dir():
+                raise StorageError(f"folder {self.root.parent} does not exist (not mounted?)")
+            raise NoRepository(f"no repository at {self.root}")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:

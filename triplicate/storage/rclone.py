@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from triplicate.storage import rclone_server
-from triplicate.storage.backend import FileInfo, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import FileInfo, NoRepository, NotFound, StorageError, copy_verified
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.rclone_server import RcError, RcloneServer, error_text, rclone_environment
 from triplicate.storage.remote import BodyReader, list_config, range_header, streamed
@@ -83,7 +83,7 @@ class RcloneBackend:
         except NotFound:
             pass
         if not create:
-            raise StorageError(f"{self.description}: no repository at {self.repository}")
+            raise NoRepository(f"{self.description}: no repository at {self.repository}")
         # The repository's folders, as restic's "init" makes them (none on an object store).
         for folder in ("", *_TYPE_FOLDERS):
             self._call("operations/mkdir", "creating the repository", fs=self.repository, remote=folder)

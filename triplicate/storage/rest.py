@@ -33,7 +33,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError as Urllib3Timeout
 
 from triplicate.storage.backend import (
-    CHUNK_SIZE, CorruptContent, FileInfo, NotFound, SourceReadError, StorageError,
+    CHUNK_SIZE, CorruptContent, FileInfo, NoRepository, NotFound, SourceReadError, StorageError,
 )
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.remote import BodyReader, list_config, range_header, streamed
@@ -92,7 +92,7 @@ class RestBackend:
         if response.status == 200:
             return
         if not create:
-            raise StorageError(f"{self.description}: no repository at {self.base}")
+            raise NoRepository(f"{self.description}: no repository at {self.base}")
         # The repository's folders, as restic's "init" makes them; the mirror then copies config.
         self._request("POST", "?create=true", "creating the repository")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from triplicate.storage.backend import FileInfo, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import FileInfo, NoRepository, NotFound, StorageError, copy_verified
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.remote import BodyReader, list_config
 from triplicate.storage.retry import TransientError
@@ -111,7 +111,7 @@ class S3Backend:
             listing = self._call("opening the repository",
                                  lambda s3: s3.list_objects_v2(Bucket=bucket, Prefix=self.base, MaxKeys=1))
             if not listing.get("KeyCount"):
-                raise StorageError(f"{self.description}: no repository at s3://{bucket}/{self.base}")
+                raise NoRepository(f"{self.description}: no repository at s3://{bucket}/{self.base}")
         # Prefixes need no creating: a key's folders exist as soon as it does.
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:

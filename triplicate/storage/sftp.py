@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import asyncssh
 
-from triplicate.storage.backend import CHUNK_SIZE, FileInfo, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import CHUNK_SIZE, FileInfo, NoRepository, NotFound, StorageError, copy_verified
 from triplicate.storage.eventloop import LoopThread
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.remote import list_config
@@ -94,9 +94,9 @@ class SftpBackend:
             try:
                 attributes = self._run("opening the repository", lambda sftp: sftp.stat(self.root))
             except NotFound:
-                raise StorageError(f"{self.description}: no repository at {self.root}") from None
+                raise NoRepository(f"{self.description}: no repository at {self.root}") from None
             if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise StorageError(f"{self.description}: no repository at {self.root}")
+                raise NoRepository(f"{self.description}: no repository at {self.root}")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:
