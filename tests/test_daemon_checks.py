@@ -120,3 +120,74 @@ def test_a_corrupt_replica_file_found_by_the_scheduled_audit_is_repaired(
     daemon.wait_until(lambda: file_hash_matches_name(pack), TIMEOUT, "the repair of the corrupt pack")
     daemon.wait_for_log(r"web01 -> nas: copied 1 file.*\[repair\]")
     assert server.check_read_data(server.replica("nas")).returncode == 0
+
+
+def _children(pid: int, program: str) -> list[int]:
+    """The processes named ``program`` whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, rest = stat.read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if head.endswith(f"({program}") and int(rest.split()[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_a_scheduled_restic_at_once(server: Server, daemons: list[DaemonProcess]) -> None:
+    """A restic the daemon waits for (here a restore that retries a missing pack for about a
+    minute; a prune can take hours) is interrupted, and the daemon exits promptly."""
+    daemon = start(daemons, server, 'restore_check_every = "1s"', "[clients.web01.restore_check]\nfiles = 2\n")
+
+    def restore_checks() -> dict[str, object]:
+        with RestoreCheckState.opened(server.root / "state") as state:
+            return state.last_restore_checks("web01")  # type: ignore[return-value]
+
+    daemon.wait_until(lambda: {"usb", "nas"} <= set(restore_checks()), TIMEOUT, "a first restore check")
+    for pack in (server.replica("nas") / "data").rglob("*/*"):
+        pack.unlink()  # the next restore from nas retries the missing packs
+    daemon.wait_until(lambda: _children(daemon.process.pid, "restic"), TIMEOUT, "a restic restore running")
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 10, (code, seconds, daemon.log)
+    assert "Traceback" not in daemon.log
+
+
+def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
+    """What the daemon does to its restic on SIGTERM: SIGINT, on which restic removes its lock
+    (on SIGTERM restic 0.14 leaves it, and clients' backups would wait for a stale lock)."""
+    import os
+    import threading
+    import time
+
+    from triplicate import execute
+    from triplicate.restic import restic_environment
+
+    stop = threading.Event()
+    results: list[execute.Result] = []
+    env = restic_environment(str(server.primary()), server.password_file)
+
+    def backup() -> None:  # a long restic holding a lock on the primary
+        with execute.stoppable(stop):
+            results.append(execute.run(["restic", "--no-cache", "backup", "--stdin"], env=env,
+                                       stdin=os.urandom(400 << 20), check=False))
+
+    packs_before = set((server.primary() / "data").rglob("*/*"))
+    worker = threading.Thread(target=backup)
+    worker.start()
+    locks = server.primary() / "locks"
+
+    def well_under_way() -> bool:  # locked, and writing packs (restic registers its lock just after taking it)
+        return any(locks.iterdir()) and set((server.primary() / "data").rglob("*/*")) != packs_before
+
+    deadline = time.monotonic() + 30
+    while not well_under_way() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert well_under_way(), "restic took its lock and wrote packs"
+    assert execute.terminate_running(stop) == 1
+    worker.join(10)
+    assert not worker.is_alive() and results[0].returncode == 130, results
+    assert list(locks.iterdir()) == []
+    with pytest.raises(execute.CommandFailed, match="not started: stopping"), execute.stoppable(stop):
+        execute.run(["restic", "version"])
+    assert execute.run(["restic", "version"]).returncode == 0, "outside the stopped scope, programs still run"

@@ -7,18 +7,26 @@ registered as secret is masked in every log line and error message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from triplicate.errors import TriplicateError
 
 log = logging.getLogger("triplicate.execute")
 MASK = "***"
+# The programs run() waits for, with the stop event of the scope that started them.
+_running: dict[subprocess.Popen[bytes], threading.Event] = {}
+_running_lock = threading.Lock()
+_scope: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("triplicate_stop", default=None)
 
 
 @dataclass(frozen=True)
@@ -75,19 +83,61 @@ def run(
     """
     secrets = list(secrets)
     log.debug("run: %s", describe(argv, secrets))
+    stop = _scope.get()
+    if stop is not None and stop.is_set():
+        raise CommandFailed(f"{describe(argv[:2], secrets)}: not started: stopping")
     try:
-        completed = subprocess.run(
-            argv, input=stdin, capture_output=True, env=dict(env) if env is not None else None,
-            timeout=timeout, cwd=cwd, stdin=None if stdin is not None else subprocess.DEVNULL,
-        )
+        process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=dict(env) if env is not None else None, cwd=cwd)
     except FileNotFoundError:
         raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
+    if stop is not None:
+        with _running_lock:
+            _running[process] = stop
+            if stop.is_set():  # terminate_running() came between the check above and now
+                process.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         raise CommandFailed(f"{describe(argv[:2], secrets)}: timed out after {timeout:.0f}s") from None
-    result = Result(argv, completed.returncode, completed.stdout, completed.stderr)
-    if check and completed.returncode != 0:
+    except BaseException:  # interrupted (SystemExit from a signal handler...): never leave it running
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        with _running_lock:
+            _running.pop(process, None)
+    result = Result(argv, process.returncode, stdout, stderr)
+    if check and result.returncode != 0:
         raise CommandFailed(failure_message(result, secrets), result)
     return result
+
+
+@contextmanager
+def stoppable(stop: threading.Event) -> Iterator[None]:
+    """Programs :func:`run` starts in this context (and in threads given it, as
+    ``asyncio.to_thread`` does) are stopped by ``terminate_running(stop)``."""
+    token = _scope.set(stop)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def terminate_running(stop: threading.Event) -> int:
+    """Set ``stop`` and interrupt every program :func:`run` waits for in its scope (a stopping
+    daemon's restic prune, check or restore); none starts there from then on. SIGINT, not
+    SIGTERM: restic 0.14 removes its repository lock on SIGINT only. Returns how many."""
+    with _running_lock:
+        stop.set()
+        running = [process for process, scope in _running.items() if scope is stop and process.poll() is None]
+    for process in running:
+        log.info("stopping: %s (pid %d)", describe(list(process.args)[:2]), process.pid)  # type: ignore[arg-type]
+        process.send_signal(signal.SIGINT)
+    return len(running)
 
 
 async def run_async(

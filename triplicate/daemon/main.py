@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from triplicate import execute
 from triplicate.actions.sync import sync_client
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
@@ -118,8 +119,9 @@ class Daemon:
 
         Raises CannotRun when the metrics address cannot be served.
         """
-        # rclone locations: one rclone per configuration file, kept running between runs.
-        with keep_servers():
+        # rclone locations: one rclone per configuration file, kept running between runs. The
+        # programs the scheduled checks run (restic) are interrupted when the daemon stops.
+        with keep_servers(), execute.stoppable(self._stop_flag):
             return await self._serve()
 
     async def _serve(self) -> int:
@@ -163,7 +165,8 @@ class Daemon:
 
     async def _shutdown(self) -> int:
         self.stopping = True
-        self._stop_flag.set()
+        # Copies stop between files; a scheduled restic (a prune may take hours) is interrupted.
+        execute.terminate_running(self._stop_flag)
         running = [runner for state in self.clients.values() for runner in state.runners.values()
                    if runner.running]
         log.info("stopping: %d run(s) in progress finish their current file", len(running))
