@@ -151,6 +151,7 @@ def test_sigterm_stops_a_scheduled_restic_at_once(server: Server, daemons: list[
     code, seconds = daemon.terminate()
     assert code == 0 and seconds < 10, (code, seconds, daemon.log)
     assert "Traceback" not in daemon.log
+    assert restore_checks()["nas"].ok, "an interrupted check is not recorded as a failure"  # type: ignore[attr-defined]
 
 
 def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
@@ -164,13 +165,16 @@ def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
     from triplicate.restic import restic_environment
 
     stop = threading.Event()
-    results: list[execute.Result] = []
+    results: list[Exception] = []
     env = restic_environment(str(server.primary()), server.password_file)
 
     def backup() -> None:  # a long restic holding a lock on the primary
         with execute.stoppable(stop):
-            results.append(execute.run(["restic", "--no-cache", "backup", "--stdin"], env=env,
-                                       stdin=os.urandom(400 << 20), check=False))
+            try:
+                execute.run(["restic", "--no-cache", "backup", "--stdin"], env=env, stdin=os.urandom(400 << 20),
+                            check=False)
+            except execute.Interrupted as interrupted:
+                results.append(interrupted)
 
     packs_before = set((server.primary() / "data").rglob("*/*"))
     worker = threading.Thread(target=backup)
@@ -186,8 +190,9 @@ def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
     assert well_under_way(), "restic took its lock and wrote packs"
     assert execute.terminate_running(stop) == 1
     worker.join(10)
-    assert not worker.is_alive() and results[0].returncode == 130, results
+    assert not worker.is_alive() and isinstance(results[0], execute.Interrupted), results
+    assert results[0].result is not None and results[0].result.returncode == 130
     assert list(locks.iterdir()) == []
-    with pytest.raises(execute.CommandFailed, match="not started: stopping"), execute.stoppable(stop):
+    with pytest.raises(execute.Interrupted, match="not started: stopping"), execute.stoppable(stop):
         execute.run(["restic", "version"])
     assert execute.run(["restic", "version"]).returncode == 0, "outside the stopped scope, programs still run"

@@ -47,6 +47,11 @@ class CommandFailed(TriplicateError):
         self.result = result
 
 
+class Interrupted(CommandFailed):
+    """The program was stopped by :func:`terminate_running` (or not started): its outcome says
+    nothing about what it was checking, and is not to be recorded as a failure."""
+
+
 def mask(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every non-empty secret replaced by ***."""
     for secret in secrets:
@@ -85,7 +90,7 @@ def run(
     log.debug("run: %s", describe(argv, secrets))
     stop = _scope.get()
     if stop is not None and stop.is_set():
-        raise CommandFailed(f"{describe(argv[:2], secrets)}: not started: stopping")
+        raise Interrupted(f"{describe(argv[:2], secrets)}: not started: stopping")
     try:
         process = subprocess.Popen(
             argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -111,6 +116,8 @@ def run(
         with _running_lock:
             _running.pop(process, None)
     result = Result(argv, process.returncode, stdout, stderr)
+    if stop is not None and stop.is_set() and result.returncode != 0:
+        raise Interrupted(f"{describe(argv[:2], secrets)}: interrupted: stopping", result)
     if check and result.returncode != 0:
         raise CommandFailed(failure_message(result, secrets), result)
     return result

@@ -27,7 +27,7 @@ from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
 from triplicate.engine.verify import VERIFIED_TYPES, choose_sample, verify_files
 from triplicate.errors import UsageError
-from triplicate.execute import CommandFailed
+from triplicate.execute import CommandFailed, Interrupted
 from triplicate.state.audit import AuditRecord, AuditState, LocationResult
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
@@ -404,6 +404,8 @@ def _restic_check(context: _Context, client: str, location: str, result: Locatio
     subset = context.options.read_data_subset
     try:
         outcome = restic.check(env, subset, secrets=list(backend_env.values()))
+    except Interrupted:
+        raise  # the daemon is stopping: no finding to record
     except CommandFailed as error:
         result.findings.append(Finding(Status.UNKNOWN, f"restic check could not run: {error}"))
         return
