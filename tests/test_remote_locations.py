@@ -583,3 +583,87 @@ def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd
             except ProcessLookupError:
                 pass
         backend.close()
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts the first connection to carry more than ``limit`` bytes
+    towards the server (once): a connection that breaks in the middle of an upload."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        import socket
+        import threading
+
+        self.port, self.limit, self.connections, self.cuts = port, limit, 0, 0
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.url_port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection((LOOPBACK, self.port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: "socket.socket", target: "socket.socket", towards_server: bool) -> None:  # noqa: F821
+        import socket
+        import struct
+
+        moved = 0
+        try:
+            while data := source.recv(1 << 16):
+                if towards_server and not self.cuts and moved + len(data) > self.limit:
+                    self.cuts += 1
+                    for end in (source, target):  # reset both ways, as a dropped connection does
+                        end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        end.close()
+                    return
+                target.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_upload_cut_off_midway_is_retried_and_the_file_stays_whole(rest_server: RestServer, tmp_path: Path) -> None:
+    """The retry of an upload whose connection broke ends with the whole file, though rclone's REST
+    server keeps the partial one under its final name (here for over 90 s: its request handler
+    still waits for the rest of the body). The retry waits (at most 10 s) for rclone to drop it."""
+    import time
+
+    from triplicate.storage.rest import RestBackend, RestTarget
+
+    port = int(rest_server.url.rstrip("/").rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, limit=3 << 20)
+    target = RestTarget(f"http://{LOOPBACK}:{proxy.url_port}/", rest_server.username, rest_server.password_file)
+    backend = RetryingBackend(RestBackend(target, f"cut-{unique(tmp_path)}", "rest via a cutting proxy"))
+    try:
+        backend.prepare(create=True)
+        data = os.urandom(8 << 20)
+        handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
+        assert backend.save(handle, io.BytesIO(data)) == len(data)
+        assert proxy.cuts == 1, "the upload was cut midway (and retried)"
+        deadline = time.monotonic() + 2  # longer than rclone takes to drop a broken upload's file
+        while time.monotonic() < deadline:
+            assert backend.stat(handle).size == len(data), "the retried file must stay whole"
+            time.sleep(0.1)
+        with backend.load(handle) as reader:
+            assert hashlib.sha256(reader.read()).hexdigest() == handle.name
+    finally:
+        backend.close()
+        proxy.close()
