@@ -196,3 +196,27 @@ def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
     with pytest.raises(execute.Interrupted, match="not started: stopping"), execute.stoppable(stop):
         execute.run(["restic", "version"])
     assert execute.run(["restic", "version"]).returncode == 0, "outside the stopped scope, programs still run"
+
+
+def test_programs_started_by_an_actions_thread_pool_stay_in_the_daemons_scope() -> None:
+    """The checks run restic in their own thread pools (one thread per location): those
+    programs are interrupted with the daemon too."""
+    import os
+    import threading
+    import time
+
+    from triplicate import execute
+
+    stop = threading.Event()
+    with execute.stoppable(stop), execute.ScopedPool(max_workers=2) as pool:
+        running = [pool.submit(execute.run, ["sleep", "30"]) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while len(_children(os.getpid(), "sleep")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert execute.terminate_running(threading.Event()) == 0, "another scope's programs are left alone"
+        assert execute.terminate_running(stop) == 2
+        for future in running:
+            with pytest.raises(execute.Interrupted):
+                future.result(timeout=5)
+        assert time.monotonic() - started < 5

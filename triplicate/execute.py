@@ -15,12 +15,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from triplicate.errors import TriplicateError
 
+T = TypeVar("T")
 log = logging.getLogger("triplicate.execute")
 MASK = "***"
 # The programs run() waits for, with the stop event of the scope that started them.
@@ -132,6 +135,14 @@ def stoppable(stop: threading.Event) -> Iterator[None]:
         yield
     finally:
         _scope.reset(token)
+
+
+class ScopedPool(ThreadPoolExecutor):
+    """A thread pool whose tasks run in the submitter's context, so programs they start stay
+    in its :func:`stoppable` scope (a plain pool's threads start with an empty context)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 def terminate_running(stop: threading.Event) -> int:

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from triplicate import restic
@@ -27,7 +26,7 @@ from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
 from triplicate.engine.verify import VERIFIED_TYPES, choose_sample, verify_files
 from triplicate.errors import UsageError
-from triplicate.execute import CommandFailed, Interrupted
+from triplicate.execute import CommandFailed, Interrupted, ScopedPool
 from triplicate.state.audit import AuditRecord, AuditState, LocationResult
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
@@ -105,7 +104,7 @@ def run_audit(config: Config, clients: Iterable[str] = (), locations: Iterable[s
     context = _Context(config, options, ReplicationState(config.server.state_dir),
                        AuditState(config.server.state_dir), readers)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(CLIENT_WORKERS, len(plan))),
+        with ScopedPool(max_workers=max(1, min(CLIENT_WORKERS, len(plan))),
                                 thread_name_prefix="audit") as pool:
             results = dict(zip(plan, pool.map(lambda client: _audit_client(context, client, plan[client]), plan)))
         if options.record:
@@ -167,7 +166,7 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
     arrival = _arrivals(listing, context.replication.known_snapshots(client, PRIMARY))
     audit.snapshots = len(arrival)
     _judge_freshness(context.config, client, audit, listing, arrival, now)
-    with ThreadPoolExecutor(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
+    with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
         audited = pool.map(
             lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),
             locations,

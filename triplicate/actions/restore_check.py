@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from triplicate.config.model import Canary, Config
 from triplicate.errors import CannotRun, UsageError
+from triplicate.execute import ScopedPool
 from triplicate.restic import (error_summary, key_problem, parse_ls, restic_environment, restic_run,
                                restore_arguments, restore_errors)
 from triplicate.state.db import PRIMARY
@@ -248,7 +249,7 @@ def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict
     # locations' snapshot IDs are read keyless, from their snapshots/ folders (a restic
     # command there would spend most of a second deriving the key).
     first, others = opened[0], opened[1:]
-    with ThreadPoolExecutor(max_workers=len(opened), thread_name_prefix="restore-check") as pool:
+    with ScopedPool(max_workers=len(opened), thread_name_prefix="restore-check") as pool:
         first_listing = pool.submit(_list, first, "latest", results[first.name])
         keyless = list(pool.map(lambda other: snapshot_names(other.name), others))
     listing = first_listing.result()
@@ -256,7 +257,7 @@ def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict
         return listing
     # Not everywhere (or not readable): find the newest common one with restic at each location.
     readable = [location for location in opened if results[location.name].ok]
-    with ThreadPoolExecutor(max_workers=max(1, len(readable)), thread_name_prefix="restore-check") as pool:
+    with ScopedPool(max_workers=max(1, len(readable)), thread_name_prefix="restore-check") as pool:
         found = dict(zip([location.name for location in readable],
                          pool.map(lambda location: _snapshot_ids(location, results[location.name]), readable)))
     _raise_when_key_opens_nothing(results)
