@@ -243,6 +243,19 @@ def test_unreachable_servers_and_wrong_credentials_fail_their_location_only(
     assert not (server.root / "not-mounted").exists(), "a missing location folder must never be created"
 
 
+def test_an_audit_tells_a_missing_location_folder_from_a_location_without_the_client(
+    server: Server, sshd: SshServer
+) -> None:
+    """A missing folder over there (a disk not mounted) is UNKNOWN; a folder holding nothing of the
+    client is judged by its missing snapshots (here the snapshot is new: OK, not judged yet)."""
+    (server.root / "empty").mkdir()
+    configure(server, ["gone", "empty"], sshd.location_toml("gone", server.root / "not-mounted")
+              + sshd.location_toml("empty", server.root / "empty"))
+    locations = server.cli("audit", "web01", "--json").json()["clients"]["web01"]["locations"]
+    assert locations["gone"]["status"] == "UNKNOWN" and "does not exist" in locations["gone"]["reasons"][0]
+    assert any("no repository here yet" in note for note in locations["empty"]["notes"]), locations["empty"]
+
+
 def test_a_full_disk_on_the_far_side_fails_that_location_and_leaves_no_partial_file(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest, sshd: SshServer
 ) -> None:

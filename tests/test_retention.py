@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from triplicate.config.load import load_config
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 
@@ -286,3 +287,19 @@ def test_deletions_follow_restics_order(server: Server, tmp_path: Path) -> None:
     rank = {"snapshots": 0, "index": 1, "data": 2}
     assert replica.removed == sorted(replica.removed, key=rank.__getitem__)
     assert set(replica.removed) == {"snapshots", "index", "data"}
+
+
+def test_a_retention_interrupted_by_the_daemons_stop_is_not_recorded(server: Server) -> None:
+    import threading
+
+    from triplicate import execute
+    from triplicate.actions.retention import run_retention
+    from triplicate.state.retention import RetentionState
+
+    server.write_config(server.config_path.read_text() + "\n[clients.web01.retention]\nkeep_last = 1\n")
+    stop = threading.Event()
+    stop.set()  # the daemon is stopping: restic is not started, and that is no failure to record
+    with execute.stoppable(stop), pytest.raises(execute.Interrupted):
+        run_retention(load_config(server.config_path), "web01")
+    with RetentionState.opened(server.root / "state") as state:
+        assert state.connection.execute("SELECT COUNT(*) FROM retention_runs").fetchone()[0] == 0

@@ -312,6 +312,8 @@ def test_a_location_that_must_be_a_mount_point_is_refused_when_not_mounted(serve
     assert "not a mount point" in report["locations"]["usb"]["error"]
     assert not server.replica("usb").exists(), "nothing written onto the disk below the mount folder"
     assert report["locations"]["nas"]["ok"]
+    audit = server.cli("audit", "web01", "--json").json()["clients"]["web01"]["locations"]["usb"]
+    assert audit["status"] == "UNKNOWN" and "not a mount point" in audit["reasons"][0], "unreachable, not empty"
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(server.root / "usb")],
                              capture_output=True)
     if mounted.returncode != 0:

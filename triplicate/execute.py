@@ -63,6 +63,12 @@ def mask(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def command(argv: list[str]) -> list[str]:
+    """The program and its first word that is not an option: ``restic backup``, ``sv status``."""
+    words = [word for word in argv[1:] if not word.startswith("-") and not word.isdigit()]
+    return [argv[0], *words[:1]]
+
+
 def describe(argv: list[str], secrets: Iterable[str] = ()) -> str:
     return mask(shlex.join(argv), secrets)
 
@@ -93,7 +99,7 @@ def run(
     log.debug("run: %s", describe(argv, secrets))
     stop = _scope.get()
     if stop is not None and stop.is_set():
-        raise Interrupted(f"{describe(argv[:2], secrets)}: not started: stopping")
+        raise Interrupted(f"{describe(command(argv), secrets)}: not started: stopping")
     try:
         process = subprocess.Popen(
             argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -110,7 +116,7 @@ def run(
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        raise CommandFailed(f"{describe(argv[:2], secrets)}: timed out after {timeout:.0f}s") from None
+        raise CommandFailed(f"{describe(command(argv), secrets)}: timed out after {timeout:.0f}s") from None
     except BaseException:  # interrupted (SystemExit from a signal handler...): never leave it running
         process.kill()
         process.wait()
@@ -120,7 +126,7 @@ def run(
             _running.pop(process, None)
     result = Result(argv, process.returncode, stdout, stderr)
     if stop is not None and stop.is_set() and result.returncode != 0:
-        raise Interrupted(f"{describe(argv[:2], secrets)}: interrupted: stopping", result)
+        raise Interrupted(f"{describe(command(argv), secrets)}: interrupted: stopping", result)
     if check and result.returncode != 0:
         raise CommandFailed(failure_message(result, secrets), result)
     return result
@@ -153,7 +159,7 @@ def terminate_running(stop: threading.Event) -> int:
         stop.set()
         running = [process for process, scope in _running.items() if scope is stop and process.poll() is None]
     for process in running:
-        log.info("stopping: %s (pid %d)", describe(list(process.args)[:2]), process.pid)  # type: ignore[arg-type]
+        log.info("stopping: %s (pid %d)", describe(command(list(process.args))), process.pid)  # type: ignore[arg-type]
         process.send_signal(signal.SIGINT)
     return len(running)
 
@@ -228,7 +234,7 @@ def replace_process(argv: list[str]) -> None:
 def failure_message(result: Result, secrets: Iterable[str] = ()) -> str:
     lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     last = lines[-1].strip() if lines else "no error output"
-    return mask(f"{describe(result.argv[:2])} exited with status {result.returncode}: {last}", secrets)
+    return mask(f"{describe(command(result.argv))} exited with status {result.returncode}: {last}", secrets)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

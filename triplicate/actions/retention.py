@@ -15,6 +15,7 @@ from datetime import datetime
 from triplicate.config.model import Config, RetentionSettings
 from triplicate.engine.policy import Candidate, apply_policy, is_empty
 from triplicate.errors import CannotRun, TriplicateError, UsageError
+from triplicate.execute import Interrupted
 from triplicate.restic import restic_environment, restic_run
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
@@ -102,6 +103,8 @@ def run_retention(config: Config, client: str, *, dry_run: bool = False, force: 
                 _restic_or_fail(["prune"], env)
                 report.pruned = True
             report.reclaimed_bytes = max(0, before - _repository_bytes(config, client))
+    except Interrupted:
+        raise  # the daemon is stopping: not a failure to record
     except TriplicateError as error:
         report.error = str(error)
     _record(config, report, started)

@@ -49,8 +49,11 @@ class LocalBackend:
             except OSError as error:
                 raise _storage_error(error, self.root) from None
         elif not self.root.is_dir():
-            if not self.root.parent.is_dir():
-                raise StorageError(f"folder {self.root.parent} does not exist (not mounted?)")
+            parent = self.root.parent
+            if not parent.is_dir():
+                raise StorageError(f"folder {parent} does not exist (not mounted?)")
+            if self.mount_point and not os.path.ismount(parent):
+                raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
             raise NoRepository(f"no repository at {self.root}")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:

@@ -83,7 +83,12 @@ class RcloneBackend:
         except NotFound:
             pass
         if not create:
-            raise NoRepository(f"{self.description}: no repository at {self.repository}")
+            try:  # a folder that lost its config is a broken repository, not an absent one
+                self._call("operations/list", "opening the repository", fs=self.repository, remote="",
+                           opt={"dirsOnly": True})
+                return
+            except NotFound:
+                raise NoRepository(f"{self.description}: no repository at {self.repository}") from None
         # The repository's folders, as restic's "init" makes them (none on an object store).
         for folder in ("", *_TYPE_FOLDERS):
             self._call("operations/mkdir", "creating the repository", fs=self.repository, remote=folder)

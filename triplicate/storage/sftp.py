@@ -81,14 +81,16 @@ class SftpBackend:
     # -- the Backend protocol -------------------------------------------------------------
 
     def prepare(self, create: bool) -> None:
+        # The location folder first: a missing one (a disk not mounted over there) is unreachable,
+        # not a location that holds nothing yet.
+        try:
+            attributes = self._run("checking the location folder", lambda sftp: sftp.stat(self.target.path))
+        except NotFound:
+            raise StorageError(f"{self.description}: location folder {self.target.path} does not exist "
+                               f"on {self.target.host}; triplicate never creates it") from None
+        if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise StorageError(f"{self.description}: {self.target.path} is not a folder")
         if create:
-            try:
-                attributes = self._run("checking the location folder", lambda sftp: sftp.stat(self.target.path))
-            except NotFound:
-                raise StorageError(f"{self.description}: location folder {self.target.path} does not exist "
-                                   f"on {self.target.host}; triplicate never creates it") from None
-            if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise StorageError(f"{self.description}: {self.target.path} is not a folder")
             self._make_dir(self.root)
         else:
             try:
