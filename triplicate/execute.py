@@ -28,7 +28,7 @@ log = logging.getLogger("triplicate.execute")
 MASK = "***"
 # The programs run() waits for, with the stop event of the scope that started them.
 _running: dict[subprocess.Popen[bytes], threading.Event] = {}
-_running_lock = threading.Lock()
+_running_lock = threading.RLock()  # re-entrant: a signal handler may call terminate_running()
 _scope: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("triplicate_stop", default=None)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from triplicate import execute
 from triplicate.cli import AppContext
 from triplicate.cli.output import console, print_json
 
@@ -55,28 +56,40 @@ def restore_check(app: AppContext, client: str, locations: tuple[str, ...], file
 
 @contextmanager
 def _signals_as_exit() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into SystemExit(128 + signal) while the check runs.
+    """SIGINT and SIGTERM stop the check and end the command with status 128 + signal.
 
-    SystemExit (unlike KeyboardInterrupt) makes the subprocess layer kill restic and
-    wait until it is gone, and only then is the temporary folder removed, so
-    nothing can be written into it afterwards. Only the main thread may set handlers.
+    The check's restic programs get SIGINT (execute.terminate_running) and are waited
+    for before the temporary folder is removed, so nothing is written into it
+    afterwards; no other program starts. A signal that lands while a program is being
+    started still reaches it: the program is registered, then sees the stop. Only the
+    main thread may set handlers.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopping = threading.Event()
+    received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
-        click.echo("triplicate: interrupted, cleaning up", err=True)
-        raise SystemExit(128 + signum)
+        if not received:
+            click.echo("triplicate: interrupted, cleaning up", err=True)
+        received.append(signum)
+        execute.terminate_running(stopping)
 
     # A signal the caller ignores (SIGINT of a background job) stays ignored.
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)
                 if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
-        yield
+        with execute.stoppable(stopping):
+            yield
+    except execute.Interrupted:
+        if not received:
+            raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if received:  # (also when the check ended between two programs)
+        raise SystemExit(128 + received[0])
 
 
 def _summarise(report: Any) -> None:
