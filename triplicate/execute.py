@@ -120,6 +120,9 @@ def run(
     except BaseException:  # interrupted (SystemExit from a signal handler...): never leave it running
         process.kill()
         process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
         raise
     finally:
         with _running_lock:

@@ -10,7 +10,9 @@ retention run removing snapshots or being refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,11 +52,13 @@ def retention_interval(config: Config, client: str) -> float | None:
 
 
 def check_jobs(get_config: Callable[[], Config], send: Notify,
-               resync: Callable[[str], None] = lambda client: None) -> list[Job]:
+               resync: Callable[[str], None] = lambda client: None,
+               stop: threading.Event | None = None) -> list[Job]:
     """The scheduled checks, reading the configuration current when each runs.
 
     ``resync(client)`` asks for a replication run of the client (thread-safe): after an
-    audit that found corrupt replica files, the run copies them again.
+    audit that found corrupt replica files, the run copies them again. ``stop`` set
+    (the daemon stopping) ends an audit's verification early.
     """
 
     async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], None]) -> None:
@@ -76,19 +80,19 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
         return Job(name, interval, action, persist=True)
 
     return [
-        job("audit", audit_interval, scheduled_audit),
+        job("audit", audit_interval, functools.partial(scheduled_audit, stop=stop)),
         job("restore-check", restore_check_interval, scheduled_restore_check),
         job("retention", retention_interval, scheduled_retention),
     ]
 
 
-def scheduled_audit(config: Config, client: str, send: Notify) -> None:
+def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> None:
     """Audit one client with its own verify percentage; notify each change of status."""
     from triplicate.actions.audit import AuditOptions, run_audit, status_changes
     from triplicate.state.audit import last_audits
 
     previous: dict[str, Any] = dict(last_audits(config.server.state_dir))
-    report = run_audit(config, [client], options=AuditOptions(verify_percent=None, record=True))
+    report = run_audit(config, [client], options=AuditOptions(verify_percent=None, record=True, stop=stop))
     log.info("audit %s: %s", client, report.status.value)
     for change in status_changes(previous, report):
         where = f"{change.client} at {change.location}" if change.location else change.client

@@ -132,7 +132,8 @@ class Daemon:
         self.daemon_state = DaemonState(state_dir)
         self.scheduler = Scheduler(self.daemon_state)
         self.scheduler.add_job(Job("rescan", _poll_interval, self._rescan, persist=False))
-        for job in check_jobs(lambda: self.config, self.send, self.resync):  # audit, restore check, retention
+        # audit, restore check, retention
+        for job in check_jobs(lambda: self.config, self.send, self.resync, self._stop_flag):
             self.scheduler.add_job(job)
         if self.metrics_listen:
             self._start_metrics(self.metrics_listen)
