@@ -84,6 +84,30 @@ def processes_mentioning(*markers: str) -> list[Process]:
     return found
 
 
+def children_of(pid: int, program: str | None = None) -> list[int]:
+    """The processes whose parent is ``pid`` (only those named ``program``, when given)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, rest = stat.read_text().rsplit(")", 1)
+            parent = int(rest.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if parent == pid and (program is None or head.split("(", 1)[1] == program):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every process below ``pid``: its children, theirs, and so on."""
+    found, todo = [], children_of(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children_of(child)
+    return found
+
+
 def http_status(method: str, url: str, user: str | None = None, password: str | None = None,
                 data: bytes | None = None) -> int:
     """The HTTP status code of one request; 0 when nothing answers (connection refused)."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from triplicate import execute
 from triplicate.state.audit import last_audit
 from triplicate.state.restore_check import RestoreCheckState
 
 from .conftest import BASE_CONFIG, Server, write_files
+from .server_support import children_of
 from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port  # noqa: F401 (fixture)
 
 TIMEOUT = 60.0
@@ -122,19 +127,6 @@ def test_a_corrupt_replica_file_found_by_the_scheduled_audit_is_repaired(
     assert server.check_read_data(server.replica("nas")).returncode == 0
 
 
-def _children(pid: int, program: str) -> list[int]:
-    """The processes named ``program`` whose parent is ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            head, rest = stat.read_text().rsplit(")", 1)
-        except (OSError, ValueError):
-            continue
-        if head.endswith(f"({program}") and int(rest.split()[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_sigterm_stops_a_scheduled_restic_at_once(server: Server, daemons: list[DaemonProcess]) -> None:
     """A restic the daemon waits for (here a restore that retries a missing pack for about a
     minute; a prune can take hours) is interrupted, and the daemon exits promptly."""
@@ -147,7 +139,7 @@ def test_sigterm_stops_a_scheduled_restic_at_once(server: Server, daemons: list[
     daemon.wait_until(lambda: {"usb", "nas"} <= set(restore_checks()), TIMEOUT, "a first restore check")
     for pack in (server.replica("nas") / "data").rglob("*/*"):
         pack.unlink()  # the next restore from nas retries the missing packs
-    daemon.wait_until(lambda: _children(daemon.process.pid, "restic"), TIMEOUT, "a restic restore running")
+    daemon.wait_until(lambda: children_of(daemon.process.pid, "restic"), TIMEOUT, "a restic restore running")
     code, seconds = daemon.terminate()
     assert code == 0 and seconds < 10, (code, seconds, daemon.log)
     assert "Traceback" not in daemon.log
@@ -157,11 +149,6 @@ def test_sigterm_stops_a_scheduled_restic_at_once(server: Server, daemons: list[
 def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
     """What the daemon does to its restic on SIGTERM: SIGINT, on which restic removes its lock
     (on SIGTERM restic 0.14 leaves it, and clients' backups would wait for a stale lock)."""
-    import os
-    import threading
-    import time
-
-    from triplicate import execute
     from triplicate.restic import restic_environment
 
     stop = threading.Event()
@@ -201,17 +188,12 @@ def test_an_interrupted_restic_removes_its_lock(server: Server) -> None:
 def test_programs_started_by_an_actions_thread_pool_stay_in_the_daemons_scope() -> None:
     """The checks run restic in their own thread pools (one thread per location): those
     programs are interrupted with the daemon too."""
-    import os
-    import threading
-    import time
-
-    from triplicate import execute
 
     stop = threading.Event()
     with execute.stoppable(stop), execute.ScopedPool(max_workers=2) as pool:
         running = [pool.submit(execute.run, ["sleep", "30"]) for _ in range(2)]
         deadline = time.monotonic() + 10
-        while len(_children(os.getpid(), "sleep")) < 2 and time.monotonic() < deadline:
+        while len(children_of(os.getpid(), "sleep")) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         started = time.monotonic()
         assert execute.terminate_running(threading.Event()) == 0, "another scope's programs are left alone"

@@ -13,7 +13,12 @@ import hashlib
 import io
 import json
 import os
+import signal
+import socket
+import struct
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE_CONFIG, Server, file_hash_matches_name, flip_byte, repository_files, write_files
+from tests.server_support import children_of, descendants_of
 from tests.remote_support import (
     LOOPBACK, RestServer, S3Server, SshServer, free_port, rclone_local_config, rclone_location_toml,
     rest_server, s3_server, small_disk, sshd, start_rest_server, stop,
@@ -506,19 +512,6 @@ def test_open_location_wraps_remote_kinds_in_retries(server: Server, rest_server
     assert isinstance(remote, RetryingBackend) and remote.connections == config.server.workers
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServer, tmp_path: Path) -> None:
     from triplicate.storage.sftp import SftpBackend, SftpTarget
 
@@ -538,28 +531,9 @@ def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServ
     backend.close()
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children.get(child, [])
-    return found
-
-
 def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd: SshServer, tmp_path: Path) -> None:
     """Copies share the uplink, so there is no deadline per file: one that moves no byte for the
     location's timeout is stopped. Here the far side (an SFTP server, through rclone) freezes."""
-    import signal
-    import threading
-    import time
 
     from triplicate.storage.rclone import RcloneBackend
 
@@ -574,7 +548,7 @@ def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd
         handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
         source = tmp_path / handle.name
         source.write_bytes(data)
-        sessions = _descendants(sshd.process.pid)  # rclone's open SSH session: frozen below
+        sessions = descendants_of(sshd.process.pid)  # rclone's open SSH session: frozen below
         assert sessions
         resume = threading.Timer(12, lambda: [os.kill(pid, signal.SIGCONT) for pid in sessions])
         for pid in sessions:
@@ -590,7 +564,7 @@ def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd
         with backend.load(handle) as loaded:
             assert hashlib.sha256(loaded.read()).hexdigest() == handle.name
     finally:
-        for pid in _descendants(sshd.process.pid):
+        for pid in descendants_of(sshd.process.pid):
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
@@ -603,32 +577,22 @@ class CuttingProxy:
     towards the server (once): a connection that breaks in the middle of an upload."""
 
     def __init__(self, port: int, limit: int) -> None:
-        import socket
-        import threading
-
-        self.port, self.limit, self.connections, self.cuts = port, limit, 0, 0
+        self.port, self.limit, self.cuts = port, limit, 0
         self.listener = socket.create_server((LOOPBACK, 0))
         self.url_port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import socket
-        import threading
-
         while True:
             try:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            self.connections += 1
             upstream = socket.create_connection((LOOPBACK, self.port))
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump(self, source: "socket.socket", target: "socket.socket", towards_server: bool) -> None:  # noqa: F821
-        import socket
-        import struct
-
+    def _pump(self, source: socket.socket, target: socket.socket, towards_server: bool) -> None:
         moved = 0
         try:
             while data := source.recv(1 << 16):
@@ -657,7 +621,6 @@ def test_an_upload_cut_off_midway_is_retried_and_the_file_stays_whole(rest_serve
     """The retry of an upload whose connection broke ends with the whole file, though rclone's REST
     server keeps the partial one under its final name (here for over 90 s: its request handler
     still waits for the rest of the body). The retry waits (at most 10 s) for rclone to drop it."""
-    import time
 
     from triplicate.storage.rest import RestBackend, RestTarget
 

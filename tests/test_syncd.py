@@ -17,6 +17,7 @@ from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.state.daemon import DaemonState
 
 from .conftest import BASE_CONFIG, PASSWORD, Server, write_files
+from .server_support import children_of
 from .syncd_support import (HOOK_SCRIPT, DaemonProcess, InProcessDaemon, LogRecorder, NotificationSink,  # noqa: F401
                             daemons, free_port, read_hook_calls, snapshot_files, wait_until)
 
@@ -449,19 +450,6 @@ def test_an_incomplete_run_is_followed_up_without_a_new_snapshot(
     assert server.check_read_data(server.replica("usb")).returncode == 0
 
 
-def _rclone_children(pid: int) -> set[int]:
-    """The rclone processes whose parent is ``pid``."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)
-        except OSError:
-            continue  # exited meanwhile
-        if fields[0].endswith("(rclone") and int(fields[1].split()[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_an_rclone_location_keeps_one_rclone_across_runs_stopped_with_the_daemon(
     server: Server, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
@@ -474,12 +462,12 @@ def test_an_rclone_location_keeps_one_rclone_across_runs_stopped_with_the_daemon
     daemon = start(daemons, server)
     on_far = lambda: snapshot_files(server.primary()) <= snapshot_files(far / "web01")  # noqa: E731
     daemon.wait_until(on_far, ARRIVAL_TIMEOUT, "the catch-up on start")
-    rclone = _rclone_children(daemon.process.pid)
+    rclone = set(children_of(daemon.process.pid, "rclone"))
     assert len(rclone) == 1, rclone
     write_files(tmp_path / "more", "two", count=2, size=128 << 10)
     server.backup(tmp_path / "more")
     daemon.wait_until(on_far, ARRIVAL_TIMEOUT, "the new snapshot on the rclone location")
-    assert _rclone_children(daemon.process.pid) == rclone, "the same rclone served the second run"
+    assert set(children_of(daemon.process.pid, "rclone")) == rclone, "the same rclone served the second run"
     code, _ = daemon.terminate()
     assert code == 0, daemon.log
     assert not Path(f"/proc/{rclone.pop()}").exists(), "rclone stopped with the daemon"

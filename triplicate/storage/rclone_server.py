@@ -59,8 +59,9 @@ def rclone_environment(rclone_config: Path | None) -> dict[str, str]:
 class RcloneServer:
     """One running ``rclone rcd``. Raises StorageError when it cannot start."""
 
-    def __init__(self, rclone_config: Path | None) -> None:
+    def __init__(self, rclone_config: Path | None, stamp: tuple[int, int, int] | None = None) -> None:
         self.rclone_config = rclone_config
+        self.stamp = stamp  # the configuration file as it was when the server started
         self.users = 0
         self.log: collections.deque[str] = collections.deque(maxlen=50)
         user, password = secrets.token_hex(8), secrets.token_urlsafe(24)
@@ -146,7 +147,7 @@ class RcloneServer:
 # -- the servers of this process ------------------------------------------------------------
 
 _lock = threading.Lock()  # guards the three below; never held while a server starts
-_servers: dict[Path | None, tuple[tuple[int, int, int] | None, RcloneServer]] = {}
+_servers: dict[Path | None, RcloneServer] = {}
 _starting: dict[Path | None, threading.Lock] = {}  # one start at a time per configuration file
 _kept = 0  # how many keep_servers() blocks are open
 
@@ -170,18 +171,18 @@ def acquire(rclone_config: Path | None) -> RcloneServer:
         stamp = _stamp(rclone_config)
         stale = None
         with _lock:
-            entry = _servers.get(rclone_config)
-            if entry is not None and entry[0] == stamp and entry[1].running:
-                entry[1].users += 1
-                return entry[1]
-            if entry is not None:  # edited or dead: its last user's release stops it
+            current = _servers.get(rclone_config)
+            if current is not None and current.stamp == stamp and current.running:
+                current.users += 1
+                return current
+            if current is not None:  # edited or dead: its last user's release stops it
                 del _servers[rclone_config]
-                stale = entry[1] if entry[1].users == 0 else None
+                stale = current if current.users == 0 else None
         if stale is not None:
             stale.stop()
-        server = RcloneServer(rclone_config)
+        server = RcloneServer(rclone_config, stamp)
         with _lock:
-            _servers[rclone_config] = (stamp, server)
+            _servers[rclone_config] = server
             server.users += 1
         return server
 
@@ -190,8 +191,7 @@ def release(server: RcloneServer) -> None:
     """A location is done with ``server``: stopped when nobody uses or keeps it."""
     with _lock:
         server.users -= 1
-        current = _servers.get(server.rclone_config)
-        registered = current is not None and current[1] is server
+        registered = _servers.get(server.rclone_config) is server
         if server.users > 0 or (registered and _kept):
             return
         if registered:
@@ -212,7 +212,7 @@ def keep_servers() -> Iterator[None]:
         with _lock:
             _kept -= 1
             if not _kept:
-                for key, (_, server) in list(_servers.items()):
+                for key, server in list(_servers.items()):
                     if server.users == 0:
                         idle.append(server)
                         del _servers[key]

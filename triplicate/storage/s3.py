@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from triplicate.storage.backend import FileInfo, NoRepository, NotFound, StorageError, copy_verified
 from triplicate.storage.handle import FileType, Handle, is_id
-from triplicate.storage.remote import BodyReader, list_config
+from triplicate.storage.remote import BodyReader, list_config, range_header
 from triplicate.storage.retry import TransientError
 
 T = TypeVar("T")
@@ -137,10 +137,9 @@ class S3Backend:
         if length == 0:
             yield BodyReader(None, self._translator(what))  # type: ignore[misc]
             return
-        arguments: dict[str, Any] = {"Bucket": self.target.bucket, "Key": self._key(handle)}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            arguments["Range"] = f"bytes={offset}-{end}"
+        # The same Range as HTTP's, as a parameter of get_object.
+        arguments: dict[str, Any] = {"Bucket": self.target.bucket, "Key": self._key(handle),
+                                     **range_header(offset, length)}
         try:
             response = self._call(what, lambda s3: s3.get_object(**arguments))
         except _RangeNotSatisfiable:  # an offset at the end: nothing left to read
