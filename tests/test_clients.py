@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from triplicate import htpasswd
+from triplicate.service import htpasswd
 from triplicate.actions.clients import add_client
 from triplicate.config.load import load_config
 from triplicate.service.tree import reconcile

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.config import config_path, parse_config
+from triplicate.config.load import config_path, parse_config
 from triplicate.errors import ConfigError
 
 from .conftest import Server
@@ -24,7 +24,7 @@ def test_minimal_configuration_has_sane_defaults() -> None:
     assert config.server.repos_dir == Path("/srv/restic")
     assert config.server.state_dir == Path("/var/lib/triplicate")
     assert config.clients["web01"].poll_interval == 5400
-    assert config.effective("web01", "poll_interval") == 5400
+    assert config.settings("web01").poll_interval == 5400
     assert config.primary_dir("web01") == Path("/srv/restic/web01")
 
 

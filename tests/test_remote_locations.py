@@ -3,7 +3,7 @@
 sshd is Debian's OpenSSH; the S3 server is moto's *emulator* (moto_server, in memory: the
 S3-compatible server installable here, not AWS itself); the REST server is
 ``rclone serve restic``. Each replica is then opened by restic itself, through
-``restic_repository``, to prove it is a valid repository.
+``restic_target``, to prove it is a valid repository.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.remote_support import (
 )
 from triplicate.config.load import load_config
 from triplicate.restic import restic_environment
-from triplicate.storage import FileType, Handle, StorageError, open_location, restic_repository
+from triplicate.storage import FileType, Handle, StorageError, open_location, restic_target
 from triplicate.storage.backend import CorruptContent, FileInfo
 from triplicate.storage.local import LocalBackend
 from triplicate.storage.retry import RetryingBackend, TransientError
@@ -77,9 +77,9 @@ def configure(server: Server, replicate_to: list[str], locations: str, in_progre
 
 def restic_at(server: Server, location: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     """Run restic on the client's repository at ``location`` the way triplicate tells restic to open it."""
-    repository, extra = restic_repository(load_config(server.config_path), location, "web01")
-    env = restic_environment(repository, server.password_file)
-    env.update(extra)
+    target = restic_target(load_config(server.config_path), location, "web01")
+    env = restic_environment(target.repository, server.password_file)
+    env.update(target.environment)
     return subprocess.run(["restic", "--no-cache", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -396,15 +396,16 @@ def test_restic_repository_keeps_credentials_out_of_argv(server: Server, s3_serv
     configure(server, ["s3", "rest"], s3_server.location_toml("s3", "bucket-name", prefix="p")
               + rest_server.location_toml("rest"))
     config = load_config(server.config_path)
-    repository, env = restic_repository(config, "s3", "web01")
-    assert repository == f"s3:{s3_server.endpoint}/bucket-name/p/web01"
-    assert env["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key and s3_server.secret_key not in repository
-    repository, env = restic_repository(config, "rest", "web01")
+    s3 = restic_target(config, "s3", "web01")
+    assert s3.repository == f"s3:{s3_server.endpoint}/bucket-name/p/web01"
+    assert s3.environment["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key
+    assert s3_server.secret_key not in s3.repository and s3_server.secret_key in s3.secrets
+    rest = restic_target(config, "rest", "web01")
     password = rest_server.password_file.read_text().strip()
     # restic 0.14 reads REST credentials from the URL only: the string goes in RESTIC_REPOSITORY,
-    # and the password is in the environment too, so callers know what to mask.
-    assert repository.startswith("rest:http://mirror:") and repository.endswith("/web01/")
-    assert env["RESTIC_REST_PASSWORD"] == password
+    # and the password is among the target's secrets, so every caller masks it.
+    assert rest.repository.startswith("rest:http://mirror:") and rest.repository.endswith("/web01/")
+    assert rest.environment["RESTIC_REST_PASSWORD"] == password and password in rest.secrets
 
 
 # -- retries ---------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_an_interrupted_run_is_history_but_not_a_failure(server: Server) -> None
     import threading
 
     from triplicate.actions.sync import sync_client
-    from triplicate.config import load_config
+    from triplicate.config.load import load_config
     from triplicate.state.replication import ReplicationState
 
     config = load_config(server.config_path)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from triplicate import restic
 from triplicate.actions.audit_report import (AuditReport, ClientAudit, Finding, LocationAudit, Status,
                                              summary)
+from triplicate.actions.repository import restic_repository
 from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
 from triplicate.engine.verify import VERIFIED_TYPES, choose_sample, verify_files
@@ -31,7 +32,7 @@ from triplicate.state.audit import AuditRecord, AuditState, LocationResult
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.storage import (Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location,
-                                open_primary, restic_repository)
+                                open_primary)
 from triplicate.storage.backend import NoRepository
 from triplicate.units import format_duration
 
@@ -189,8 +190,8 @@ def _arrivals(listing: SourceListing, first_seen: Mapping[str, float]) -> dict[s
 def _judge_freshness(config: Config, client: str, audit: ClientAudit, listing: SourceListing,
                      arrival: Mapping[str, float], now: float) -> None:
     """Is the client still backing up? WARNING beyond expect_backup_every, CRITICAL beyond twice it."""
-    expect = config.effective(client, "expect_backup_every")
-    audit.expect_backup_every = float(expect) if expect is not None else None  # type: ignore[arg-type]
+    expect = config.settings(client).expect_backup_every
+    audit.expect_backup_every = expect
     if arrival:
         age = max(0.0, now - max(arrival.values()))
         audit.newest_snapshot_age_seconds = age
@@ -326,7 +327,7 @@ def _judge_delay(config: Config, client: str, noun: str, missing: list[str], age
     """Not replicated yet: a note within in_progress_grace, WARNING up to max_lag, CRITICAL beyond."""
     if not missing:
         return
-    max_lag = float(config.effective(client, "max_lag"))  # type: ignore[arg-type]
+    max_lag = config.settings(client).max_lag
     grace = config.server.in_progress_grace
     short = noun == "snapshot"
     overdue = [name for name in missing if ages[name] >= max_lag]
@@ -353,7 +354,7 @@ def _verify(context: _Context, client: str, location: str, replica: Backend,
     options = context.options
     percent = options.verify_percent
     if percent is None:
-        percent = float(context.config.effective(client, "audit_verify_percent"))  # type: ignore[arg-type]
+        percent = context.config.settings(client).audit_verify_percent
     grace = context.config.server.in_progress_grace
     stamps = context.audits.stamps(client, location)
     listed = {file_type: present[file_type] for file_type in VERIFIED_TYPES}
@@ -397,12 +398,10 @@ def _restic_check(context: _Context, client: str, location: str, result: Locatio
         result.findings.append(Finding(Status.OK, "restic check not run: the client has no password_file "
                                        "or password_command"))
         return
-    repository, backend_env = restic_repository(context.config, location, client)
-    env = restic.restic_environment(repository, settings.password_file, settings.password_command)
-    env.update(backend_env)
+    repository = restic_repository(context.config, client, location)
     subset = context.options.read_data_subset
     try:
-        outcome = restic.check(env, subset, secrets=list(backend_env.values()))
+        outcome = restic.check(repository.environment, subset, secrets=repository.secrets)
     except Interrupted:
         raise  # the daemon is stopping: no finding to record
     except CommandFailed as error:

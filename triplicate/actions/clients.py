@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from triplicate import htpasswd
+from triplicate.service import htpasswd
 from triplicate.config.edit import ConfigEditor, config_lock
 from triplicate.config.model import Config, check_name
 from triplicate.errors import UsageError

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from triplicate.config.model import Canary, Config
 from triplicate.errors import CannotRun, UsageError
 from triplicate.execute import ScopedPool
-from triplicate.restic import (error_summary, key_problem, parse_ls, restic_environment, restic_run,
+from triplicate.restic import (error_summary, key_problem, parse_ls, restic_run,
                                restore_arguments, restore_errors)
 from triplicate.state.db import PRIMARY
 from triplicate.state.restore_check import RestoreCheckRecord, RestoreCheckState
-from triplicate.storage import FileType, StorageError, open_location, open_primary, restic_repository
+from triplicate.actions.repository import restic_repository
+from triplicate.storage import FileType, StorageError, open_location, open_primary
 
 TEMPORARY_PREFIX = "restore-check-"
 SNAPSHOT_ARGUMENT = re.compile(r"latest|[0-9a-f]{4,64}")
@@ -219,19 +219,12 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
 
 def _open(config: Config, client: str, name: str, result: LocationResult) -> _Opened | None:
     """How restic reaches ``name``, with the key; None (and a failure in ``result``) when it cannot."""
-    settings = config.client(client)
     try:
-        repository, extra = restic_repository(config, None if name == PRIMARY else name, client)
+        repository = restic_repository(config, client, None if name == PRIMARY else name)
     except StorageError as error:
         result.failures.append(Failure(None, f"cannot open repository: {error}"))
         return None
-    env = restic_environment(repository, settings.password_file, settings.password_command)
-    env.update(extra)
-    # A REST URL carries its password: keep it, and any credential in the environment, out of messages.
-    secrets = [value for value in [*extra.values(), urlsplit(repository.removeprefix("rest:")).password or ""]
-               if len(value) >= 4]
-    # Replicas are byte copies that only triplicate writes: reading one must not write a lock there.
-    return _Opened(name, env, secrets, lock=name == PRIMARY)
+    return _Opened(name, repository.environment, repository.secrets, repository.lock)
 
 
 def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict[str, LocationResult],

@@ -16,7 +16,8 @@ from triplicate.config.model import Config, RetentionSettings
 from triplicate.engine.policy import Candidate, apply_policy, is_empty
 from triplicate.errors import CannotRun, TriplicateError, UsageError
 from triplicate.execute import Interrupted
-from triplicate.restic import restic_environment, restic_run
+from triplicate.actions.repository import restic_repository
+from triplicate.restic import restic_run
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.state.retention import RetentionRun, RetentionState, first_scan_time
@@ -68,7 +69,7 @@ class RetentionReport:
 
 def retention_policy(config: Config, client: str) -> RetentionSettings | None:
     """The client's policy, else the server-wide one; None when neither is set or it keeps all."""
-    policy = config.client(client).retention or config.server.retention
+    policy = config.settings(client).retention
     return None if policy is None or is_empty(policy) else policy
 
 
@@ -80,7 +81,7 @@ def run_retention(config: Config, client: str, *, dry_run: bool = False, force: 
     settings = config.client(client)
     policy = retention_policy(config, client)
     if policy is None:
-        configured = config.client(client).retention or config.server.retention
+        configured = config.settings(client).retention
         raise UsageError(
             f"client '{client}' has no retention policy (set [clients.{client}.retention] or [server.retention])"
             if configured is None else f"client '{client}': its retention section sets no keep_* rule")
@@ -88,7 +89,7 @@ def run_retention(config: Config, client: str, *, dry_run: bool = False, force: 
         raise NoKey(f"client '{client}' has no key: retention needs password_file or password_command")
     started = time.time()
     report = RetentionReport(client, dry_run, policy.model_dump(exclude_none=True))
-    env = restic_environment(str(config.primary_dir(client)), settings.password_file, settings.password_command)
+    env = restic_repository(config, client, None).environment
     try:
         snapshots = _snapshots(env)
         candidates, verdicts = _candidates(config, client, snapshots)

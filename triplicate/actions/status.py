@@ -92,11 +92,11 @@ def locations_section(context: StatusContext) -> Section:
                          "newest_age_seconds": _rounded(None if newest is None else now - newest),
                          "lag_seconds": None, "last_sync": None, "last_sync_age_seconds": None,
                          "error": None})
-    expect_every = config.effective(name, "expect_backup_every")
+    expect_every = config.settings(name).expect_backup_every
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
     health = state.location_health(name)
-    max_lag = config.effective(name, "max_lag")
+    max_lag = config.settings(name).max_lag
     for location in config.clients[name].replicate_to:
         present = state.known_snapshots(name, location)
         # A snapshot's age is counted from its arrival on the server (snapshot files are

@@ -10,7 +10,7 @@ from triplicate.config.model import Config
 from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
                                       mirror)
 from triplicate.errors import TriplicateError, UsageError
-from triplicate.locks import location_lock
+from triplicate.state.locks import location_lock
 from triplicate.state.db import PRIMARY
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange

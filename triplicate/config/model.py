@@ -1,5 +1,6 @@
 """The configuration's schema: pydantic models, one per section of the TOML file.
 
+The ``[locations.*]`` sections are the location kinds' own (storage/kinds/).
 docs/configuration.md documents every key; keep the two in step.
 """
 
@@ -7,12 +8,27 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
-from triplicate.units import parse_duration, parse_size
+from triplicate.config.types import (
+    AbsolutePath, Command, Duration, LocationSettings, Percent, PortRange, Section, Size,
+)
+from triplicate.storage.kinds import KINDS
+from triplicate.storage.kinds.local import LocalLocation
+from triplicate.storage.kinds.rclone import RcloneLocation
+from triplicate.storage.kinds.rest import RestLocation
+from triplicate.storage.kinds.s3 import S3Location
+from triplicate.storage.kinds.sftp import SftpLocation
+
+__all__ = [
+    "LOCATION_TYPES", "AbsolutePath", "ClientSection", "ClientSettings", "Command", "Config", "Duration", "LocalLocation", "Location",
+    "LocationSettings", "Percent", "PortRange", "RcloneLocation", "RestLocation", "S3Location", "Section",
+    "SftpLocation", "Size", "check_name",
+]
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 NAME_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63"
@@ -23,52 +39,6 @@ def check_name(name: object) -> str | None:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         return f"invalid name {name!r}: use {NAME_RULE}"
     return None
-
-
-def _duration(value: object) -> float:
-    return parse_duration(value)  # type: ignore[arg-type]
-
-
-def _size(value: object) -> int:
-    return parse_size(value)  # type: ignore[arg-type]
-
-
-def _port_range(value: object) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        low, high = value
-    elif isinstance(value, str) and re.fullmatch(r"\d+-\d+", value.strip()):
-        low, high = (int(part) for part in value.strip().split("-"))
-    else:
-        raise ValueError("expected a port range such as '8100-8199'")
-    if not (1 <= int(low) <= int(high) <= 65535):
-        raise ValueError("ports must satisfy 1 <= first <= last <= 65535")
-    return int(low), int(high)
-
-
-def _command(value: list[str]) -> list[str]:
-    if value and not value[0]:
-        raise ValueError("the program (first element) must not be empty")
-    return value
-
-
-def _absolute(path: Path) -> Path:
-    if not path.is_absolute():
-        raise ValueError(f"'{path}' must be an absolute path")
-    return path
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Size = Annotated[int, BeforeValidator(_size)]
-PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
-Command = Annotated[list[str], AfterValidator(_command)]
-AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
-Percent = Annotated[float, Field(ge=0, le=100)]
-
-
-class Section(BaseModel):
-    """Every section refuses unknown keys, so a typo is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RetentionSettings(Section):
@@ -113,99 +83,13 @@ class ServerSettings(Section):
     retention: RetentionSettings | None = None
 
 
-class LocationSettings(Section):
-    """Keys every kind of location has."""
-
-    # files copied at once to this location (its connection limit); server.workers when unset
-    workers: int | None = Field(default=None, ge=1, le=64)
-    # Replicas are append-only unless this is set: a file gone from the primary for
-    # this long is then removed from the replica too (docs/retention.md). At least an
-    # hour, so that a listing taken during a prune is never acted on by itself.
-    propagate_deletes: Annotated[Duration, Field(ge=3600)] | None = None
-
-
-class LocalLocation(LocationSettings):
-    """A folder on this machine: another disk, a mounted share."""
-
-    type: Literal["local"]
-    path: AbsolutePath
-    # Refuse to write unless ``path`` is a mount point: for a removable or network
-    # disk, whose empty mount folder must never receive a replica on the root disk.
-    mount_point: StrictBool = False
-
-
-def _http_url(value: str) -> str:
-    if not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", value):
-        raise ValueError("expected an http:// or https:// URL without user or password (those go in "
-                         "username and password_file / credentials_file)")
-    return value
-
-
-def _rclone_remote(value: str) -> str:
-    if not re.fullmatch(r"[^:\s/][^:]*:\S*", value):
-        raise ValueError("expected an rclone remote such as 'b2:bucket/path' (a configured remote's name, ':', a path)")
-    if "]" in value or "//" in value.split(":", 1)[1]:
-        # rclone's object server (loads) addresses a file as "[remote]/path": it cannot name these.
-        raise ValueError("']' and '//' are not supported in an rclone remote")
-    return value
-
-
-def _bucket(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
-        raise ValueError("a bucket name is 3 to 63 lowercase letters, digits, '.' and '-'")
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-RcloneRemote = Annotated[str, AfterValidator(_rclone_remote)]
-BucketName = Annotated[str, AfterValidator(_bucket)]
-
-
-class SftpLocation(LocationSettings):
-    """A folder on another machine over SFTP; docs/locations.md."""
-
-    type: Literal["sftp"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str | None = None
-    path: str = Field(min_length=1)
-    identity_file: AbsolutePath | None = None
-    known_hosts_file: AbsolutePath | None = None
-
-
-class S3Location(LocationSettings):
-    """A bucket (and prefix) of an S3-compatible object store; docs/locations.md."""
-
-    type: Literal["s3"]
-    endpoint: HttpUrl | None = None
-    bucket: BucketName
-    prefix: str = ""
-    region: str | None = None
-    credentials_file: AbsolutePath | None = None
-
-
-class RestLocation(LocationSettings):
-    """Another restic REST server (rest-server, rclone serve restic, triplicate); docs/locations.md."""
-
-    type: Literal["rest"]
-    url: HttpUrl
-    username: str | None = None
-    password_file: AbsolutePath | None = None
-    cacert: AbsolutePath | None = None
-
-
-class RcloneLocation(LocationSettings):
-    """Any rclone remote, reached through ``rclone rcd``; docs/locations.md."""
-
-    type: Literal["rclone"]
-    remote: RcloneRemote
-    rclone_config: AbsolutePath | None = None
-
-
-Location = Annotated[
-    LocalLocation | SftpLocation | S3Location | RestLocation | RcloneLocation, Field(discriminator="type")
-]
-LOCATION_TYPES = ("local", "sftp", "s3", "rest", "rclone")
+# Every registered kind's section, told apart by its ``type`` (storage/kinds/).
+if TYPE_CHECKING:
+    Location = LocationSettings
+else:
+    Location = Annotated[Union[tuple(kind.settings for kind in KINDS.values())],  # noqa: UP007
+                         Field(discriminator="type")]
+LOCATION_TYPES = tuple(KINDS)
 
 
 class Canary(Section):
@@ -219,7 +103,9 @@ class RestoreCheckSettings(Section):
     files: int = Field(default=20, ge=1)
 
 
-class ClientSettings(Section):
+class ClientSection(Section):
+    """``[clients.NAME]`` as written: None means the server-wide value (see ClientSettings)."""
+
     enabled: StrictBool = True
     replicate_to: list[str] = []
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -236,7 +122,7 @@ class ClientSettings(Section):
     retention: RetentionSettings | None = None
 
     @model_validator(mode="after")
-    def _one_key_source(self) -> ClientSettings:
+    def _one_key_source(self) -> ClientSection:
         if self.password_file is not None and self.password_command is not None:
             raise ValueError("password_file and password_command: set one, not both (restic refuses both)")
         return self
@@ -250,11 +136,11 @@ class NotifySettings(Section):
 class Config(Section):
     server: ServerSettings = ServerSettings()
     locations: dict[str, Location] = {}
-    clients: dict[str, ClientSettings] = {}
+    clients: dict[str, ClientSection] = {}
     notify: NotifySettings = NotifySettings()
 
-    def client(self, name: str) -> ClientSettings:
-        """The client's settings; raises UsageError naming the client when unknown."""
+    def client(self, name: str) -> ClientSection:
+        """The client's section as written; raises UsageError naming the client when unknown."""
         from triplicate.errors import UsageError
 
         try:
@@ -266,7 +152,47 @@ class Config(Section):
     def primary_dir(self, client: str) -> Path:
         return self.server.repos_dir / client
 
-    def effective(self, client: str, key: str) -> object:
-        """A client's own value for ``key``, else the server-wide default."""
-        value = getattr(self.client(client), key)
-        return getattr(self.server, key) if value is None else value
+    def settings(self, client: str) -> ClientSettings:
+        """The client's settings with every server-wide default applied; raises UsageError
+        naming the client when unknown."""
+        section = self.client(client)
+        server = self.server
+
+        def either(own: _T | None, default: _T) -> _T:
+            return default if own is None else own
+
+        return ClientSettings(
+            name=client,
+            section=section,
+            poll_interval=either(section.poll_interval, server.poll_interval),
+            on_change=either(section.on_change, server.on_change),
+            max_lag=either(section.max_lag, server.max_lag),
+            expect_backup_every=either(section.expect_backup_every, server.expect_backup_every),
+            audit_every=either(section.audit_every, server.audit_every),
+            audit_verify_percent=either(section.audit_verify_percent, server.audit_verify_percent),
+            retention=either(section.retention, server.retention),
+        )
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """One client's settings resolved once: its own value where it sets one, else the
+    server's. Keys with no server-wide default are read from ``section``."""
+
+    name: str
+    section: ClientSection
+    poll_interval: float
+    on_change: list[str]
+    max_lag: float
+    expect_backup_every: float | None
+    audit_every: float | None
+    audit_verify_percent: float
+    retention: RetentionSettings | None
+
+    @property
+    def has_key(self) -> bool:
+        """Whether restic can open the client's repositories (password_file or password_command)."""
+        return self.section.password_file is not None or bool(self.section.password_command)

@@ -32,7 +32,7 @@ def has_key(config: Config, client: str) -> bool:
 
 
 def audit_interval(config: Config, client: str) -> float | None:
-    return config.effective(client, "audit_every")  # type: ignore[return-value]
+    return config.settings(client).audit_every
 
 
 def restore_check_interval(config: Config, client: str) -> float | None:

@@ -32,7 +32,7 @@ from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import MirrorOptions
 from triplicate.errors import CannotRun, TriplicateError
-from triplicate.hooks import ChangeEvent, run_on_change
+from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.notify import notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
@@ -463,7 +463,7 @@ class Daemon:
     # ---- hooks ------------------------------------------------------------------------------
 
     def _maybe_run_hook(self, state: ClientState) -> None:
-        if self.stopping or not self.config.effective(state.name, "on_change"):
+        if self.stopping or not self.config.settings(state.name).on_change:
             return
         if state.hook_task is not None and not state.hook_task.done():
             state.hook_again = True  # look again when the running hook is done
@@ -479,7 +479,7 @@ class Daemon:
             state.hook_again = False
             if self.clients.get(client) is not state:  # no longer served (a reload)
                 return
-            command = self.config.effective(client, "on_change")
+            command = self.config.settings(client).on_change
             if not command:
                 return
             current = set(self.replication.known_snapshots(client, PRIMARY))
@@ -522,7 +522,7 @@ INCOMPLETE_RETRY_SECONDS = 10.0
 
 
 def _poll_interval(config: Config, client: str) -> float | None:
-    return float(config.effective(client, "poll_interval"))  # type: ignore[arg-type]
+    return config.settings(client).poll_interval
 
 
 def _snapshot_names(folder: Path) -> set[str]:

@@ -37,10 +37,6 @@ class ReconcileReport:
     changes: list[str] = field(default_factory=list)
     stopped: dict[str, StopResult] = field(default_factory=dict)  # clients stopped, by name
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
-
 
 def service_problems(config: Config) -> list[str]:
     """What the configuration gets wrong for serving clients (ports, TLS, user)."""

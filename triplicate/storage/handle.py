@@ -6,12 +6,8 @@ the mapping to a path (``data/ab/<id>``) kept in :func:`relative_path`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-ID_PATTERN = re.compile(r"[0-9a-f]{64}")
-
 
 class FileType(StrEnum):
     """The kinds of file in a restic repository, valued as their folder names."""
@@ -22,11 +18,6 @@ class FileType(StrEnum):
     INDEX = "index"
     SNAPSHOT = "snapshots"
     LOCK = "locks"
-
-
-# The order a replica must receive files in so that it is a valid repository at every
-# instant (restic's design.rst, "Read and Write Ordering"): readers go the other way.
-COPY_ORDER = (FileType.CONFIG, FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
 
 
 _HEX_DIGITS = "0123456789abcdef"

@@ -31,7 +31,6 @@ from triplicate.storage.backend import StorageError
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
-_USER = "triplicate"
 _POOL_SIZE = 32  # connections kept open to the server, across every location using it
 
 
@@ -45,15 +44,8 @@ class RcError(Exception):
 
 
 def rclone_environment(rclone_config: Path | None) -> dict[str, str]:
-    """The environment for rclone (and for restic's rclone: backend).
-
-    This machine's kind sets AWS_CA_BUNDLE, which makes rclone's S3 client fail
-    (LoadCustomCABundleError); an empty value is ignored by it.
-    """
-    extra = {"AWS_CA_BUNDLE": ""}
-    if rclone_config is not None:
-        extra["RCLONE_CONFIG"] = str(rclone_config)
-    return extra
+    """The environment for rclone (and for restic's rclone: backend) on top of ours."""
+    return {} if rclone_config is None else {"RCLONE_CONFIG": str(rclone_config)}
 
 
 class RcloneServer:

@@ -240,15 +240,13 @@ class RestBackend:
             return self._pool
 
     def _request(self, method: str, path: str, what: str, *, headers: dict[str, str] | None = None,
-                 body: Any = None, allow: tuple[int, ...] = (200,), stream_body: bool = False) -> Any:
+                 allow: tuple[int, ...] = (200,), stream_body: bool = False) -> Any:
         """One request; returns the response when its status is allowed, else raises StorageError."""
         pool = self._pool_manager()
         try:
             response = pool.request(
-                method, self.base + path, headers={**self._headers, **(headers or {})}, body=body,
-                chunked=body is not None, preload_content=not stream_body, redirect=False)
-        except (CorruptContent, SourceReadError):
-            raise  # the upload was cut short on purpose; the server discards it
+                method, self.base + path, headers={**self._headers, **(headers or {})},
+                preload_content=not stream_body, redirect=False)
         except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
             raise self._storage_error(what, error) from None
         if response.status in allow:

@@ -12,7 +12,6 @@ docs/locations.md says why this design and this library.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -260,16 +259,12 @@ class S3Backend:
             read_timeout=self._timeout,
             s3={"addressing_style": "path" if self.target.endpoint else "auto"},
         )
-        # An empty AWS_CA_BUNDLE (how rclone is kept off this machine's bundle) means "unset"
-        # here too: botocore would refuse it as an invalid path.
-        empty_bundle = any(os.environ.get(name) == "" for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"))
         session = boto3.session.Session()
         return session.client(
             "s3", endpoint_url=self.target.endpoint, region_name=self.target.region or "us-east-1",
             aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
             aws_session_token=credentials.get("AWS_SESSION_TOKEN"), config=config,
-            verify=True if empty_bundle else None,
         )
 
     def _call(self, what: str, operation: Callable[[Any], T]) -> T:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from triplicate.execute import CommandFailed, environment, run_async
 
-log = logging.getLogger("triplicate.hooks")
+log = logging.getLogger("triplicate.hooks")  # the name operators grep the log for
 # A chatty hook must not flood the log: lines past this many per stream are counted, not logged.
 MAX_LOGGED_LINES = 200
 

@@ -1,0 +1,81 @@
+"""The configuration's value types and base sections, shared by config/model.py and the
+location kinds (storage/kinds/), which declare their own sections with them.
+
+This module imports nothing of triplicate but units, so that any layer can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from triplicate.units import parse_duration, parse_size
+
+
+def _duration(value: str | int | float) -> float:
+    return parse_duration(value)
+
+
+def _size(value: str | int) -> int:
+    return parse_size(value)
+
+
+def _port_range(value: object) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+-\d+", value.strip()):
+        low, high = (int(part) for part in value.strip().split("-"))
+    else:
+        raise ValueError("expected a port range such as '8100-8199'")
+    if not (1 <= int(low) <= int(high) <= 65535):
+        raise ValueError("ports must satisfy 1 <= first <= last <= 65535")
+    return int(low), int(high)
+
+
+def _command(value: list[str]) -> list[str]:
+    if value and not value[0]:
+        raise ValueError("the program (first element) must not be empty")
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"'{path}' must be an absolute path")
+    return path
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", value):
+        raise ValueError("expected an http:// or https:// URL without user or password (those go in "
+                         "username and password_file / credentials_file)")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
+Command = Annotated[list[str], AfterValidator(_command)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class Section(BaseModel):
+    """Every section refuses unknown keys, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocationSettings(Section):
+    """Keys every kind of location has; each kind (storage/kinds/) adds its own."""
+
+    type: str
+    # files copied at once to this location (its connection limit); server.workers when unset
+    workers: int | None = Field(default=None, ge=1, le=64)
+    # Replicas are append-only unless this is set: a file gone from the primary for
+    # this long is then removed from the replica too (docs/retention.md). At least an
+    # hour, so that a listing taken during a prune is never acted on by itself.
+    propagate_deletes: Annotated[Duration, Field(ge=3600)] | None = None
