@@ -212,10 +212,10 @@ def start(argv: list[str], *, env: Mapping[str, str] | None = None, secrets: Ite
     CommandFailed when the program is missing.
     """
     log.debug("start: %s", describe(argv, secrets))
-    output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE} if capture_log else {}
     try:
         return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
-                                **output)  # type: ignore[call-overload]
+                                stdout=subprocess.DEVNULL if capture_log else None,
+                                stderr=subprocess.PIPE if capture_log else None)
     except FileNotFoundError:
         raise CommandFailed(f"{argv[0]}: program not found (is it installed?)") from None
 

@@ -137,13 +137,14 @@ def status_changes(previous: Mapping[str, AuditRecord | None], report: AuditRepo
     changes = []
     for client, audit in report.clients.items():
         before = previous.get(client)
-        pairs = [(None, before.status if before else None, audit.status, audit.reason)]
+        pairs: list[tuple[str | None, str | None, Status, str]] = [
+            (None, before.status if before else None, audit.status, audit.reason)]
         for name, location in audit.locations.items():
             old = before.locations.get(name) if before else None
             pairs.append((name, old.status if old else None, location.status, summary(location.findings)))
-        for location, old_status, new_status, reason in pairs:
+        for where, old_status, new_status, reason in pairs:
             if old_status != new_status and not (old_status is None and new_status is Status.OK):
-                changes.append(StatusChange(client, location, old_status, new_status.value, reason))
+                changes.append(StatusChange(client, where, old_status, new_status.value, reason))
     return changes
 
 

@@ -186,16 +186,22 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
     return deleted
 
 
-def list_clients(config: Config) -> list[dict[str, object]]:
-    """Each client's name, enabled, port, locations and URL (without its password)."""
+@dataclass(frozen=True)
+class ClientEntry:
+    """One line of ``client list``: the URL is without the client's password."""
+
+    name: str
+    enabled: bool
+    port: int | None
+    replicate_to: list[str]
+    url: str | None
+
+
+def list_clients(config: Config) -> list[ClientEntry]:
+    """Each configured client, by name."""
     return [
-        {
-            "name": name,
-            "enabled": client.enabled,
-            "port": client.port,
-            "replicate_to": list(client.replicate_to),
-            "url": repository_url(config, name) if client.port is not None else None,
-        }
+        ClientEntry(name, client.enabled, client.port, list(client.replicate_to),
+                    repository_url(config, name) if client.port is not None else None)
         for name, client in sorted(config.clients.items())
     ]
 

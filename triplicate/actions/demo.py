@@ -21,7 +21,7 @@ from triplicate.actions.clients import AddedClient, add_client
 from triplicate.actions.init import InitOptions, init_server
 from triplicate.actions.status import ClientStatus, collect_status
 from triplicate.config.load import load_config
-from triplicate.config.model import Config
+from triplicate.config.model import Config, LocalLocation
 from triplicate.restic import restic, restic_environment, restic_json
 from triplicate.service.layout import Layout
 from triplicate.service.ports import port_is_free
@@ -124,11 +124,17 @@ def _back_up(root: Path, client: AddedClient, say: Callable[[str], None]) -> Non
     say(f"{client.name}: restic init and two backups through {client.url.replace(client.password, '***')}")
 
 
+def _replica_dir(config: Config, location: str, client: str) -> Path:
+    settings = config.locations[location]
+    assert isinstance(settings, LocalLocation)  # the demo's locations are local folders
+    return settings.path / client
+
+
 def _replicated(config: Config, name: str) -> bool:
     """True when every location has the snapshot files of the client's primary."""
     primary = {path.name for path in (config.primary_dir(name) / "snapshots").iterdir()}
     for location in LOCATIONS:
-        folder = config.locations[location].path / name / "snapshots"
+        folder = _replica_dir(config, location, name) / "snapshots"
         if not folder.is_dir() or not primary <= {path.name for path in folder.iterdir()}:
             return False
     return bool(primary)
@@ -141,7 +147,7 @@ def _check_replicas(root: Path, config: Config, name: str, say: Callable[[str], 
     expected = sorted(snapshot["id"] for snapshot in restic_json(["snapshots"], primary))
     good = True
     for location in LOCATIONS:
-        replica_dir = config.locations[location].path / name
+        replica_dir = _replica_dir(config, location, name)
         replica = restic_environment(str(replica_dir), password_file)
         found = sorted(snapshot["id"] for snapshot in restic_json(["snapshots"], replica))
         check = restic(["check", "--read-data"], replica, check=False)

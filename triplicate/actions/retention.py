@@ -120,7 +120,8 @@ def _snapshots(env: dict[str, str]) -> list[dict[str, object]]:
         from triplicate.restic import error_summary
 
         raise TriplicateError(f"restic snapshots: {error_summary(result.stderr.decode(errors='replace'))}")
-    return json.loads(result.text)
+    snapshots: list[dict[str, object]] = json.loads(result.text)
+    return snapshots
 
 
 def _candidates(config: Config, client: str, snapshots: list[dict[str, object]]
@@ -142,7 +143,8 @@ def _candidates(config: Config, client: str, snapshots: list[dict[str, object]]
             judged, source = datetime.fromtimestamp(arrival).astimezone(), "arrival"
         else:
             judged, source = own_time, "snapshot (predates the state database)"
-        paths = sorted(str(path) for path in snapshot.get("paths", []))  # type: ignore[union-attr]
+        listed = snapshot.get("paths")
+        paths = sorted(str(path) for path in listed) if isinstance(listed, list) else []
         host = str(snapshot.get("hostname", ""))
         candidates.append(Candidate(identifier, judged, (host, *paths)))
         verdicts[identifier] = Verdict(identifier, judged.isoformat(timespec="seconds"), source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -77,7 +78,7 @@ def sync_client(
     *,
     trigger: str = "cli",
     options: MirrorOptions | None = None,
-    progress_for: dict[str, Progress] | None = None,
+    progress_for: Mapping[str, Progress] | None = None,
 ) -> SyncReport:
     """Mirror ``client`` to ``locations`` concurrently, record the outcome, and report.
 

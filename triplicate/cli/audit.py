@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from triplicate.cli import AppContext
-from triplicate.cli.output import console, print_json, progress_bars
+from triplicate.cli.output import Bar, console, print_json, progress_bars
 from triplicate.errors import EXIT_UNKNOWN
 
 EPILOG = """Exit status (the monitoring-plugin convention): 0 OK; 1 WARNING (a backup or a
@@ -30,7 +30,7 @@ class MonitoringCommand(click.Command):
         try:
             return super().make_context(*args, **kwargs)
         except click.ClickException as error:
-            error.exit_code = EXIT_UNKNOWN
+            error.exit_code = EXIT_UNKNOWN  # type: ignore[misc]  # click declares it on the class
             raise
 
 
@@ -74,7 +74,7 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
         with progress_bars(enabled=not as_json) as bars:
             options = AuditOptions(
                 verify_percent=verify_percent, restic_check=restic_check, read_data_subset=read_data_subset,
-                progress=(lambda client, location: _BarProgress(bars, f"verify {client} at {location}"))
+                progress=(lambda client, location: Bar(bars, f"verify {client} at {location}"))
                 if bars else None,
             )
             report = run_audit(config, clients, locations, options)
@@ -100,20 +100,6 @@ def _write_prometheus(path: Path, clients: dict[str, Any]) -> None:
     except OSError as error:
         click.echo(f"triplicate: --prometheus {path}: {error.strerror or error}", err=True)
         sys.exit(EXIT_UNKNOWN)
-
-
-class _BarProgress:
-    """One progress bar per verified location (Rich's Progress is thread-safe)."""
-
-    def __init__(self, bars: Any, name: str) -> None:
-        self._bars = bars
-        self._task = bars.add_task(name, total=None)
-
-    def planned(self, files: int, size: int) -> None:
-        self._bars.update(self._task, total=size)
-
-    def copied(self, size: int) -> None:
-        self._bars.advance(self._task, size)
 
 
 STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,12 +135,12 @@ def list_command(app: AppContext, as_json: bool) -> None:
 
     clients = list_clients(app.config)
     if as_json:
-        print_json(clients)
+        print_json([dataclasses.asdict(entry) for entry in clients])
         return
     table = Table()
     for column in ("name", "enabled", "port", "replicate_to", "url"):
         table.add_column(column)
     for entry in clients:
-        table.add_row(entry["name"], "yes" if entry["enabled"] else "[yellow]no[/]", str(entry["port"] or "-"),
-                      ", ".join(entry["replicate_to"]) or "-", escape(entry["url"] or "-"))  # type: ignore[arg-type]
+        table.add_row(entry.name, "yes" if entry.enabled else "[yellow]no[/]", str(entry.port or "-"),
+                      ", ".join(entry.replicate_to) or "-", escape(entry.url or "-"))
     console().print(table)

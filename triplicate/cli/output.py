@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from triplicate.engine.mirror import Progress as WorkProgress
+
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
 
 def print_json(data: Any) -> None:
@@ -22,8 +25,23 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
+class Bar(WorkProgress):
+    """One bar of a progress display, fed by the engine as work is planned and done
+    (Rich's Progress is thread-safe: each location's thread feeds its own bar)."""
+
+    def __init__(self, bars: Progress, name: str) -> None:
+        self._bars = bars
+        self._task = bars.add_task(name, total=None)
+
+    def planned(self, files: int, size: int) -> None:
+        self._bars.update(self._task, total=size)
+
+    def copied(self, size: int) -> None:
+        self._bars.advance(self._task, size)
+
+
 @contextmanager
-def progress_bars(enabled: bool) -> Iterator[Any]:
+def progress_bars(enabled: bool) -> Iterator[Progress | None]:
     """A Rich progress display on a terminal's standard error, else None."""
     if not enabled or not sys.stderr.isatty():
         yield None

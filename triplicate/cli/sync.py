@@ -8,7 +8,7 @@ import threading
 import click
 
 from triplicate.cli import AppContext
-from triplicate.cli.output import console, print_json, progress_bars
+from triplicate.cli.output import Bar, console, print_json, progress_bars
 
 
 @click.command(epilog="Exit status: 0 every location complete and nothing corrupt; 1 a location "
@@ -31,7 +31,7 @@ def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool
     config = app.config
     chosen = select_locations(config, client, locations)
     with progress_bars(enabled=not as_json) as bars:
-        progress_for = {name: _BarProgress(bars, name) for name in chosen} if bars else None
+        progress_for = {name: Bar(bars, name) for name in chosen} if bars else None
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=threading.Event())
         report = sync_client(config, client, chosen, options=options, progress_for=progress_for)
     if as_json:
@@ -39,18 +39,6 @@ def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool
     else:
         _summarise(report)
     sys.exit(0 if report.complete else 1)
-
-
-class _BarProgress:
-    def __init__(self, bars: object, name: str) -> None:
-        self._bars = bars
-        self._task = bars.add_task(name, total=None)  # type: ignore[attr-defined]
-
-    def planned(self, files: int, size: int) -> None:
-        self._bars.update(self._task, total=size)  # type: ignore[attr-defined]
-
-    def copied(self, size: int) -> None:
-        self._bars.advance(self._task, size)  # type: ignore[attr-defined]
 
 
 def _summarise(report: object) -> None:

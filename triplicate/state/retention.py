@@ -63,10 +63,11 @@ class RetentionState(Store):
     def last_run(self, client: str) -> sqlite3.Row | None:
         """The client's newest retention run that was not a dry run, or None."""
         with self._lock:
-            return self.connection.execute(
+            row: sqlite3.Row | None = self.connection.execute(
                 "SELECT * FROM retention_runs WHERE client=? AND dry_run=0 ORDER BY started DESC LIMIT 1",
                 (client,),
             ).fetchone()
+        return row
 
     def absent_since(self, client: str, location: str, file_type: str, extra: set[str], now: float) -> dict[str, float]:
         """Note which files the replica has and the primary lacks; return when each went missing.

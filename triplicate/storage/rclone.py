@@ -214,7 +214,7 @@ class RcloneBackend:
         waited for, so that its clean-up cannot race a retry) and the save fails as
         transient.
         """
-        job = self._call(method, what, _async=True, **params).get("jobid")
+        job = int(self._call(method, what, _async=True, **params)["jobid"])
         group = f"job/{job}"
         delay, moved, last_check = 0.002, 0, time.monotonic()
         last_progress = last_check

@@ -89,7 +89,10 @@ class RetryingBackend:
 
     def save(self, handle: Handle, source: BinaryIO) -> int:
         start = _position(source)
-        rewind = None if start is None else (lambda: source.seek(start))
+        rewind: Callable[[], None] | None = None
+        if start is not None:
+            def rewind() -> None:
+                source.seek(start)
         if rewind is None:
             return self.backend.save(handle, source)
         return self._retry(f"saving {handle}", lambda: self.backend.save(handle, source), rewind)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import asyncssh
 
@@ -420,7 +420,8 @@ class _Reader:
             size = min(size, self._remaining)
         if size == 0:
             return b""
-        data: bytes = self._backend._call(self._what, self._file.read(size, self._position), self._session)
+        # The file is opened in binary mode: asyncssh's read gives bytes (typed as str or bytes).
+        data = cast(bytes, self._backend._call(self._what, self._file.read(size, self._position), self._session))
         self._position += len(data)
         if self._remaining is not None:
             self._remaining -= len(data)
