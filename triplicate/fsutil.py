@@ -1,9 +1,15 @@
-"""Durable file-system writes: temporary name, fsync, rename, fsync the folder."""
+"""File-system helpers: durable writes (temporary name, fsync, rename, fsync the folder),
+private temporary folders that a killed process's successor cleans, and file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,3 +44,68 @@ def _unlink_quietly(path: str | Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's content, hex. Raises OSError."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def make_private_folder(parent: Path, prefix: str) -> Path:
+    """A new folder only this user can enter (0700) under ``parent``; the caller removes it.
+
+    Its name carries this process's ID so that :func:`remove_stale_folders` can tell
+    a folder left by a killed process from one in use.
+    """
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+@contextmanager
+def private_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """:func:`make_private_folder`, removed whatever happens."""
+    folder = make_private_folder(parent, prefix)
+    try:
+        yield folder
+    finally:
+        remove_tree(folder)
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove ``folder`` and everything in it, even the read-only folders restic restored."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        return
+    except OSError:
+        _make_folders_writable(folder)
+        shutil.rmtree(folder)
+
+
+def _make_folders_writable(folder: Path) -> None:
+    os.chmod(folder, 0o700)
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            _make_folders_writable(Path(entry.path))
+
+
+def remove_stale_folders(parent: Path, prefix: str) -> None:
+    """Remove the folders :func:`make_private_folder` made with ``prefix`` under ``parent``
+    whose process is gone (killed, crashed)."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)-.*", entry.name)
+        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
+            remove_tree(entry)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

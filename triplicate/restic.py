@@ -1,4 +1,8 @@
-"""Building restic command lines (nothing else: running them is execute.py's job)."""
+"""restic: its environment and command lines, run through execute.py (the one place that
+starts programs), and the reading of its output (JSON listings, error lines).
+
+Which repository restic opens, with which credentials and secrets, is
+actions/repository.py's (through the location kinds' registry)."""
 
 from __future__ import annotations
 

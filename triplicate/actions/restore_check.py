@@ -10,40 +10,35 @@ and the canaries hold. Each location's outcome is recorded in the state database
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from triplicate.actions.repository import restic_repository
 from triplicate.config.model import Canary, Config
 from triplicate.errors import CannotRun, UsageError
 from triplicate.execute import ScopedPool
-from triplicate.restic import (error_summary, key_problem, parse_ls, restic_run,
-                               restore_arguments, restore_errors)
+from triplicate.fsutil import make_private_folder, remove_stale_folders, remove_tree, sha256_of
+from triplicate.restic import error_summary, key_problem, parse_ls, restic_run, restore_arguments, restore_errors
 from triplicate.state.db import PRIMARY
 from triplicate.state.restore_check import RestoreCheckRecord, RestoreCheckState
-from triplicate.actions.repository import restic_repository
 from triplicate.storage import FileType, StorageError, open_location, open_primary
 
-TEMPORARY_PREFIX = "restore-check-"
+TEMPORARY_PREFIX = "restore-check-"  # the temporary folders of restore checks, under state_dir/tmp
 SNAPSHOT_ARGUMENT = re.compile(r"latest|[0-9a-f]{4,64}")
 KEY_FAILURE = "cannot open repository with the configured key (wrong password?)"
 # Listing a repository never takes long; a restore may take hours, so it has no limit.
 LISTING_TIMEOUT = 1800.0
-HASH_CHUNK = 4 << 20  # one reusable buffer per file; hashlib releases the GIL on it
 
 
 class RestoreCheckUnavailable(CannotRun):
@@ -189,14 +184,14 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
     results = {name: LocationResult(name) for name in locations}
     opened = [location for name in locations if (location := _open(config, client, name, results[name]))]
     temporary_parent = config.server.state_dir / "tmp"
-    remove_stale_folders(temporary_parent)
+    remove_stale_folders(temporary_parent, TEMPORARY_PREFIX)
 
     info, nodes = _choose_snapshot(snapshot, opened, results, functools.partial(_snapshot_names, config, client))
     usable = [location for location in opened if results[location.name].ok]
     listing = [SnapshotFile(node["path"], int(node.get("size", 0))) for node in nodes if node["type"] == "file"]
     snapshot_bytes = sum(item.size for item in listing)
     canaries = settings.restore_check.canaries
-    sample = choose_sample(listing, count, [canary.path for canary in canaries], rng or random.Random())
+    sample = choose_files(listing, count, [canary.path for canary in canaries], rng or random.Random())
     if not sample and not canaries:
         raise RestoreCheckUnavailable(f"snapshot {str(info['id'])[:8]} has no file to restore")
     _ensure_room(temporary_parent, sample)
@@ -349,7 +344,7 @@ def _raise_when_key_opens_nothing(results: dict[str, LocationResult]) -> None:
                                       + " (see docs/restore-check.md)")
 
 
-def choose_sample(listing: list[SnapshotFile], count: int, canaries: list[str],
+def choose_files(listing: list[SnapshotFile], count: int, canaries: list[str],
                   rng: random.Random) -> list[SnapshotFile]:
     """The canaries present in ``listing`` plus ``count`` other files, sorted by path.
 
@@ -394,7 +389,7 @@ def _restore_and_check(locations: list[_Opened], snapshot: str, sample: list[Sna
     previous: tuple[Path, Callable[[], None]] | None = None
     try:
         for location in locations:
-            folders.append(make_private_folder(parent))
+            folders.append(make_private_folder(parent, TEMPORARY_PREFIX))
             finish = _restore(location, snapshot, sample, to_hash, folders[-1], results[location.name], hashing)
             if previous is not None:
                 previous[1]()
@@ -468,17 +463,6 @@ def _timed_sha256(path: Path) -> tuple[str, float]:
     return sha256_of(path), time.monotonic() - started
 
 
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file's content, hex."""
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
 def _check_canary(canary: Canary, listed: SnapshotFile | None, results: list[LocationResult]) -> None:
     """A canary is in the snapshot, is at least ``min_size`` and, when given, has its ``sha256``."""
     if listed is None:
@@ -527,61 +511,3 @@ def _record(config: Config, client: str, results: dict[str, LocationResult]) -> 
 
 def display_name(name: str) -> str:
     return "primary" if name == PRIMARY else name
-
-
-def make_private_folder(parent: Path) -> Path:
-    """A new folder only this user can enter (0700) under ``parent``; the caller removes it.
-
-    Its name carries this process's ID so that :func:`remove_stale_folders` can tell
-    a folder left by a killed process from one in use.
-    """
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", dir=parent))
-
-
-@contextmanager
-def private_folder(parent: Path) -> Iterator[Path]:
-    """:func:`make_private_folder`, removed whatever happens."""
-    folder = make_private_folder(parent)
-    try:
-        yield folder
-    finally:
-        remove_tree(folder)
-
-
-def remove_tree(folder: Path) -> None:
-    """Remove ``folder`` and everything in it, even the read-only folders restic restored."""
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        return
-    except OSError:
-        _make_folders_writable(folder)
-        shutil.rmtree(folder)
-
-
-def _make_folders_writable(folder: Path) -> None:
-    os.chmod(folder, 0o700)
-    for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
-            _make_folders_writable(Path(entry.path))
-
-
-def remove_stale_folders(parent: Path) -> None:
-    """Remove the temporary folders of restore checks whose process is gone (killed, crashed)."""
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        match = re.fullmatch(re.escape(TEMPORARY_PREFIX) + r"(\d+)-.*", entry.name)
-        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
-            remove_tree(entry)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

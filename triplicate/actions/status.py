@@ -188,8 +188,25 @@ def retention_section(context: StatusContext) -> Section:
     return section
 
 
+def scheduled_section(context: StatusContext) -> Section:
+    """The daemon's scheduled checks (audit, restore check, retention...): each one's last run.
+    A check that could not run is a problem here; what a check found is its own section's."""
+    from triplicate.daemon.checks import COULD_NOT_RUN
+    from triplicate.state.daemon import DaemonState
+
+    section = Section("scheduled", "scheduled checks", [])
+    with DaemonState.opened(context.config.server.state_dir, create=False) as state:
+        runs = state.job_runs(context.client)
+    for job, started, ok, error in runs:
+        section.rows.append({"job": job, "result": "ok" if ok else "failed", "age_seconds": _rounded(context.now - started),
+                             "error": error})
+        if error is not None and error.startswith(COULD_NOT_RUN):
+            section.problems.append(f"scheduled {job}: {error}")
+    return section
+
+
 COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
-                               retention_section]
+                               retention_section, scheduled_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

@@ -17,18 +17,19 @@ from collections.abc import Callable
 from typing import Any
 
 from triplicate.config.model import Config
-from triplicate.daemon.scheduler import Job
+from triplicate.daemon.scheduler import Job, JobFailed
 from triplicate.errors import TriplicateError
 
 log = logging.getLogger("triplicate.daemon")
 
 WEEK = 7 * 86400.0
+# How a scheduled check that could not run is recorded (status shows these as problems).
+COULD_NOT_RUN = ("could not run", "failed unexpectedly")
 Notify = Callable[[str, str], None]
 
 
 def has_key(config: Config, client: str) -> bool:
-    settings = config.client(client)
-    return settings.password_file is not None or settings.password_command is not None
+    return config.settings(client).has_key
 
 
 def audit_interval(config: Config, client: str) -> float | None:
@@ -61,19 +62,23 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
     (the daemon stopping) ends an audit's verification early.
     """
 
-    async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], None]) -> None:
+    async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], str | None]) -> None:
         try:
-            await asyncio.to_thread(work, get_config(), client, send)
+            problem = await asyncio.to_thread(work, get_config(), client, send)
             if name == "audit" and _found_corrupt_replica_files(get_config(), client):
                 resync(client)
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
             send(f"triplicate: {name} of {client} could not run", str(error))
-        except Exception:  # a scheduled check must never take the daemon down
+            problem = f"could not run: {error}"
+        except Exception as error:  # a scheduled check must never take the daemon down
             log.exception("%s %s failed unexpectedly", name, client)
+            problem = f"failed unexpectedly: {type(error).__name__}: {error}"
+        if problem is not None:
+            raise JobFailed(problem)  # the scheduler records it (status shows it)
 
     def job(name: str, interval: Callable[[Config, str], float | None],
-            work: Callable[[Config, str, Notify], None]) -> Job:
+            work: Callable[[Config, str, Notify], str | None]) -> Job:
         async def action(client: str) -> None:
             await in_thread(name, client, work)
 
@@ -86,8 +91,9 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
     ]
 
 
-def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> None:
-    """Audit one client with its own verify percentage; notify each change of status."""
+def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> str | None:
+    """Audit one client with its own verify percentage; notify each change of status.
+    Returns what is wrong (not OK), else None."""
     from triplicate.actions.audit import AuditOptions, run_audit, status_changes
     from triplicate.state.audit import last_audits
 
@@ -98,6 +104,10 @@ def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.E
         where = f"{change.client} at {change.location}" if change.location else change.client
         send(f"triplicate: audit of {where} is {change.after}",
              f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}")
+    audit = report.clients.get(client)
+    if report.status.value == "OK":
+        return None
+    return f"{report.status.value}: {audit.reason if audit is not None else 'see triplicate audit'}"
 
 
 def _found_corrupt_replica_files(config: Config, client: str) -> bool:
@@ -107,8 +117,9 @@ def _found_corrupt_replica_files(config: Config, client: str) -> bool:
     return record is not None and any(result.report.get("corrupt_files") for result in record.locations.values())
 
 
-def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
-    """Restore-check every location of one client; notify failures and recoveries."""
+def scheduled_restore_check(config: Config, client: str, send: Notify) -> str | None:
+    """Restore-check every location of one client; notify failures and recoveries.
+    Returns which locations failed, else None."""
     from triplicate.actions.restore_check import run_restore_check, select_locations
     from triplicate.state.restore_check import RestoreCheckState
 
@@ -124,10 +135,13 @@ def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
         elif result.ok and was is False:
             send(f"triplicate: restore check of {client} at {location} passes again",
                  f"{result.files_checked} files restored and checked.")
+    failed = sorted(location for location, result in report.locations.items() if not result.ok)
+    return f"failed at {', '.join(failed)}" if failed else None
 
 
-def scheduled_retention(config: Config, client: str, send: Notify) -> None:
-    """Apply one client's retention policy; notify what was removed, or why it was not."""
+def scheduled_retention(config: Config, client: str, send: Notify) -> str | None:
+    """Apply one client's retention policy; notify what was removed, or why it was not.
+    Returns why it did not run, else None."""
     from triplicate.actions.retention import run_retention
     from triplicate.units import format_bytes
 
@@ -140,3 +154,4 @@ def scheduled_retention(config: Config, client: str, send: Notify) -> None:
         send(f"triplicate: retention removed {len(report.removed)} snapshot(s) of {client}",
              "Removed: " + ", ".join(verdict.id[:8] for verdict in report.removed)
              + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""))
+    return str(report.refused or report.error) if report.refused or report.error else None

@@ -33,6 +33,10 @@ BATCH_MIN_INTERVAL = 10.0
 FIRST_RUN_SPREAD = 3600.0
 
 
+class JobFailed(Exception):
+    """A job's action ran and failed, already logged and notified: only recorded here."""
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -147,6 +151,8 @@ class Scheduler:
         except asyncio.CancelledError:
             self._running.pop((client, name), None)
             raise  # interrupted: no stamp, so it runs again after a restart
+        except JobFailed as failure:
+            ok, error = False, str(failure)
         except Exception as failure:
             ok, error = False, f"{type(failure).__name__}: {failure}"
             log.warning("job %s for %s failed: %s", name, client, error)

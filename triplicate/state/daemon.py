@@ -68,6 +68,13 @@ class DaemonState(Store):
             ).fetchone()
             return None if row is None else float(row[0])
 
+    def job_runs(self, client: str) -> list[tuple[str, float, bool, str | None]]:
+        """Each scheduled job's last finished run for ``client``: (job, started, ok, error), by job."""
+        with self._lock:
+            rows = self.connection.execute(
+                "SELECT job, last_run, last_ok, last_error FROM job_runs WHERE client=? ORDER BY job", (client,))
+            return [(row[0], float(row[1]), bool(row[2]), row[3]) for row in rows]
+
     def record_job_run(self, client: str, job: str, started: float, ok: bool, error: str | None) -> None:
         with self._lock, self.connection:
             self.connection.execute(
