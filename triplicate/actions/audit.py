@@ -28,7 +28,7 @@ from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, lis
 from triplicate.engine.verify import VERIFIED_TYPES, choose_sample, verify_files
 from triplicate.errors import UsageError
 from triplicate.execute import CommandFailed, Interrupted, ScopedPool
-from triplicate.state.audit import AuditRecord, AuditState, LocationResult
+from triplicate.state.audit import AuditRecord, AuditState, LocationAuditRecord
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.storage import (Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location,
@@ -431,7 +431,7 @@ def _record(client: str, audit: ClientAudit) -> AuditRecord:
         client=client, started=audit.started, finished=audit.finished, status=audit.status.value,
         reason=audit.reason, report=data,
         locations={
-            name: LocationResult(location.status.value, summary(location.findings), locations[name])
+            name: LocationAuditRecord(location.status.value, summary(location.findings), locations[name])
             for name, location in audit.locations.items()
         },
     )

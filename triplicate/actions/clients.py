@@ -45,7 +45,7 @@ class AddedClient:
 
 
 @dataclass(frozen=True)
-class ClientState:
+class EnableOutcome:
     name: str
     enabled: bool
     running: bool  # enable: its services are supervised; disable: some of its processes are left
@@ -134,7 +134,7 @@ def _undo_add(config_path: Path, original: bytes, layout: Layout, name: str, rep
         shutil.rmtree(repository, ignore_errors=True)
 
 
-def set_enabled(config_path: Path, name: str, enabled: bool) -> ClientState:
+def set_enabled(config_path: Path, name: str, enabled: bool) -> EnableOutcome:
     """Enable or disable a client in the configuration and in supervision.
 
     Disabling returns once none of the client's processes is left (or after a
@@ -154,9 +154,9 @@ def set_enabled(config_path: Path, name: str, enabled: bool) -> ClientState:
     layout = Layout(config.server.state_dir)
     supervised = _supervised(layout)
     if enabled:
-        return ClientState(name, True, supervised and start_wait(layout, name), supervised)
+        return EnableOutcome(name, True, supervised and start_wait(layout, name), supervised)
     stopped = report.stopped.get(name) or stop_client(layout, name)
-    return ClientState(name, False, not stopped.stopped, supervised, tuple(stopped.forced))
+    return EnableOutcome(name, False, not stopped.stopped, supervised, tuple(stopped.forced))
 
 
 def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Path]:

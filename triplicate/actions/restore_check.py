@@ -58,7 +58,7 @@ class Failure:
 
 
 @dataclass
-class LocationResult:
+class LocationCheck:
     location: str
     snapshot: str | None = None
     files_checked: int = 0
@@ -109,7 +109,7 @@ class RestoreCheckReport:
     snapshot_files: int
     snapshot_bytes: int
     sample: list[SnapshotFile]
-    locations: dict[str, LocationResult]
+    locations: dict[str, LocationCheck]
 
     @property
     def ok(self) -> bool:
@@ -181,7 +181,7 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
         raise RestoreCheckUnavailable(
             f"client '{client}' has no key for restore checks: set password_file or password_command "
             f"in [clients.{client}] (see docs/restore-check.md); 'triplicate audit' checks without a key")
-    results = {name: LocationResult(name) for name in locations}
+    results = {name: LocationCheck(name) for name in locations}
     opened = [location for name in locations if (location := _open(config, client, name, results[name]))]
     temporary_parent = config.server.state_dir / "tmp"
     remove_stale_folders(temporary_parent, TEMPORARY_PREFIX)
@@ -212,7 +212,7 @@ def run_restore_check(config: Config, client: str, locations: list[str], files: 
     return RestoreCheckReport(client, info, len(listing), snapshot_bytes, sample, results)
 
 
-def _open(config: Config, client: str, name: str, result: LocationResult) -> _Opened | None:
+def _open(config: Config, client: str, name: str, result: LocationCheck) -> _Opened | None:
     """How restic reaches ``name``, with the key; None (and a failure in ``result``) when it cannot."""
     try:
         repository = restic_repository(config, client, None if name == PRIMARY else name)
@@ -222,7 +222,7 @@ def _open(config: Config, client: str, name: str, result: LocationResult) -> _Op
     return _Opened(name, repository.environment, repository.secrets, repository.lock)
 
 
-def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict[str, LocationResult],
+def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict[str, LocationCheck],
                      snapshot_names: Callable[[str], set[str] | None]
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """restic's snapshot object and listing (``ls --json``) of the snapshot to check.
@@ -263,7 +263,7 @@ def _snapshot_names(config: Config, client: str, location: str) -> set[str] | No
         backend.close()
 
 
-def _snapshot_ids(location: _Opened, result: LocationResult) -> dict[str, datetime] | None:
+def _snapshot_ids(location: _Opened, result: LocationCheck) -> dict[str, datetime] | None:
     """Snapshot ID -> time at ``location``; None (and a failure in ``result``) when it cannot be opened."""
     outcome = restic_run(["snapshots", "--json"], location.env, lock=location.lock, secrets=location.secrets,
                          timeout=LISTING_TIMEOUT)
@@ -274,7 +274,7 @@ def _snapshot_ids(location: _Opened, result: LocationResult) -> dict[str, dateti
     return {str(item["id"]): datetime.fromisoformat(str(item["time"])) for item in snapshots}
 
 
-def _newest_common(present: dict[str, dict[str, datetime] | None], results: dict[str, LocationResult]) -> str:
+def _newest_common(present: dict[str, dict[str, datetime] | None], results: dict[str, LocationCheck]) -> str:
     """The newest snapshot ID in every listing of ``present``; raises RestoreCheckUnavailable when none."""
     listings = {name: ids for name, ids in present.items() if ids is not None}
     if not listings:
@@ -288,7 +288,7 @@ def _newest_common(present: dict[str, dict[str, datetime] | None], results: dict
     return max(common, key=lambda snapshot: (times[snapshot], snapshot))
 
 
-def _list(location: _Opened, snapshot: str, result: LocationResult
+def _list(location: _Opened, snapshot: str, result: LocationCheck
           ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """``restic ls --json`` of ``snapshot`` at ``location``: the snapshot object and its nodes.
 
@@ -304,7 +304,7 @@ def _list(location: _Opened, snapshot: str, result: LocationResult
     return None if info is None else (info, nodes)
 
 
-def _list_snapshot(chosen: str, opened: list[_Opened], results: dict[str, LocationResult]
+def _list_snapshot(chosen: str, opened: list[_Opened], results: dict[str, LocationCheck]
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The listing of ``chosen`` from the first location that can give it.
 
@@ -327,17 +327,17 @@ def _list_snapshot(chosen: str, opened: list[_Opened], results: dict[str, Locati
     raise RestoreCheckUnavailable(f"no location could list snapshot '{chosen}': {_problems(results)}")
 
 
-def _problems(results: dict[str, LocationResult]) -> str:
+def _problems(results: dict[str, LocationCheck]) -> str:
     return "; ".join(f"{display_name(name)}: {result.failures[0].reason}"
                      for name, result in results.items() if result.failures)
 
 
-def _fail_opening(result: LocationResult, stderr: str) -> None:
+def _fail_opening(result: LocationCheck, stderr: str) -> None:
     reason = KEY_FAILURE if key_problem(stderr) else f"cannot open repository: {error_summary(stderr)}"
     result.failures.append(Failure(None, reason))
 
 
-def _raise_when_key_opens_nothing(results: dict[str, LocationResult]) -> None:
+def _raise_when_key_opens_nothing(results: dict[str, LocationCheck]) -> None:
     reasons = [result.failures[0].reason if result.failures else None for result in results.values()]
     if reasons and all(reason == KEY_FAILURE for reason in reasons):
         raise RestoreCheckUnavailable(KEY_FAILURE.replace("repository", "any repository", 1)
@@ -376,7 +376,7 @@ def _ensure_room(parent: Path, sample: list[SnapshotFile]) -> None:
 
 
 def _restore_and_check(locations: list[_Opened], snapshot: str, sample: list[SnapshotFile], to_hash: set[str],
-                       parent: Path, results: dict[str, LocationResult]) -> None:
+                       parent: Path, results: dict[str, LocationCheck]) -> None:
     """Restore ``sample`` from each location in turn into a private folder and check every file.
 
     Restores run one after the other, so that each throughput is measured alone; the
@@ -405,7 +405,7 @@ def _restore_and_check(locations: list[_Opened], snapshot: str, sample: list[Sna
 
 
 def _restore(location: _Opened, snapshot: str, sample: list[SnapshotFile], to_hash: set[str], target: Path,
-             result: LocationResult, hashing: ThreadPoolExecutor) -> Callable[[], None]:
+             result: LocationCheck, hashing: ThreadPoolExecutor) -> Callable[[], None]:
     """Restore ``sample`` from ``location`` into ``target``, check presence and sizes, hash ``to_hash``.
 
     Returns the function that waits for the hashes and completes ``result``.
@@ -463,7 +463,7 @@ def _timed_sha256(path: Path) -> tuple[str, float]:
     return sha256_of(path), time.monotonic() - started
 
 
-def _check_canary(canary: Canary, listed: SnapshotFile | None, results: list[LocationResult]) -> None:
+def _check_canary(canary: Canary, listed: SnapshotFile | None, results: list[LocationCheck]) -> None:
     """A canary is in the snapshot, is at least ``min_size`` and, when given, has its ``sha256``."""
     if listed is None:
         problem = "canary missing from the snapshot"
@@ -478,7 +478,7 @@ def _check_canary(canary: Canary, listed: SnapshotFile | None, results: list[Loc
             result.failures.append(Failure(canary.path, "canary's content does not match its sha256"))
 
 
-def compare_across_locations(sample: list[SnapshotFile], results: list[LocationResult]) -> None:
+def compare_across_locations(sample: list[SnapshotFile], results: list[LocationCheck]) -> None:
     """Fail the locations whose copy of a file differs from the majority's (all of them on a tie)."""
     for item in sample:
         digests = Counter(result.hashes[item.path] for result in results if item.path in result.hashes)
@@ -493,7 +493,7 @@ def compare_across_locations(sample: list[SnapshotFile], results: list[LocationR
                 result.failures.append(Failure(item.path, f"content (sha256 {digest[:12]}) differs from {where}"))
 
 
-def _record(config: Config, client: str, results: dict[str, LocationResult]) -> None:
+def _record(config: Config, client: str, results: dict[str, LocationCheck]) -> None:
     state = RestoreCheckState(config.server.state_dir)
     try:
         now = time.time()

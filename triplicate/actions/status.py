@@ -22,7 +22,7 @@ from triplicate.units import format_duration
 
 
 @dataclass
-class Section:
+class StatusSection:
     key: str  # its key in the JSON output
     title: str
     rows: list[dict[str, Any]]
@@ -40,14 +40,14 @@ class StatusContext:
     replication: ReplicationState
 
 
-Collector = Callable[[StatusContext], Section]
+Collector = Callable[[StatusContext], StatusSection]
 
 
 @dataclass
 class ClientStatus:
     name: str
     enabled: bool
-    sections: list[Section]
+    sections: list[StatusSection]
 
     @property
     def problems(self) -> list[str]:
@@ -60,11 +60,11 @@ class ClientStatus:
         return result
 
 
-def services_section(context: StatusContext) -> Section:
+def services_section(context: StatusContext) -> StatusSection:
     """Each service's runit state and how long it has been in it (its uptime when running)."""
     layout, name = context.layout, context.client
     enabled = context.config.clients[name].enabled
-    section = Section("services", "services", [])
+    section = StatusSection("services", "services", [])
     folders = {"supervisor": layout.client_dir(name)}
     folders.update({service: layout.service_dir(name, service) for service in SERVICES
                     if layout.service_dir(name, service).is_dir()})  # no port: no REST endpoint
@@ -81,11 +81,11 @@ def services_section(context: StatusContext) -> Section:
     return section
 
 
-def locations_section(context: StatusContext) -> Section:
+def locations_section(context: StatusContext) -> StatusSection:
     """Per location (and the primary): snapshots, newest snapshot's age, lag, last sync."""
     config, name, now = context.config, context.client, context.now
     state = context.replication
-    section = Section("locations", "locations", [])
+    section = StatusSection("locations", "locations", [])
     primary = state.known_snapshots(name, PRIMARY)
     newest = max(primary.values(), default=None)
     section.rows.append({"location": PRIMARY, "snapshots": len(primary),
@@ -131,11 +131,11 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-def audit_section(context: StatusContext) -> Section:
+def audit_section(context: StatusContext) -> StatusSection:
     """The last audit: the client's status and each location's, with the reason."""
     from triplicate.state.audit import AuditState
 
-    section = Section("audit", "last audit", [])
+    section = StatusSection("audit", "last audit", [])
     with AuditState.opened(context.config.server.state_dir, create=False) as state:
         record = state.last_audit(context.client)
     if record is None:
@@ -151,11 +151,11 @@ def audit_section(context: StatusContext) -> Section:
     return section
 
 
-def restore_check_section(context: StatusContext) -> Section:
+def restore_check_section(context: StatusContext) -> StatusSection:
     """The last restore check of each location: passed or failed, files, estimated full restore."""
     from triplicate.state.restore_check import RestoreCheckState
 
-    section = Section("restore_check", "last restore check", [])
+    section = StatusSection("restore_check", "last restore check", [])
     with RestoreCheckState.opened(context.config.server.state_dir, create=False) as state:
         records = state.last_restore_checks(context.client)
     for location, record in records.items():
@@ -170,11 +170,11 @@ def restore_check_section(context: StatusContext) -> Section:
     return section
 
 
-def retention_section(context: StatusContext) -> Section:
+def retention_section(context: StatusContext) -> StatusSection:
     """The last retention run: when, what it removed, the space it reclaimed."""
     from triplicate.state.retention import RetentionState
 
-    section = Section("retention", "last retention", [])
+    section = StatusSection("retention", "last retention", [])
     with RetentionState.opened(context.config.server.state_dir, create=False) as state:
         row = state.last_run(context.client)
     if row is None:
@@ -188,13 +188,13 @@ def retention_section(context: StatusContext) -> Section:
     return section
 
 
-def scheduled_section(context: StatusContext) -> Section:
+def scheduled_section(context: StatusContext) -> StatusSection:
     """The daemon's scheduled checks (audit, restore check, retention...): each one's last run.
     A check that could not run is a problem here; what a check found is its own section's."""
     from triplicate.daemon.checks import COULD_NOT_RUN
     from triplicate.state.daemon import DaemonState
 
-    section = Section("scheduled", "scheduled checks", [])
+    section = StatusSection("scheduled", "scheduled checks", [])
     with DaemonState.opened(context.config.server.state_dir, create=False) as state:
         runs = state.job_runs(context.client)
     for job, started, ok, error in runs:

@@ -68,7 +68,7 @@ class Verification:
 
 
 @dataclass(frozen=True)
-class LocationResult:
+class LocationAuditRecord:
     status: str
     reason: str
     report: dict[str, Any]
@@ -84,7 +84,7 @@ class AuditRecord:
     status: str
     reason: str
     report: dict[str, Any]
-    locations: dict[str, LocationResult] = field(default_factory=dict)
+    locations: dict[str, LocationAuditRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The client's part of ``audit --json`` as it was, locations included (for metrics)."""
@@ -171,7 +171,7 @@ class AuditState(Store):
             client=row["client"], started=row["started"], finished=row["finished"], status=row["status"],
             reason=row["reason"], report=json.loads(row["report"]),
             locations={
-                item["location"]: LocationResult(item["status"], item["reason"], json.loads(item["report"]))
+                item["location"]: LocationAuditRecord(item["status"], item["reason"], json.loads(item["report"]))
                 for item in locations
             },
         )
