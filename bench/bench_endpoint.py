@@ -229,7 +229,7 @@ def report(arguments: argparse.Namespace, samples: dict[str, list[dict[str, floa
     local = samples["local folder"]
     print()
     for name in ("REST endpoint", "REST endpoint + sync -f"):
-        per_round = [sample["wall"] / base["wall"] for sample, base in zip(samples[name], local)]
+        per_round = [sample["wall"] / base["wall"] for sample, base in zip(samples[name], local, strict=True)]
         walls, base_walls = [s["wall"] for s in samples[name]], [s["wall"] for s in local]
         print(f"{name} / local folder: {median(per_round):.3f} (median of per-round ratios), "
               f"{min(walls) / min(base_walls):.3f} (best against best)")

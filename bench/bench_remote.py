@@ -38,8 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench_sync import hyperfine  # noqa: E402 - after the path is set
+
 from tests.remote_support import (  # noqa: E402
-    LOOPBACK, rclone_location_toml, start_moto, start_rest_server, start_sshd, stop, wait_for_log,
+    LOOPBACK,
+    rclone_location_toml,
+    start_moto,
+    start_rest_server,
+    start_sshd,
+    stop,
+    wait_for_log,
 )
 
 PASSWORD = "benchmark"

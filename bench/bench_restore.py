@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -165,12 +165,12 @@ def print_table(rows: list[tuple[str, dict[str, list[Cost]]]], options: argparse
     print("|---|---|---:|---:|---:|---:|---:|")
     for title, costs in rows:
         for measure_name in ("wall", "cpu"):
-            def value(key: str) -> float:
+            def value(key: str, costs: dict[str, list[Any]] = costs, measure_name: str = measure_name) -> float:
                 return statistics.median(getattr(cost, measure_name) for cost in costs[key])
 
-            def ratio(key: str) -> float:
+            def ratio(key: str, costs: dict[str, list[Any]] = costs, measure_name: str = measure_name) -> float:
                 return statistics.median(getattr(check, measure_name) / getattr(plain, measure_name)
-                                         for check, plain in zip(costs["check"], costs[key]))
+                                         for check, plain in zip(costs["check"], costs[key], strict=True))
 
             print(f"| {title} | {measure_name} s | {value('check'):.2f} | {value('plain_verify'):.2f} "
                   f"| {value('plain'):.2f} | {ratio('plain_verify'):.2f} | {ratio('plain'):.2f} |")

@@ -132,7 +132,7 @@ def main() -> None:
                        f" --from-password-file {q(str(work / 'password'))}",
     }
     (work / "password").write_text(PASSWORD)
-    keys = dict(zip(commands, ("triplicate", "cp", "rsync", "rclone", "restic")))
+    keys = dict(zip(commands, ("triplicate", "cp", "rsync", "rclone", "restic"), strict=True))
 
     def reset(name: str, base: Path | None) -> str:
         destination = destinations[keys[name]]
@@ -185,7 +185,7 @@ def report(arguments: argparse.Namespace, size: int, full: dict[str, float], inc
     print("|---|" + "---:|" * len(full))
     for label, results in (("full copy", full), ("incremental", incremental), ("no change", no_change)):
         print(f"| {label} (s) | " + " | ".join(f"{results[name]:.2f}" for name in full) + " |")
-    print(f"| full copy (MB/s) | " + " | ".join(f"{size / 1e6 / full[name]:.0f}" for name in full) + " |")
+    print("| full copy (MB/s) | " + " | ".join(f"{size / 1e6 / full[name]:.0f}" for name in full) + " |")
     print("\nRatios (time of the other tool / time of triplicate; above 1 means triplicate is faster):\n")
     print("| run | " + " | ".join(name for name in full if name != t) + " |")
     print("|---|" + "---:|" * (len(full) - 1))
@@ -199,7 +199,7 @@ def report(arguments: argparse.Namespace, size: int, full: dict[str, float], inc
     print("\nTargets: full copy >= 1.3x rclone sync throughput, <= 1.5x the time of cp -a && sync, "
           ">= 8x faster than restic copy; 50,000-file no-change run <= rclone sync and <= 2x rsync -a; "
           "--help < 0.3 s.")
-    print(f"\n| target | measured | met |\n|---|---:|---|")
+    print("\n| target | measured | met |\n|---|---:|---|")
     rows = [
         ("throughput vs rclone sync >= 1.3", full["rclone sync"] / full[t], full["rclone sync"] / full[t] >= 1.3),
         ("time vs cp -a && sync <= 1.5", full[t] / full["cp -a && sync"], full[t] / full["cp -a && sync"] <= 1.5),

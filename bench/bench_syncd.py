@@ -26,7 +26,6 @@ import os
 import random
 import re
 import resource
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -71,7 +70,7 @@ class Daemon:
 
     def __init__(self, config: Path, *args: str) -> None:
         self.log_path = config.parent / "syncd.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the daemon writes it until stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "triplicate", "-c", str(config), "syncd", *args],
             stdout=subprocess.DEVNULL, stderr=self.log,
@@ -138,7 +137,7 @@ def backups_latency(root: Path, count: int, before_each: float = 0.0) -> list[fl
             new = wait_until(lambda: set(poller.seen["primary"]) - measured, 10, "the snapshot's arrival")
             (snapshot,) = new
             measured.add(snapshot)
-            wait_until(lambda: all(snapshot in poller.seen[label] for label in ("usb", "nas")), 600,
+            wait_until(lambda snapshot=snapshot: all(snapshot in poller.seen[label] for label in ("usb", "nas")), 600,
                      "replication")
             arrived = poller.seen["primary"][snapshot]
             latencies.append(max(poller.seen[label][snapshot] for label in ("usb", "nas")) - arrived)

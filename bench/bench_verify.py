@@ -172,8 +172,8 @@ def report(arguments: argparse.Namespace, files: int, size: int, verify: dict[st
     for name, times in verify.items():
         print(f"| {name} | {median(times):.2f} | {min(times):.2f} | {max(times):.2f} | "
               f"{size / 1e6 / median(times):.0f} |")
-    against_restic = median([theirs / mine for theirs, mine in zip(restic, ours)])
-    against_ceiling = median([bare / mine for bare, mine in zip(ceiling, ours)])
+    against_restic = median([theirs / mine for theirs, mine in zip(restic, ours, strict=True)])
+    against_ceiling = median([bare / mine for bare, mine in zip(ceiling, ours, strict=True)])
     print(f"\nThroughput of `triplicate audit --verify 100` / `restic check --read-data`, median of the "
           f"rounds' ratios: **{against_restic:.1f}x** (target: at least 3x).")
     print(f"Throughput of `triplicate audit --verify 100` / the bare hashlib loop: **{against_ceiling:.0%}** "

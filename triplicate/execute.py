@@ -193,7 +193,7 @@ async def run_async(
         raise CommandFailed(f"{argv[0]}: not executable") from None
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         process.kill()
         await process.wait()
         if timeout is not None:

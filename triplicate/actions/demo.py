@@ -84,7 +84,7 @@ def run_demo(root: Path, view: DemoView) -> bool:
         for name in CLIENTS:
             added[name] = add_client(config_path, name, list(LOCATIONS))
             view.show_added(added[name])
-        for name, client in added.items():
+        for client in added.values():
             _back_up(root, client, view.say)
         view.say("Their watchers replicate each new snapshot to usb and nas:")
         config = load_config(config_path)

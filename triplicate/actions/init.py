@@ -14,8 +14,8 @@ from triplicate.config.model import Config
 from triplicate.errors import UsageError
 from triplicate.fsutil import atomic_write
 from triplicate.service.scripts import Programs
-from triplicate.state.db import connect, database_path
 from triplicate.service.tree import check_service_settings, make_folder, owner_ids, reconcile
+from triplicate.state.db import connect, database_path
 
 INITIAL_CONFIG = """\
 # triplicate's configuration, made by 'triplicate init'. Every key: docs/configuration.md,
@@ -145,7 +145,6 @@ def _check_options_match(config: Config, options: InitOptions) -> None:
         if wanted is not None and str(wanted) != str(current):
             raise UsageError(f"--{key.replace('_', '-')} {wanted}: the configuration exists and says "
                              f"server.{key} = {current!s}; edit the file to change it")
-    if options.ports is not None:
-        if options.ports.replace(" ", "") != f"{server.ports[0]}-{server.ports[1]}":
-            raise UsageError(f"--ports {options.ports}: the configuration exists and says server.ports = "
-                             f"{server.ports[0]}-{server.ports[1]}; edit the file to change it")
+    if options.ports is not None and options.ports.replace(" ", "") != f"{server.ports[0]}-{server.ports[1]}":
+        raise UsageError(f"--ports {options.ports}: the configuration exists and says server.ports = "
+                         f"{server.ports[0]}-{server.ports[1]}; edit the file to change it")

@@ -247,7 +247,8 @@ def _choose_snapshot(requested: str | None, opened: list[_Opened], results: dict
     readable = [location for location in opened if results[location.name].ok]
     with ScopedPool(max_workers=max(1, len(readable)), thread_name_prefix="restore-check") as pool:
         found = dict(zip([location.name for location in readable],
-                         pool.map(lambda location: _snapshot_ids(location, results[location.name]), readable)))
+                         pool.map(lambda location: _snapshot_ids(location, results[location.name]), readable),
+                         strict=True))
     _raise_when_key_opens_nothing(results)
     return _list_snapshot(_newest_common(found, results), opened, results)
 

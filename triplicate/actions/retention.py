@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from triplicate.actions.repository import restic_repository
 from triplicate.config.model import Config, RetentionSettings
 from triplicate.engine.policy import Candidate, apply_policy, is_empty
 from triplicate.errors import CannotRun, TriplicateError, UsageError
 from triplicate.execute import Interrupted
-from triplicate.actions.repository import restic_repository
 from triplicate.restic import restic_run
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState

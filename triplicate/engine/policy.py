@@ -99,9 +99,9 @@ def _apply_to_group(group: list[Candidate], policy: RetentionSettings, now: date
     latest = max(past) if past else None
     for number, candidate in enumerate(ordered):
         reasons: list[str] = []
-        if policy.keep_within is not None and latest is not None:
-            if candidate.time > latest - timedelta(seconds=policy.keep_within):
-                reasons.append(f"within {_human(policy.keep_within)} of the newest")
+        if (policy.keep_within is not None and latest is not None
+                and candidate.time > latest - timedelta(seconds=policy.keep_within)):
+            reasons.append(f"within {_human(policy.keep_within)} of the newest")
         for bucket in buckets:
             count, bucketer, last, reason = bucket
             if count:

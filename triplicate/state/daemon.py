@@ -7,7 +7,6 @@ state/replication.py; these tables only hold what the scheduler needs to honour
 
 from __future__ import annotations
 
-
 from triplicate.state.db import Store
 
 SCHEMA = """

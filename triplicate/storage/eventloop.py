@@ -51,7 +51,7 @@ class LoopThread:
         if cleanup is not None:
             try:
                 self.call(cleanup, timeout)
-            except Exception:  # noqa: BLE001 - closing what may already be broken
+            except Exception:
                 pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+
 class FileType(StrEnum):
     """The kinds of file in a restic repository, valued as their folder names."""
 

@@ -120,7 +120,7 @@ class RcloneBackend:
         path = quote(f"[{self.repository}]/{handle.relative_path()}", safe="/[]:")
         try:
             response = self._server().get(path, range_header(offset, length), self._timeout)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise translate(error) from None
         if response.status not in (200, 206):
             body = response.data
@@ -257,7 +257,7 @@ class RcloneBackend:
             return server.call(method, params, timeout or self._timeout)
         except RcError as error:
             raise self._rc_error(what, error) from None
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise self._storage_error(what, error) from None
 
     def _rc_error(self, what: str, error: RcError) -> StorageError:

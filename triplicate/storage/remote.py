@@ -34,7 +34,7 @@ class BodyReader:
         try:
             data: bytes = self._body.read(None if size < 0 else size)
             return data
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise self._translate(error) from None
 
 

@@ -30,10 +30,17 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError as Urllib3Timeout
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from triplicate.storage.backend import (
-    CHUNK_SIZE, CorruptContent, FileInfo, NoRepository, NotFound, SourceReadError, StorageError,
+    CHUNK_SIZE,
+    CorruptContent,
+    FileInfo,
+    NoRepository,
+    NotFound,
+    SourceReadError,
+    StorageError,
 )
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.remote import BodyReader, list_config, range_header, streamed
@@ -118,7 +125,10 @@ class RestBackend:
     @contextmanager
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
         what = f"loading {handle}"
-        translate: Callable[[Exception], StorageError] = lambda error: self._storage_error(what, error)
+
+        def translate(error: Exception) -> StorageError:
+            return self._storage_error(what, error)
+
         if length == 0:
             yield BodyReader(None, translate)  # type: ignore[misc]
             return
@@ -160,7 +170,7 @@ class RestBackend:
                 {**self._headers, "Content-Type": "application/octet-stream"}, body())
         except (CorruptContent, SourceReadError):
             raise  # the server has already dropped the upload (see storage/upload.py)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             failure = self._storage_error(what, error)
             if isinstance(failure, TransientError):
                 self._await_discard(handle)
@@ -247,7 +257,7 @@ class RestBackend:
             response = pool.request(
                 method, self.base + path, headers={**self._headers, **(headers or {})},
                 preload_content=not stream_body, redirect=False)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise self._storage_error(what, error) from None
         if response.status in allow:
             return response

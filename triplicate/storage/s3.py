@@ -243,7 +243,7 @@ class S3Backend:
                     self._client = self._make_client()
                 except StorageError:
                     raise
-                except Exception as error:  # noqa: BLE001 - a bad setting must not become a traceback
+                except Exception as error:
                     raise StorageError(f"{self.description}: cannot set up the S3 client: {error}") from None
             return self._client
 
@@ -274,7 +274,7 @@ class S3Backend:
             return operation(client)
         except StorageError:
             raise
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise self._storage_error(what, error) from None
 
     def _translator(self, what: str) -> Callable[[Exception], StorageError]:

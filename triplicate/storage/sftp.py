@@ -278,13 +278,13 @@ class SftpBackend:
     def _call(self, what: str, coroutine: Awaitable[T], session: _Session | None = None) -> T:
         try:
             return self._loop_thread().call(coroutine, self._timeout)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a StorageError
+        except Exception as error:
             raise self._storage_error(what, error, session) from None
 
     def _wait(self, what: str, future: Future[T], session: _Session) -> T:
         try:
             return future.result(self._timeout)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             future.cancel()
             raise self._storage_error(what, error, session) from None
 
@@ -292,7 +292,7 @@ class SftpBackend:
         """Run a clean-up step whose failure changes nothing (closing, removing a partial file)."""
         try:
             self._loop_thread().call(coroutine, self._timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     async def _acquire(self) -> _Session:
