@@ -197,6 +197,12 @@ def scheduled_section(context: StatusContext) -> StatusSection:
     section = StatusSection("scheduled", "scheduled checks", [])
     with DaemonState.opened(context.config.server.state_dir, create=False) as state:
         runs = state.job_runs(context.client)
+        hook = state.hook_last_run(context.client)
+    if hook is not None:
+        started, ok = hook
+        runs.append(("on_change hook", started, ok, None if ok else "failed (the daemon's log says why)"))
+        if not ok:
+            section.problems.append("on_change hook: its last run failed (the daemon's log says why)")
     for job, started, ok, error in runs:
         section.rows.append({"job": job, "result": "ok" if ok else "failed", "age_seconds": _rounded(context.now - started),
                              "error": error})

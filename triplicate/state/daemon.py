@@ -67,6 +67,13 @@ class DaemonState(Store):
             ).fetchone()
             return None if row is None else float(row[0])
 
+    def hook_last_run(self, client: str) -> tuple[float, bool] | None:
+        """When the client's on_change hook last ran and whether it succeeded; None if never."""
+        with self._lock:
+            row = self.connection.execute("SELECT last_run, last_ok FROM hook_runs WHERE client=?",
+                                          (client,)).fetchone()
+            return None if row is None else (float(row[0]), bool(row[1]))
+
     def job_runs(self, client: str) -> list[tuple[str, float, bool, str | None]]:
         """Each scheduled job's last finished run for ``client``: (job, started, ok, error), by job."""
         with self._lock:
