@@ -10,14 +10,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.remote import start_rest_server, stop
+from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
 from triplicate.actions.audit import AuditOptions, run_audit, status_changes
 from triplicate.actions.audit_report import prometheus_text
 from triplicate.config.load import load_config
 from triplicate.state.audit import AuditState, last_audit, last_audits
 from triplicate.state.db import connect
-
-from .conftest import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
-from .remote_support import start_rest_server, stop
 
 LOCATION_FIELDS = {
     "status", "missing_snapshots", "missing_files", "corrupt_files", "lag_seconds",
@@ -67,7 +66,7 @@ def test_a_healthy_setup_is_ok_and_reports_every_field(server: Server) -> None:
     assert client["snapshots"] == 1 and 0 <= client["newest_snapshot_age_seconds"] < 3600
     for location in ("usb", "nas"):
         outcome = client["locations"][location]
-        assert LOCATION_FIELDS <= set(outcome)
+        assert set(outcome) >= LOCATION_FIELDS
         assert outcome["status"] == "OK" and outcome["reasons"] == []
         assert outcome["missing_snapshots"] == outcome["missing_files"] == outcome["corrupt_files"] == []
         assert outcome["lag_seconds"] == 0
@@ -194,7 +193,7 @@ def test_repeated_verify_10_covers_every_file_within_ten_runs(server: Server, tm
     state = AuditState(server.root / "state")
     try:
         covered: set[tuple[str, str]] = set()
-        for run in range(10):
+        for _run in range(10):
             code, report = audit(server, "--verify", "10", "--location", "usb")
             assert code == 0 and report["clients"]["web01"]["locations"]["usb"]["verified_files"] == share
             stamps = state.stamps("web01", "usb")
@@ -223,7 +222,7 @@ def test_a_client_with_no_recent_backup_is_warning_then_critical(server: Server)
     code, report = audit(server)
     client = report["clients"]["web01"]
     assert code == 1 and client["status"] == "WARNING"
-    assert "expect_backup_every" in client["reasons"][0] and 1.4 * 86400 < client["newest_snapshot_age_seconds"]
+    assert "expect_backup_every" in client["reasons"][0] and client["newest_snapshot_age_seconds"] > 1.4 * 86400
     assert all(location["status"] == "OK" for location in client["locations"].values())
 
     # The state database first saw it three days ago: its arrival is the earlier of the two.
@@ -340,7 +339,7 @@ def test_results_are_stored_and_run_audit_is_safe_in_a_thread(server: Server) ->
     assert reports and reports[0].status.exit_code == 0
     record = last_audit(server.root / "state", "web01")
     assert record is not None and record.status == "OK" and set(record.locations) == {"usb", "nas"}
-    assert record.locations["usb"].status == "OK" and LOCATION_FIELDS <= set(record.locations["usb"].report)
+    assert record.locations["usb"].status == "OK" and set(record.locations["usb"].report) >= LOCATION_FIELDS
 
     (server.replica("nas") / "snapshots" / server.snapshot_ids(server.primary())[0]).unlink()
     previous = last_audits(server.root / "state")

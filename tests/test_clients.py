@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.service import htpasswd
+from tests.support.ports import listening_on
+from tests.support.server import SITE_COMMENT, Site, run_captured
 from triplicate.actions.clients import add_client
 from triplicate.config.load import load_config
+from triplicate.service import htpasswd
 from triplicate.service.tree import reconcile
-
-from .server_support import SITE_COMMENT, Site, run_captured
 
 
 @pytest.fixture
@@ -141,11 +141,7 @@ def test_a_refused_client_add_changes_nothing_and_says_why(site: Site, case: str
 
 
 def test_the_full_port_range_skips_ports_other_programs_use(site: Site) -> None:
-    import socket
-
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", site.low))
-        squatter.listen()
+    with listening_on(site.low):
         assert site.add_client("web01", "usb")["port"] == site.low + 1
 
 
@@ -284,7 +280,7 @@ def test_status_reports_services_that_should_run_as_problems(site: Site) -> None
 
 
 def test_status_shows_replication_from_the_state_database(server: object) -> None:
-    """With conftest's server (web01 with one snapshot): after a sync, status counts it everywhere."""
+    """With the server fixture (web01 with one snapshot): after a sync, status counts it everywhere."""
     assert server.cli("sync", "web01").code == 0  # type: ignore[attr-defined]
     report = server.cli("status", "web01", "--json").json()["clients"][0]  # type: ignore[attr-defined]
     rows = {row["location"]: row for row in report["locations"]}

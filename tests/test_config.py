@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.repository import Server
 from triplicate.config.load import config_path, parse_config
 from triplicate.errors import ConfigError
-
-from .conftest import Server
 
 
 def problems_of(text: str) -> list[str]:

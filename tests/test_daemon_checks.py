@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+from tests.support.processes import children_of
+from tests.support.repository import BASE_CONFIG, Server, write_files
+from tests.support.syncd import DaemonProcess, NotificationSink
 from triplicate import execute
 from triplicate.state.audit import last_audit
 from triplicate.state.restore_check import RestoreCheckState
-
-from .conftest import BASE_CONFIG, Server, write_files
-from .server_support import children_of
-from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port  # noqa: F401 (fixture)
 
 TIMEOUT = 60.0
 
@@ -115,7 +115,7 @@ def test_scheduled_retention_removes_and_says_so(
 def test_a_corrupt_replica_file_found_by_the_scheduled_audit_is_repaired(
     server: Server, daemons: list[DaemonProcess]
 ) -> None:
-    from .conftest import age_file, file_hash_matches_name, flip_byte
+    from tests.support.repository import age_file, file_hash_matches_name, flip_byte
 
     assert server.cli("sync", "web01").code == 0
     pack = next(path for path in (server.replica("nas") / "data").rglob("*") if path.is_file())

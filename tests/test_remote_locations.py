@@ -14,38 +14,43 @@ import io
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE_CONFIG, Server, file_hash_matches_name, flip_byte, repository_files, write_files
-from tests.server_support import children_of, descendants_of
-from tests.remote_support import (
-    LOOPBACK, RestServer, S3Server, SshServer, free_port, rclone_local_config, rclone_location_toml,
-    rest_server, s3_server, small_disk, sshd, start_rest_server, stop,
+from tests.support.ports import LOOPBACK, free_port
+from tests.support.processes import command_line, descendants_of
+from tests.support.remote import (
+    RestServer,
+    S3Server,
+    SshServer,
+    configure_locations,
+    rclone_local_config,
+    rclone_location_toml,
+    small_disk,
+    start_rest_server,
+    stop,
+    unique,
+)
+from tests.support.repository import (
+    Server,
+    file_hash_matches_name,
+    flip_byte,
+    repository_files,
+    write_files,
 )
 from triplicate.config.load import load_config
 from triplicate.restic import restic_environment
-from triplicate.storage import FileType, Handle, StorageError, open_location, restic_target
-from triplicate.storage.backend import CorruptContent, FileInfo
-from triplicate.storage.local import LocalBackend
-from triplicate.storage.retry import RetryingBackend, TransientError
-
-__all__ = ["rest_server", "s3_server", "sshd"]  # fixtures, used by name
+from triplicate.storage import FileType, Handle, restic_target
+from triplicate.storage.backend import CorruptContent
+from triplicate.storage.retry import TransientError
 
 KINDS = ("sftp", "s3", "rest", "rclone")
-
-
-def unique(tmp_path: Path) -> str:
-    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]
 
 
 def location_toml(kind: str, name: str, server: Server, request: pytest.FixtureRequest) -> str:
@@ -67,12 +72,6 @@ def location_toml(kind: str, name: str, server: Server, request: pytest.FixtureR
     folder = server.root / f"{name}-rclone"
     folder.mkdir()
     return rclone_location_toml(name, f"far:{folder}", rclone_local_config(server.root))
-
-
-def configure(server: Server, replicate_to: list[str], locations: str, in_progress_grace: str = "5m") -> None:
-    base = BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', f"replicate_to = {json.dumps(replicate_to)}")
-    base = base.replace('in_progress_grace = "5m"', f'in_progress_grace = "{in_progress_grace}"')
-    server.write_config(base + "\n" + locations)
 
 
 def restic_at(server: Server, location: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,7 +101,7 @@ def sync(server: Server) -> tuple[int, dict]:  # type: ignore[type-arg]
 def test_sync_and_incremental_sync_give_a_replica_restic_checks(
     kind: str, server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    configure(server, ["far"], location_toml(kind, "far", server, request))
+    configure_locations(server, ["far"], location_toml(kind, "far", server, request))
     code, report = sync(server)
     outcome = report["locations"]["far"]
     assert code == 0 and outcome["ok"], outcome
@@ -128,8 +127,8 @@ def test_audit_and_restore_check_work_on_every_remote_kind(
 ) -> None:
     names = [f"far-{kind}" for kind in KINDS]
     # Files on a remote cannot be made to look old: no grace, so that the audit verifies them at once.
-    configure(server, names, "".join(location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
-              in_progress_grace="0s")
+    configure_locations(server, names, "".join(location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
+                        in_progress_grace="0s")
     code, report = sync(server)
     assert code == 0, report
     content = {path: size for path, size in repository_files(server.primary()).items() if path != "config"}
@@ -174,7 +173,7 @@ def test_a_replica_file_cut_short_or_corrupt_on_the_far_side_is_copied_again(
 ) -> None:
     """A file cut short under its final name (a writer killed mid-upload) is seen by its size;
     one corrupt at the same size is found by the audit and overwritten by the next sync."""
-    configure(server, ["far"], location_toml(kind, "far", server, request), in_progress_grace="0s")
+    configure_locations(server, ["far"], location_toml(kind, "far", server, request), in_progress_grace="0s")
     assert sync(server)[0] == 0
     packs = sorted((replica_folder(kind, "far", server, request) / "data").glob("*/*"))
     short, corrupt = packs[0], packs[-1]
@@ -233,7 +232,7 @@ def test_unreachable_servers_and_wrong_credentials_fail_their_location_only(
         "rclone-remote": (rclone_location_toml("rclone-remote", "nosuchremote:x", rclone_config),
                           "rclone cannot reach"),
     }
-    configure(server, ["usb", *locations], "".join(toml for toml, _ in locations.values()))
+    configure_locations(server, ["usb", *locations], "".join(toml for toml, _ in locations.values()))
     code, report = sync(server)
     assert code == 1
     assert report["locations"]["usb"]["ok"]
@@ -255,8 +254,8 @@ def test_an_audit_tells_a_missing_location_folder_from_a_location_without_the_cl
     """A missing folder over there (a disk not mounted) is UNKNOWN; a folder holding nothing of the
     client is judged by its missing snapshots (here the snapshot is new: OK, not judged yet)."""
     (server.root / "empty").mkdir()
-    configure(server, ["gone", "empty"], sshd.location_toml("gone", server.root / "not-mounted")
-              + sshd.location_toml("empty", server.root / "empty"))
+    configure_locations(server, ["gone", "empty"], sshd.location_toml("gone", server.root / "not-mounted")
+                        + sshd.location_toml("empty", server.root / "empty"))
     locations = server.cli("audit", "web01", "--json").json()["clients"]["web01"]["locations"]
     assert locations["gone"]["status"] == "UNKNOWN" and "does not exist" in locations["gone"]["reasons"][0]
     assert any("no repository here yet" in note for note in locations["empty"]["notes"]), locations["empty"]
@@ -274,7 +273,7 @@ def test_a_full_disk_on_the_far_side_fails_that_location_and_leaves_no_partial_f
             locations = (sshd.location_toml("sftp-full", disk / "sftp")
                          + rest.location_toml("rest-full")
                          + rclone_location_toml("rclone-full", f"far:{disk / 'rclone'}", rclone_local_config(tmp_path)))
-            configure(server, ["usb", "sftp-full", "rest-full", "rclone-full"], locations)
+            configure_locations(server, ["usb", "sftp-full", "rest-full", "rclone-full"], locations)
             code, report = sync(server)
         finally:
             stop(rest.process)
@@ -292,14 +291,14 @@ def test_a_full_disk_on_the_far_side_fails_that_location_and_leaves_no_partial_f
 
 
 def test_bad_remote_settings_are_config_errors_naming_the_key(server: Server) -> None:
-    configure(server, ["far"], '[locations.far]\ntype = "rest"\nurl = "http://user:secret@host/"\n')
+    configure_locations(server, ["far"], '[locations.far]\ntype = "rest"\nurl = "http://user:secret@host/"\n')
     result = server.cli("sync", "web01")
     assert result.code == 2 and "locations.far.url" in result.err and "Traceback" not in result.err
     for remote in ("no-colon", "far:backups[old]", "far:backups//new"):
-        configure(server, ["far"], f'[locations.far]\ntype = "rclone"\nremote = "{remote}"\n')
+        configure_locations(server, ["far"], f'[locations.far]\ntype = "rclone"\nremote = "{remote}"\n')
         result = server.cli("sync", "web01")
         assert result.code == 2 and "locations.far.remote" in result.err, (remote, result.err)
-    configure(server, ["far"], '[locations.far]\ntype = "sftp"\nhost = "h"\npath = "/x"\nport = 0\n')
+    configure_locations(server, ["far"], '[locations.far]\ntype = "sftp"\nhost = "h"\npath = "/x"\nport = 0\n')
     result = server.cli("sync", "web01")
     assert result.code == 2 and "locations.far.port" in result.err
 
@@ -348,7 +347,8 @@ def test_rclone_server_runs_only_while_a_location_uses_it_or_the_daemon_keeps_it
     assert server is not None and second._rclone is server, "one rclone per configuration file"
     assert server.running
     password = base64.b64decode(server.headers["Authorization"].split()[1]).decode().split(":", 1)[1]
-    assert password.encode() not in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+    argv = command_line(server.process.pid)
+    assert argv is not None and password not in "\0".join(argv)
     anonymous = urllib.request.Request(server.url + "rc/noop", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError, match="401"):
         urllib.request.urlopen(anonymous, timeout=10)
@@ -393,8 +393,8 @@ def test_sftp_saves_leave_nothing_in_the_partial_folder(sshd: SshServer, tmp_pat
 
 def test_restic_repository_keeps_credentials_out_of_argv(server: Server, s3_server: S3Server,
                                                         rest_server: RestServer) -> None:
-    configure(server, ["s3", "rest"], s3_server.location_toml("s3", "bucket-name", prefix="p")
-              + rest_server.location_toml("rest"))
+    configure_locations(server, ["s3", "rest"], s3_server.location_toml("s3", "bucket-name", prefix="p")
+                        + rest_server.location_toml("rest"))
     config = load_config(server.config_path)
     s3 = restic_target(config, "s3", "web01")
     assert s3.repository == f"s3:{s3_server.endpoint}/bucket-name/p/web01"
@@ -406,130 +406,6 @@ def test_restic_repository_keeps_credentials_out_of_argv(server: Server, s3_serv
     # and the password is among the target's secrets, so every caller masks it.
     assert rest.repository.startswith("rest:http://mirror:") and rest.repository.endswith("/web01/")
     assert rest.environment["RESTIC_REST_PASSWORD"] == password and password in rest.secrets
-
-
-# -- retries ---------------------------------------------------------------------------------
-
-
-class Flaky:
-    """A real local backend whose first ``failures`` calls of each kind fail as a dropped connection would."""
-
-    def __init__(self, backend: LocalBackend, failures: int, error: type[StorageError] = TransientError) -> None:
-        self.backend = backend
-        self.description = backend.description
-        self.connections = backend.connections
-        self.failures = failures
-        self.error = error
-        self.calls: dict[str, int] = {}
-
-    def _maybe_fail(self, what: str) -> None:
-        self.calls[what] = self.calls.get(what, 0) + 1
-        if self.calls[what] <= self.failures:
-            raise self.error(f"{what}: connection reset")
-
-    def prepare(self, create: bool) -> None:
-        self._maybe_fail("prepare")
-        self.backend.prepare(create)
-
-    def list(self, file_type: FileType) -> Iterator[FileInfo]:
-        yield from self.backend.list(file_type)
-        self._maybe_fail("list")  # fails after yielding everything: a retry must not repeat names
-
-    def load(self, handle: Handle, offset: int = 0, length: int | None = None):  # type: ignore[no-untyped-def]
-        flaky = self
-
-        class Reader:
-            def __init__(self, inner: io.BufferedReader) -> None:
-                self.inner = inner
-
-            def read(self, size: int = -1) -> bytes:
-                data = self.inner.read(size)
-                flaky._maybe_fail("read")
-                return data
-
-        from contextlib import contextmanager
-
-        @contextmanager
-        def opened():  # type: ignore[no-untyped-def]
-            with flaky.backend.load(handle, offset, length) as inner:
-                yield Reader(inner)
-
-        return opened()
-
-    def save(self, handle: Handle, source: io.BytesIO) -> int:
-        source.read(10)  # a failure half-way: the retry must start from the beginning again
-        self._maybe_fail("save")
-        source.seek(0)
-        return self.backend.save(handle, source)
-
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.backend.stat(handle)
-
-    def remove(self, handle: Handle) -> None:
-        self.backend.remove(handle)
-
-    def discard_partial_saves(self) -> None:
-        self.backend.discard_partial_saves()
-
-    def close(self) -> None:
-        self.backend.close()
-
-
-def test_transient_failures_are_retried_with_backoff_and_reads_resume(tmp_path: Path) -> None:
-    (tmp_path / "location").mkdir()
-    flaky = Flaky(LocalBackend(tmp_path / "location" / "client"), failures=2)
-    delays: list[float] = []
-    backend = RetryingBackend(flaky, attempts=4, first_delay=0.5, sleep=delays.append)  # type: ignore[arg-type]
-    backend.prepare(create=True)
-    data = os.urandom(3 << 20)
-    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
-    source = io.BytesIO(data)
-    assert backend.save(handle, source) == len(data)
-    assert [info.name for info in backend.list(FileType.DATA)] == [handle.name]
-    with backend.load(handle) as reader:
-        read = b"".join(iter(lambda: reader.read(1 << 20), b""))
-    assert read == data
-    assert delays[:2] == [0.5, 1.0]
-
-
-def test_permanent_failures_are_not_retried_and_retries_end(tmp_path: Path) -> None:
-    (tmp_path / "location").mkdir()
-    delays: list[float] = []
-    denied = Flaky(LocalBackend(tmp_path / "location" / "a"), failures=1, error=StorageError)
-    with pytest.raises(StorageError, match="connection reset"):
-        RetryingBackend(denied, sleep=delays.append).prepare(create=True)  # type: ignore[arg-type]
-    assert denied.calls["prepare"] == 1 and delays == []
-    down = Flaky(LocalBackend(tmp_path / "location" / "b"), failures=99)
-    with pytest.raises(TransientError):
-        RetryingBackend(down, attempts=4, sleep=delays.append).prepare(create=True)  # type: ignore[arg-type]
-    assert down.calls["prepare"] == 4 and delays == [0.5, 1.0, 2.0]
-
-
-def test_open_location_wraps_remote_kinds_in_retries(server: Server, rest_server: RestServer) -> None:
-    configure(server, ["usb", "rest"], rest_server.location_toml("rest"))
-    config = load_config(server.config_path)
-    assert isinstance(open_location(config, "usb", "web01"), LocalBackend)
-    remote = open_location(config, "rest", "web01")
-    assert isinstance(remote, RetryingBackend) and remote.connections == config.server.workers
-
-
-def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServer, tmp_path: Path) -> None:
-    from triplicate.storage.sftp import SftpBackend, SftpTarget
-
-    target = SftpTarget(LOOPBACK, sshd.port, sshd.user, str(tmp_path), sshd.identity_file, sshd.known_hosts_file)
-    delays: list[float] = []
-    backend = RetryingBackend(SftpBackend(target, "client", "sftp", connections=1), sleep=delays.append)
-    backend.prepare(create=True)
-    before = set(children_of(sshd.process.pid))
-    assert before, "sshd serves each connection in a process of its own"
-    for pid in before:  # the server side of our connection dies, as on a network failure
-        os.kill(pid, 9)
-    data = os.urandom(1 << 20)
-    handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
-    assert backend.save(handle, io.BytesIO(data)) == len(data)
-    assert delays, "the first try failed on the dead connection and was retried"
-    assert (tmp_path / "client" / handle.relative_path()).read_bytes() == data
-    backend.close()
 
 
 def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd: SshServer, tmp_path: Path) -> None:
@@ -571,76 +447,3 @@ def test_an_rclone_copy_that_stops_moving_is_stopped_and_fails_as_transient(sshd
             except ProcessLookupError:
                 pass
         backend.close()
-
-
-class CuttingProxy:
-    """A loopback TCP proxy that cuts the first connection to carry more than ``limit`` bytes
-    towards the server (once): a connection that breaks in the middle of an upload."""
-
-    def __init__(self, port: int, limit: int) -> None:
-        self.port, self.limit, self.cuts = port, limit, 0
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.url_port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((LOOPBACK, self.port))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, towards_server: bool) -> None:
-        moved = 0
-        try:
-            while data := source.recv(1 << 16):
-                if towards_server and not self.cuts and moved + len(data) > self.limit:
-                    self.cuts += 1
-                    for end in (source, target):  # reset both ways, as a dropped connection does
-                        end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        end.close()
-                    return
-                target.sendall(data)
-                moved += len(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def test_an_upload_cut_off_midway_is_retried_and_the_file_stays_whole(rest_server: RestServer, tmp_path: Path) -> None:
-    """The retry of an upload whose connection broke ends with the whole file, though rclone's REST
-    server keeps the partial one under its final name (here for over 90 s: its request handler
-    still waits for the rest of the body). The retry waits (at most 10 s) for rclone to drop it."""
-
-    from triplicate.storage.rest import RestBackend, RestTarget
-
-    port = int(rest_server.url.rstrip("/").rsplit(":", 1)[1])
-    proxy = CuttingProxy(port, limit=3 << 20)
-    target = RestTarget(f"http://{LOOPBACK}:{proxy.url_port}/", rest_server.username, rest_server.password_file)
-    backend = RetryingBackend(RestBackend(target, f"cut-{unique(tmp_path)}", "rest via a cutting proxy"))
-    try:
-        backend.prepare(create=True)
-        data = os.urandom(8 << 20)
-        handle = Handle(FileType.DATA, hashlib.sha256(data).hexdigest())
-        assert backend.save(handle, io.BytesIO(data)) == len(data)
-        assert proxy.cuts == 1, "the upload was cut midway (and retried)"
-        deadline = time.monotonic() + 2  # longer than rclone takes to drop a broken upload's file
-        while time.monotonic() < deadline:
-            assert backend.stat(handle).size == len(data), "the retried file must stay whole"
-            time.sleep(0.1)
-        with backend.load(handle) as reader:
-            assert hashlib.sha256(reader.read()).hexdigest() == handle.name
-    finally:
-        backend.close()
-        proxy.close()

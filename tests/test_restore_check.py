@@ -14,13 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.actions.restore_check import (LocationResult, SnapshotFile, compare_across_locations,
-                                              choose_sample, private_folder)
+from tests.support.processes import children_of, command_line, exists
+from tests.support.repository import Server, repository_files, write_files
+from triplicate.actions.restore_check import (
+    TEMPORARY_PREFIX,
+    LocationCheck,
+    SnapshotFile,
+    choose_files,
+    compare_across_locations,
+)
+from triplicate.fsutil import private_folder
 from triplicate.state.restore_check import RestoreCheckState
 
-from .conftest import Server, repository_files, write_files
-
-TEMPLATE_FILES = {f"one-{index}.bin" for index in range(3)}  # conftest's template snapshot: 3 x 1 MiB
+TEMPLATE_FILES = {f"one-{index}.bin" for index in range(3)}  # the template repository's snapshot: 3 x 1 MiB
 
 
 def temporary_parent(server: Server) -> Path:
@@ -221,18 +227,11 @@ def test_a_location_without_repository_fails_alone(server: Server) -> None:
 
 
 def _running_restore(pid: int) -> int | None:
-    """The ``restic restore`` that process ``pid``'s main thread (where restores run) started, if any."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"restic") and b"restore" in argv:
-            return int(child)
+    """The ``restic restore`` that process ``pid`` started, if any."""
+    for child in children_of(pid):
+        argv = command_line(child)
+        if argv and argv[0].endswith("restic") and "restore" in argv:
+            return child
     return None
 
 
@@ -267,39 +266,38 @@ def test_an_interrupted_check_stops_restic_and_removes_its_temporary_folder(
     assert process.returncode == code, stderr
     assert b"Traceback" not in stderr
     assert leftovers(server) == []
-    assert not Path(f"/proc/{restic}").exists(), "restic was left running (or not waited for)"
+    assert not exists(restic), "restic was left running (or not waited for)"
 
 
 def test_the_sample_draws_large_and_small_files_plus_every_canary() -> None:
     listing = [SnapshotFile("/big", 100 << 20), SnapshotFile("/empty", 0), SnapshotFile("/canary", 5)]
     listing += [SnapshotFile(f"/small/{index:03}", 1000) for index in range(200)]
     for seed in range(20):
-        sample = choose_sample(listing, 4, ["/canary", "/not-there"], random.Random(seed))
+        sample = choose_files(listing, 4, ["/canary", "/not-there"], random.Random(seed))
         paths = [item.path for item in sample]
         assert paths == sorted(paths) and len(paths) == 5
         assert "/canary" in paths and "/big" in paths
-    everything = choose_sample(listing, 1000, [], random.Random(1))
+    everything = choose_files(listing, 1000, [], random.Random(1))
     assert len(everything) == len(listing)
-    draws = [tuple(item.path for item in choose_sample(listing, 4, [], random.Random(seed))) for seed in range(5)]
+    draws = [tuple(item.path for item in choose_files(listing, 4, [], random.Random(seed))) for seed in range(5)]
     assert len(set(draws)) > 1, "the small files must be drawn at random"
 
 
 def test_the_private_folder_is_0700_and_removed_even_when_read_only(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with private_folder(tmp_path / "tmp") as folder:
-            assert folder.stat().st_mode & 0o777 == 0o700
-            locked = folder / "restored" / "read-only"
-            locked.mkdir(parents=True)
-            (locked / "file").write_text("x")
-            locked.chmod(0o500)
-            (folder / "restored").chmod(0o500)
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), private_folder(tmp_path / "tmp", TEMPORARY_PREFIX) as folder:
+        assert folder.stat().st_mode & 0o777 == 0o700
+        locked = folder / "restored" / "read-only"
+        locked.mkdir(parents=True)
+        (locked / "file").write_text("x")
+        locked.chmod(0o500)
+        (folder / "restored").chmod(0o500)
+        raise RuntimeError("interrupted")
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_a_copy_that_differs_from_the_majority_fails_and_a_tie_fails_both() -> None:
     sample = [SnapshotFile("/a", 1), SnapshotFile("/b", 1)]
-    results = [LocationResult(name) for name in ("@primary", "usb", "nas")]
+    results = [LocationCheck(name) for name in ("@primary", "usb", "nas")]
     for result in results:
         result.hashes = {"/a": "1" * 64, "/b": "2" * 64}
     results[1].hashes["/a"] = "f" * 64

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+from tests.support.repository import Server, restic_env
 from triplicate.config.load import load_config
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-
-from .conftest import Server, restic_env
 
 CLIENT = """
 [clients.db01]
@@ -72,7 +71,7 @@ def make_history(server: Server, repo: Path, tmp_path: Path, times: list[datetim
     return ids
 
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 HISTORY = [NOW - timedelta(hours=hours) for hours in (24 * 40, 24 * 9, 24 * 8, 50, 49, 26, 25, 3, 2, 1)]
 POLICIES = {
     "last": ("keep_last = 3", ["--keep-last", "3"]),
@@ -181,7 +180,7 @@ def age_absences(server: Server, days: float) -> None:
 
 def expire_all_but_newest(server: Server, tmp_path: Path) -> tuple[list[str], str]:
     """web01 gets two more snapshots, everything is replicated, then the older two are forgotten and pruned."""
-    from .conftest import write_files
+    from tests.support.repository import write_files
 
     write_files(tmp_path / "more", "two", count=2, size=1 << 20)
     server.backup(tmp_path / "more")
@@ -273,13 +272,13 @@ def test_deletions_follow_restics_order(server: Server, tmp_path: Path) -> None:
             pass
 
     class Recording(LocalBackend):
-        removed: list[str] = []
+        removed: ClassVar[list[str]] = []
 
         def remove(self, handle: Handle) -> None:
             self.removed.append(handle.type.value)
             super().remove(handle)
 
-    ids, newest = expire_all_but_newest(server, tmp_path)
+    _ids, _newest = expire_all_but_newest(server, tmp_path)
     source = LocalBackend(server.primary())
     replica = Recording(server.replica("nas"))
     result = mirror(source, replica, list_source(source), MirrorOptions(deletions=Immediate()))

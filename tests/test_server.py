@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.service.runit import process_alive
+from tests.support.processes import is_alive, processes_mentioning, real_uid
+from tests.support.repository import restic_env, write_files
+from tests.support.server import Site, http_status
+from tests.support.wait import wait_until
 from triplicate.service.scripts import triplicate_command
-
-from .conftest import write_files
-from .server_support import Site, http_status, processes_mentioning, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def alpha_backup(site: Site) -> str:
     """alpha's repository, created and backed up to through its URL; returns the snapshot's ID."""
     url = site.clients["alpha"]["url"]
-    wait_for(lambda: http_status("GET", _base(url) + "alpha/config") == 401, 10, "alpha's endpoint")
+    wait_until(lambda: http_status("GET", _base(url) + "alpha/config") == 401, 10, "alpha's endpoint")
     init = site.restic(url, "init")
     assert init.returncode == 0, init.stderr
     write_files(site.root / "data", "alpha", count=3, size=1 << 20)
@@ -71,7 +71,7 @@ def test_a_backup_through_the_endpoint_reaches_every_location(site: Site, alpha_
     assert primary.is_file()
     for location in ("usb", "nas"):
         replica = site.root / location / "alpha" / "snapshots" / alpha_backup
-        wait_for(replica.is_file, 20, f"the snapshot in {location}")
+        wait_until(replica.is_file, 20, f"the snapshot in {location}")
         assert replica.read_bytes() == primary.read_bytes()
         listed = site.restic(str(site.root / location / "alpha"), "snapshots", "--json")
         assert [snapshot["id"] for snapshot in json.loads(listed.stdout)] == [alpha_backup]
@@ -80,7 +80,7 @@ def test_a_backup_through_the_endpoint_reaches_every_location(site: Site, alpha_
         report = site.cli("status", "alpha", "--json").json()["clients"][0]
         return all(row["snapshots"] == 1 and row["last_sync"] in (None, "ok") for row in report["locations"])
 
-    wait_for(replicated, 10, "status to show the snapshot everywhere")
+    wait_until(replicated, 10, "status to show the snapshot everywhere")
     status = site.cli("status", "alpha", "--json")
     assert status.code == 0, status.out
     client = status.json()["clients"][0]
@@ -135,9 +135,7 @@ def test_a_client_cannot_delete_its_snapshots(site: Site, alpha_backup: str) -> 
 
 
 def _restic_env(site: Site, url: object) -> dict[str, str]:
-    from .server_support import restic_environment
-
-    return restic_environment(str(url), site.restic_password)
+    return restic_env(str(url), site.restic_password)
 
 
 def _read_until(process: subprocess.Popen[str], text: str, timeout: float) -> str:
@@ -157,16 +155,17 @@ def _read_until(process: subprocess.Popen[str], text: str, timeout: float) -> st
 
 @pytest.mark.parametrize("service", ["rest", "syncd"])
 def test_a_killed_service_is_restarted_within_two_seconds(site: Site, service: str) -> None:
-    wait_for(lambda: site.service_pid("beta", service), 10, f"beta's {service}")
+    wait_until(lambda: site.service_pid("beta", service), 10, f"beta's {service}")
     victim = site.service_pid("beta", service)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
-    took = wait_for(lambda: site.service_pid("beta", service) not in (None, victim), 2.0,
-                    f"runsv to restart {service}")
+    started = time.monotonic()
+    wait_until(lambda: site.service_pid("beta", service) not in (None, victim), 2.0, f"runsv to restart {service}")
+    took = time.monotonic() - started
     restarted = site.service_pid("beta", service)
-    assert restarted is not None and process_alive(restarted) and not process_alive(victim)
+    assert restarted is not None and is_alive(restarted) and not is_alive(victim)
     if service == "rest":  # and it serves again
-        wait_for(lambda: _answers(site.clients["beta"]["url"]), 5, "the restarted endpoint")
+        wait_until(lambda: _answers(site.clients["beta"]["url"]), 5, "the restarted endpoint")
     assert took < 2.0
 
 
@@ -177,8 +176,8 @@ def _answers(url: object) -> bool:
 def test_disable_leaves_no_process_and_enable_brings_everything_back(site: Site) -> None:
     beta = site.clients["beta"]
     markers = site.markers("beta", int(beta["port"]))
-    wait_for(lambda: site.service_pid("beta", "rest") and site.service_pid("beta", "syncd"), 10,
-             "beta's services")
+    wait_until(lambda: site.service_pid("beta", "rest") and site.service_pid("beta", "syncd"), 10,
+               "beta's services")
     assert processes_mentioning(*markers)
     alpha_rest = site.service_pid("alpha", "rest")
 
@@ -191,9 +190,9 @@ def test_disable_leaves_no_process_and_enable_brings_everything_back(site: Site)
 
     enabled = site.cli("client", "enable", "beta")
     assert enabled.code == 0, enabled.err
-    wait_for(lambda: site.service_pid("beta", "rest") and site.service_pid("beta", "syncd"), 10,
-             "beta's services to run again")
-    wait_for(lambda: _answers(beta["url"]), 10, "beta's endpoint to answer again")
+    wait_until(lambda: site.service_pid("beta", "rest") and site.service_pid("beta", "syncd"), 10,
+               "beta's services to run again")
+    wait_until(lambda: _answers(beta["url"]), 10, "beta's endpoint to answer again")
     status = site.cli("status", "beta", "--json")
     assert status.code == 0, status.out
 
@@ -212,17 +211,17 @@ def test_supervise_recovers_from_a_killed_supervisor_and_stop_ends_every_process
     assert gamma["port"] == other.low
     other.start_supervision()
     try:
-        wait_for(lambda: other.service_pid("gamma", "rest"), 15, "gamma's endpoint")
+        wait_until(lambda: other.service_pid("gamma", "rest"), 15, "gamma's endpoint")
         first_rest = other.service_pid("gamma", "rest")
         # SIGKILL the top runsvdir: its runsv processes live on, orphaned, holding their locks.
         assert other.supervisor is not None
         other.supervisor.kill()
         other.supervisor.wait()
-        assert first_rest is not None and process_alive(first_rest)
+        assert first_rest is not None and is_alive(first_rest)
         other.start_supervision()  # stops the orphans, then supervises afresh
-        wait_for(lambda: other.service_pid("gamma", "rest") not in (None, first_rest), 15,
-                 "a fresh endpoint under the new supervisor")
-        assert not process_alive(first_rest)
+        wait_until(lambda: other.service_pid("gamma", "rest") not in (None, first_rest), 15,
+                   "a fresh endpoint under the new supervisor")
+        assert not is_alive(first_rest)
 
         stopped = other.cli("supervise", "--stop", "--timeout", "20")
         assert stopped.code == 0, stopped.err
@@ -246,8 +245,8 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
         added = site.add_client("delta", "usb")
         site.start_supervision()
         # (the pid is the run script's, which becomes chpst, which becomes rclone as nobody)
-        wait_for(lambda: _uid(site.service_pid("delta", "rest")) == nobody.pw_uid, 15, "rclone as nobody")
-        wait_for(lambda: http_status("GET", _base(added["url"]) + "delta/config") == 401, 10, "the endpoint")
+        wait_until(lambda: real_uid(site.service_pid("delta", "rest")) == nobody.pw_uid, 15, "rclone as nobody")
+        wait_until(lambda: http_status("GET", _base(added["url"]) + "delta/config") == 401, 10, "the endpoint")
         assert site.restic(str(added["url"]), "init").returncode == 0
         backup = site.restic(str(added["url"]), "backup", "-q", str(site.root / "triplicate.toml"))
         assert backup.returncode == 0, backup.stderr
@@ -258,21 +257,12 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
         command = [*triplicate_command(), "--version"]
         if subprocess.run(["chpst", "-u", "nobody", *command], capture_output=True).returncode == 0:
             replica = site.root / "usb" / "delta" / "snapshots" / snapshots[0].name
-            wait_for(replica.is_file, 20, "the snapshot in usb, copied by a watcher running as nobody")
-            wait_for(lambda: _uid(site.service_pid("delta", "syncd")) == nobody.pw_uid, 5, "syncd as nobody")
+            wait_until(replica.is_file, 20, "the snapshot in usb, copied by a watcher running as nobody")
+            wait_until(lambda: real_uid(site.service_pid("delta", "syncd")) == nobody.pw_uid, 5, "syncd as nobody")
     finally:
         leftovers = site.stop_supervision()
         shutil.rmtree(root, ignore_errors=True)
     assert leftovers == []
-
-
-def _uid(pid: int | None) -> int | None:
-    """The real user ID of a process, None when there is none."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
 def test_one_shared_watcher_serves_every_client_and_follows_enable_and_disable(tmp_path: Path) -> None:
@@ -284,24 +274,24 @@ def test_one_shared_watcher_serves_every_client_and_follows_enable_and_disable(t
     shared.start_supervision()
     try:
         watcher = shared.layout.shared_syncd
-        wait_for(lambda: shared.service_pid("east", "rest") and shared.service_pid("west", "rest"), 15, "endpoints")
-        wait_for(lambda: runsv_pid(watcher), 15, "the shared watcher")
+        wait_until(lambda: shared.service_pid("east", "rest") and shared.service_pid("west", "rest"), 15, "endpoints")
+        wait_until(lambda: runsv_pid(watcher), 15, "the shared watcher")
         assert len([p for p in processes_mentioning(str(shared.config_path)) if " syncd" in p.cmdline]) == 1
         log = shared.root / "state" / "log" / "_shared" / "syncd" / "current"
-        wait_for(lambda: log.is_file() and "2 client(s)" in log.read_text(), 15, "the watcher serving both")
+        wait_until(lambda: log.is_file() and "2 client(s)" in log.read_text(), 15, "the watcher serving both")
 
         url = str(clients["west"]["url"])
-        wait_for(lambda: http_status("GET", _base(url) + "west/config") == 401, 10, "west's endpoint")
+        wait_until(lambda: http_status("GET", _base(url) + "west/config") == 401, 10, "west's endpoint")
         assert shared.restic(url, "init").returncode == 0
         assert shared.restic(url, "backup", "-q", str(shared.config_path)).returncode == 0
         snapshot = next((shared.root / "repos" / "west" / "snapshots").iterdir()).name
-        wait_for((shared.root / "usb" / "west" / "snapshots" / snapshot).is_file, 20, "west's snapshot in usb")
+        wait_until((shared.root / "usb" / "west" / "snapshots" / snapshot).is_file, 20, "west's snapshot in usb")
 
         pid = runsv_pid(watcher)
         assert shared.cli("client", "disable", "east").code == 0
         assert processes_mentioning(*shared.markers("east", int(clients["east"]["port"]))) == []
-        wait_for(lambda: "reload: configuration applied, 1 client(s) served" in log.read_text(), 10,
-                 "the watcher to drop east")
+        wait_until(lambda: "reload: configuration applied, 1 client(s) served" in log.read_text(), 10,
+                   "the watcher to drop east")
         assert runsv_pid(watcher) == pid  # reloaded, not restarted
         status = shared.cli("status", "--json").json()
         services = {row["service"]: row["state"] for row in status["clients"][1]["services"]}

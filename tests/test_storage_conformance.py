@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.remote_support import RestServer, S3Server, SshServer, rclone_local_config
-from tests.remote_support import rest_server, s3_server, sshd  # noqa: F401 - fixtures
+from tests.support.remote import RestServer, S3Server, SshServer, rclone_local_config
 from triplicate.storage import Backend, FileType, Handle, NotFound
 from triplicate.storage.backend import CorruptContent, SourceReadError
 from triplicate.storage.local import LocalBackend
@@ -183,9 +182,8 @@ def test_missing_files(backend: Backend) -> None:
     handle, _ = content(10)
     with pytest.raises(NotFound):
         backend.stat(handle)
-    with pytest.raises(NotFound):
-        with backend.load(handle):
-            pass
+    with pytest.raises(NotFound), backend.load(handle):
+        pass
     backend.remove(handle)  # removing a missing file is not an error
 
 

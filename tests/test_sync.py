@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.repository import Server, age_file, file_hash_matches_name, flip_byte, repository_files, write_files
 from triplicate.engine.mirror import MirrorOptions, list_source, mirror
 from triplicate.storage import FileType, Handle
 from triplicate.storage.backend import FileInfo
 from triplicate.storage.local import LocalBackend
-
-from .conftest import Server, age_file, file_hash_matches_name, flip_byte, repository_files, write_files
 
 
 def test_full_sync_makes_valid_replicas_with_the_same_snapshots(server: Server) -> None:
@@ -242,7 +241,7 @@ def test_kill_9_in_the_middle_then_rerun_completes_a_valid_replica(server: Serve
     write_files(tmp_path / "big", "big", count=12, size=16 << 20)
     server.backup(tmp_path / "big")
     server.write_config(server.config_path.read_text().replace(
-        'path = "{root}/usb"'.format(root=server.root), 'path = "{root}/usb"\nworkers = 1'.format(root=server.root)))
+        f'path = "{server.root}/usb"', f'path = "{server.root}/usb"\nworkers = 1'))
     process = subprocess.Popen(
         [sys.executable, "-m", "triplicate", "-c", str(server.config_path), "sync", "web01", "--to", "usb"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+from tests.support.processes import children_of, exists
+from tests.support.repository import BASE_CONFIG, PASSWORD, Server, snapshot_files, write_files
+from tests.support.syncd import (
+    HOOK_SCRIPT,
+    DaemonProcess,
+    InProcessDaemon,
+    LogRecorder,
+    NotificationSink,
+    read_hook_calls,
+)
+from tests.support.wait import wait_until
 from triplicate.daemon.runner import LocationRunner, RunOutcome, backoff_delay
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.state.daemon import DaemonState
-
-from .conftest import BASE_CONFIG, PASSWORD, Server, write_files
-from .server_support import children_of
-from .syncd_support import (HOOK_SCRIPT, DaemonProcess, InProcessDaemon, LogRecorder, NotificationSink,  # noqa: F401
-                            daemons, free_port, read_hook_calls, snapshot_files, wait_until)
 
 # Generous for a loaded 2-core machine; the benchmark measures the real latency.
 ARRIVAL_TIMEOUT = 10.0
@@ -191,7 +198,8 @@ def test_hooks_get_the_ids_added_and_removed_since_their_last_run(
 def test_a_failing_hook_is_logged_and_replication_goes_on(
     server: Server, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
-    configure(server, f'on_change = ["{sys.executable}", "-c", "import sys; print(\'boom\', file=sys.stderr); sys.exit(3)"]')
+    failing = "import sys; print('boom', file=sys.stderr); sys.exit(3)"
+    configure(server, f'on_change = ["{sys.executable}", "-c", "{failing}"]')
     daemon = start(daemons, server)
     daemon.wait_for_log(r"WARNING triplicate.hooks: hook web01: .* exited with status 3")
     daemon.wait_for_log(r"hook web01: \| boom")
@@ -317,8 +325,8 @@ def test_events_that_cannot_start_fall_back_to_polling(
     monkeypatch.setattr(watchfiles.main, "RustNotify", refuse_native)
     configure(server, 'poll_interval = "1h"')
     with LogRecorder() as log, InProcessDaemon(server.config_path) as running:
-        log.wait_for(r"file events unavailable \(OSError: .*inotify watch limit reached\); falling back to polling")
-        log.wait_for(r"watching 1 folder\(s\) for new snapshots \(polling\)")
+        log.wait_for_log(r"file events unavailable \(OSError: .*inotify watch limit reached\); falling back to polling")
+        log.wait_for_log(r"watching 1 folder\(s\) for new snapshots \(polling\)")
         wait_until(lambda: replicated_everywhere(server), ARRIVAL_TIMEOUT, "the catch-up")
         write_files(tmp_path / "more", "more", count=1, size=64 << 10)
         server.backup(tmp_path / "more")
@@ -453,7 +461,7 @@ def test_an_incomplete_run_is_followed_up_without_a_new_snapshot(
 def test_an_rclone_location_keeps_one_rclone_across_runs_stopped_with_the_daemon(
     server: Server, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
-    from .remote_support import rclone_local_config, rclone_location_toml
+    from tests.support.remote import rclone_local_config, rclone_location_toml
 
     far = server.root / "far-rclone"
     far.mkdir()
@@ -470,4 +478,4 @@ def test_an_rclone_location_keeps_one_rclone_across_runs_stopped_with_the_daemon
     assert set(children_of(daemon.process.pid, "rclone")) == rclone, "the same rclone served the second run"
     code, _ = daemon.terminate()
     assert code == 0, daemon.log
-    assert not Path(f"/proc/{rclone.pop()}").exists(), "rclone stopped with the daemon"
+    assert not exists(rclone.pop()), "rclone stopped with the daemon"

@@ -9,65 +9,61 @@ Each is started once per test process (session fixtures) and stopped at the end.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-T = TypeVar("T")
-LOOPBACK = "127.0.0.1"
+from .ports import LOOPBACK, accepts_connections, free_port
+from .repository import BASE_CONFIG, Server
+from .wait import wait_until
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 20.0
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
+def _log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]
 
 
-def wait_until(found: Callable[[], T | None], process: subprocess.Popen[bytes], log: Path,
-               timeout: float = START_TIMEOUT) -> T:
-    """Poll ``found`` until it returns a value; fails with the server's log if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value is not None:
-            return value
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        time.sleep(0.02)  # polling a server that is starting
-    raise RuntimeError(f"server did not start within {timeout}s: {log.read_text()[-2000:]}")
+def _server_running(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Fail at once when a server that is starting exited, with the end of its log."""
+    if process.poll() is not None:
+        raise AssertionError(f"server exited with {process.returncode}: {_log_tail(log)}")
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until ``port`` accepts connections."""
 
-    def listening() -> bool | None:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                return True
-        except OSError:
-            return None
+    def listening() -> bool:
+        if accepts_connections(port):
+            return True
+        _server_running(process, log)
+        return False
 
-    wait_until(listening, process, log)
+    wait_until(listening, START_TIMEOUT, f"the server to listen on port {port}", context=lambda: _log_tail(log))
 
 
 def wait_for_log(pattern: str, process: subprocess.Popen[bytes], log: Path) -> re.Match[str]:
     """Wait until ``pattern`` appears in the server's log (its address, once it listens)."""
-    return wait_until(lambda: re.search(pattern, log.read_text(errors="replace")), process, log)
+
+    def found() -> re.Match[str] | None:
+        match = re.search(pattern, log.read_text(errors="replace"))
+        if match is None:
+            _server_running(process, log)
+        return match
+
+    return wait_until(found, START_TIMEOUT, f"{pattern!r} in the server's log",  # type: ignore[return-value]
+                      context=lambda: _log_tail(log))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -251,6 +247,18 @@ def rclone_local_config(folder: Path, name: str = "far") -> Path:
 
 def rclone_location_toml(name: str, remote: str, rclone_config: Path, **extra: object) -> str:
     return location_toml(name, type="rclone", remote=remote, rclone_config=str(rclone_config), **extra)
+
+
+def unique(tmp_path: Path) -> str:
+    """A short tag unique to a test's folder: names on servers the tests share (buckets, REST folders)."""
+    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]
+
+
+def configure_locations(server: Server, replicate_to: list[str], locations: str, in_progress_grace: str = "5m") -> None:
+    """The ``server`` fixture's configuration, web01 replicating to ``replicate_to``, plus ``locations``' tables."""
+    base = BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', f"replicate_to = {json.dumps(replicate_to)}")
+    base = base.replace('in_progress_grace = "5m"', f'in_progress_grace = "{in_progress_grace}"')
+    server.write_config(base + "\n" + locations)
 
 
 def location_toml(name: str, **settings: object) -> str:

@@ -1,12 +1,11 @@
-"""Helpers for the daemon's tests: the daemon as a real process or in-process, polling waits,
-a loopback HTTP sink for apprise's json:// notifications."""
+"""The daemon's tests: the daemon as a real process (the ``daemons`` fixture) or in-process, its
+log, a loopback HTTP sink for apprise's json:// notifications, a hook that records its calls."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -23,23 +22,7 @@ import pytest
 from triplicate.config.load import load_config
 from triplicate.daemon.main import Daemon
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something true; return that. Fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def snapshot_files(repo: Path) -> set[str]:
-    """Snapshot IDs present as files (no restic needed: cheap enough to poll)."""
-    folder = repo / "snapshots"
-    return {name for name in os.listdir(folder) if len(name) == 64} if folder.is_dir() else set()
+from .wait import wait_until
 
 
 class DaemonProcess:
@@ -73,17 +56,11 @@ class DaemonProcess:
             found = [line for line in list(self.lines) if regex.search(line)]
             return found if len(found) >= count else []
 
-        try:
-            return wait_until(matching, timeout, f"log line {pattern!r}")  # type: ignore[no-any-return]
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n--- syncd log ---\n{self.log}") from None
+        return self.wait_until(matching, timeout, f"log line {pattern!r}")  # type: ignore[no-any-return]
 
     def wait_until(self, condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
         """:func:`wait_until`, with the daemon's log in the failure message."""
-        try:
-            return wait_until(condition, timeout, what)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n--- syncd log ---\n{self.log}") from None
+        return wait_until(condition, timeout, what, context=lambda: f"--- syncd log ---\n{self.log}")
 
     def started(self) -> DaemonProcess:
         self.wait_for_log(r"syncd started")
@@ -158,10 +135,11 @@ class LogRecorder(logging.Handler):
         logger.removeHandler(self)
         logger.setLevel(self._level)
 
-    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        """Wait until a message matches the regular expression; return it."""
         regex = re.compile(pattern)
         return wait_until(lambda: next((m for m in list(self.messages) if regex.search(m)), None),  # type: ignore[no-any-return]
-                          timeout, f"log {pattern!r}; got {self.messages}")
+                          timeout, f"log {pattern!r}", context=lambda: f"got {self.messages}")
 
 
 class NotificationSink:
@@ -172,7 +150,7 @@ class NotificationSink:
         self.received = received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:  # http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append(json.loads(body))
                 self.send_response(200)
@@ -221,11 +199,3 @@ def daemons() -> Iterator[list[DaemonProcess]]:
     for process in started:
         process.kill()
 
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
