@@ -132,7 +132,8 @@ def _print_tables(report: Any) -> None:
     for client, audit in report.clients.items():
         table = Table(title=f"audit {client}: [{STYLE[audit.status]}]{audit.status}[/]", title_justify="left")
         for column in ("location", "status", "snapshots", "lag", "verified", "reason"):
-            table.add_column(column, justify="right" if column in ("snapshots", "lag") else "left")
+            table.add_column(column, justify="right" if column in ("snapshots", "lag") else "left",
+                             overflow="fold")  # wrapped, never cut: a reason may name a file
         own = worst(finding.status for finding in audit.findings)
         age = audit.newest_snapshot_age_seconds
         newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"

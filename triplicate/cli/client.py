@@ -138,7 +138,7 @@ def list_command(app: AppContext, as_json: bool) -> None:
         return
     table = Table()
     for column in ("name", "enabled", "port", "replicate_to", "url"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, never cut
     for entry in clients:
         table.add_row(entry["name"], "yes" if entry["enabled"] else "[yellow]no[/]", str(entry["port"] or "-"),
                       ", ".join(entry["replicate_to"]) or "-", escape(entry["url"] or "-"))  # type: ignore[arg-type]

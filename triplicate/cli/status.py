@@ -52,12 +52,13 @@ def show_status(statuses: list[ClientStatus]) -> None:
             table = Table(title=section.title, title_justify="left")
             columns = list(section.rows[0])
             for column in columns:
-                table.add_column(_heading(column), justify="right" if _numeric(section.rows, column) else "left")
+                table.add_column(_heading(column), justify="right" if _numeric(section.rows, column) else "left",
+                                 overflow="fold")  # wrapped, never cut: a cell may hold a path
             for row in section.rows:
                 table.add_row(*(_cell(column, row.get(column)) for column in columns))
             out.print(table)
         for problem in client.problems:
-            out.print(f"  [red]problem:[/] {escape(problem)}")
+            out.print(f"  [red]problem:[/] {escape(problem)}", soft_wrap=True)  # whole: it may name files
 
 
 def _heading(column: str) -> str:
