@@ -12,19 +12,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import BASE_CONFIG, PASSWORD, Server, repository_files
+from .conftest import AS_NOBODY, Server, repository_files
 
 # Named as a pack would be, so that the listing takes it for one.
 ODD_NAME = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 SYNC_TIMEOUT = 60
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def run_sync(config: Path, *args: str, as_nobody: bool = False) -> tuple[int, str, str, float]:
@@ -110,27 +108,6 @@ def test_a_location_path_that_is_a_file_says_so(server: Server) -> None:
     error = result.json()["locations"]["usb"]["error"]
     assert error == f"location folder {server.root / 'usb'} is a file, not a folder"
     assert result.json()["locations"]["nas"]["complete"]
-
-
-@pytest.fixture
-def unprivileged_server(template_repository: Path) -> Iterator[Server]:
-    """A server whose every file belongs to ``nobody``, in a folder ``nobody`` can reach."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to hand the files to nobody")
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv (util-linux) to run as nobody")
-    root = Path(tempfile.mkdtemp(prefix="triplicate-nobody-"))
-    root.chmod(0o755)
-    for folder in ("usb", "nas"):
-        (root / folder).mkdir()
-    (root / "password").write_text(PASSWORD)
-    shutil.copytree(template_repository, root / "repos" / "web01")
-    (root / "triplicate.toml").write_text(BASE_CONFIG.format(root=root))
-    subprocess.run(["chown", "-R", "nobody:nogroup", str(root)], check=True)
-    try:
-        yield Server(root, None)  # type: ignore[arg-type]  # no in-process CLI here
-    finally:
-        shutil.rmtree(root)
 
 
 def test_an_unsearchable_data_folder_of_a_replica_fails_that_location_only(unprivileged_server: Server) -> None:
