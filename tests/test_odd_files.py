@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import AS_NOBODY, Server, repository_files
+from .conftest import AS_NOBODY, Server, age_file, repository_files
 
 # Named as a pack would be, so that the listing takes it for one.
 ODD_NAME = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
@@ -137,3 +137,22 @@ def test_an_unsearchable_data_folder_of_the_primary_is_one_line(unprivileged_ser
     code, _, err, seconds = run_sync(server.config_path, "web01", as_nobody=True)
     assert seconds < SYNC_TIMEOUT / 2 and code == 1, err
     assert err.strip() == f"triplicate: client 'web01': {denied}: permission denied"
+
+
+def test_plain_text_output_never_cuts_a_file_name(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync, audit and status print a file name whole on one line, even on a narrow terminal."""
+    monkeypatch.setenv("COLUMNS", "60")
+    folder = server.primary() / "data" / ODD_NAME[:2]
+    folder.mkdir(exist_ok=True)
+    os.mkfifo(folder / ODD_NAME)
+    for path in server.primary().rglob("*"):
+        age_file(path)  # old enough to be judged, not "being written"
+    sync = server.cli("sync", "web01")
+    assert sync.code == 1
+    assert sum(str(folder / ODD_NAME) in line for line in sync.out.splitlines()) == 2, sync.out
+    audit = server.cli("audit", "web01")
+    assert audit.code == 2
+    assert sum(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in audit.out.splitlines()) == 2, audit.out
+    status = server.cli("status", "web01")
+    assert status.code == 1
+    assert any(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in status.out.splitlines()), status.out
