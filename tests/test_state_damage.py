@@ -108,3 +108,12 @@ def test_a_read_only_state_database_is_one_line(unprivileged_server: Server) -> 
     done = run_command(server.config_path, "sync", "web01", as_nobody=True)
     assert done.returncode == 3 and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"triplicate: state database {path} cannot be used ("), done.stderr
+
+
+def test_a_locks_folder_that_is_a_file_is_one_line_exit_3(server: Server) -> None:
+    (server.root / "state").mkdir()
+    (server.root / "state" / "locks").write_text("not a folder")
+    done = run_command(server.config_path, "sync", "web01")
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"triplicate: cannot open the lock file {server.root}/state/locks/web01@"), line
