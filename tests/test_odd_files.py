@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import AS_NOBODY, Server, age_file, repository_files
+from .syncd_support import DaemonProcess
 
 # Named as a pack would be, so that the listing takes it for one.
 ODD_NAME = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
@@ -156,3 +157,25 @@ def test_plain_text_output_never_cuts_a_file_name(server: Server, monkeypatch: p
     status = server.cli("status", "web01")
     assert status.code == 1
     assert any(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in status.out.splitlines()), status.out
+
+
+def test_the_daemon_names_an_odd_file_at_once_and_stops_promptly(server: Server) -> None:
+    """Under syncd a FIFO and a link to /dev/zero neither hang a location nor grow a temporary file."""
+    folder = server.primary() / "data" / ODD_NAME[:2]
+    folder.mkdir(exist_ok=True)
+    os.mkfifo(folder / ODD_NAME)
+    zero = server.primary() / "data" / "cd"
+    zero.mkdir(exist_ok=True)
+    (zero / ("cd" + ODD_NAME[2:])).symlink_to("/dev/zero")
+    daemon = DaemonProcess(server.config_path, "--no-events").started()
+    try:
+        for location in ("usb", "nas"):
+            daemon.wait_for_log(rf"web01 -> {location}.*{ODD_NAME}: a FIFO, not a regular file", timeout=20)
+            daemon.wait_for_log(rf"web01 -> {location}.*{zero / ('cd' + ODD_NAME[2:])}: a symbolic link", timeout=20)
+        for location in ("usb", "nas"):
+            partial = server.replica(location) / ".triplicate-partial"
+            assert sum(path.stat().st_size for path in partial.iterdir()) == 0
+    finally:
+        code, seconds = daemon.terminate(timeout=30)
+    assert code == 0 and seconds < 10
+    assert "Traceback" not in daemon.log
