@@ -35,7 +35,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 def add_running_client(site: Site, name: str) -> int:
     """Add ``name`` and wait until its endpoint answers; returns its port."""
-    port = int(site.add_client(name, "usb")["port"])
+    port = int(str(site.add_client(name, "usb")["port"]))
     wait_for(lambda: site.service_pid(name, "rest") and site.service_pid(name, "syncd"), 15, f"{name}'s services")
     wait_for(lambda: runit.port_answers("127.0.0.1", port), 15, f"{name}'s endpoint")
     return port
