@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from triplicate.storage.handle import FileType, Handle
+
 from .conftest import AS_NOBODY, Server, age_file, repository_files
 from .syncd_support import DaemonProcess
 
@@ -179,3 +181,15 @@ def test_the_daemon_names_an_odd_file_at_once_and_stops_promptly(server: Server)
         code, seconds = daemon.terminate(timeout=30)
     assert code == 0 and seconds < 10
     assert "Traceback" not in daemon.log
+
+
+def test_a_loaded_primary_file_still_tells_its_path_to_rclone(server: Server) -> None:
+    """The rclone kind has rclone copy a verified local file by its path: the limited reader keeps it."""
+    from triplicate.storage.local import LocalBackend
+    from triplicate.storage.rclone import _local_file
+
+    pack = next((server.primary() / "data").glob("*/*"))
+    backend = LocalBackend(server.primary())
+    with backend.load(Handle(FileType.DATA, pack.name)) as reader:
+        assert _local_file(reader) == pack.resolve()
+        assert len(reader.read()) == pack.stat().st_size

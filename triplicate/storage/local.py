@@ -173,7 +173,7 @@ class _Limited:
         self._file = file
         self._remaining = remaining
         self._path = path
-        self.name = file.name
+        self.name = str(path)  # the path, as open() would give it: fdopen gives the descriptor
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left when negative); raises UnreadableFile."""
