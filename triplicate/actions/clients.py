@@ -167,11 +167,13 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
     """Stop a client and remove it from the configuration; return the paths deleted.
 
     Without ``purge`` its primary repository and logs stay; with it they go too.
-    Replicas at the locations are never deleted. Raises UsageError for an unknown client.
+    Replicas at the locations are never deleted. Raises UsageError for an unknown client,
+    TriplicateError (after removing it) when one of its processes lives or its port answers.
     """
     with config_lock(config_path):
         editor = ConfigEditor(config_path)
         editor.config.client(name)
+        port = editor.config.clients[name].port
         editor.remove_client(name)
         check_service_settings(editor.validated(), str(config_path))  # refuse before writing anything
         changed_at = time.time()
@@ -190,6 +192,8 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
     if not stopped.stopped:
         raise TriplicateError(f"{name} removed from the configuration, but some of its processes are still "
                               "running (see 'triplicate status')")
+    if port is not None and port_answers(config.server.listen_host, port):
+        raise TriplicateError(f"{name} removed from the configuration, but its port {port} still answers")
     return deleted
 
 
