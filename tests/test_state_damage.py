@@ -10,7 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -117,3 +117,28 @@ def test_a_locks_folder_that_is_a_file_is_one_line_exit_3(server: Server) -> Non
     assert done.returncode == 3, done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith(f"triplicate: cannot open the lock file {server.root}/state/locks/web01@"), line
+
+
+@pytest.fixture
+def read_only_state(server: Server) -> Iterator[Path]:
+    """The state folder after one sync, then mounted read-only over itself (a real read-only mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    assert server.cli("sync", "web01").code == 0
+    state = server.root / "state"
+    settle(database(server))
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        yield state
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
+def test_a_state_database_on_a_read_only_mount_is_one_line(server: Server, read_only_state: Path) -> None:
+    path = read_only_state / "state.db"
+    for command in COMMANDS:
+        done = run_command(server.config_path, *command)
+        assert done.returncode == 3, (command, done.stdout, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"triplicate: state database {path} cannot be used ("), (command, line)
