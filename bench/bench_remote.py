@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench_sync import hyperfine  # noqa: E402 - after the path is set
 
-from tests.remote_support import (  # noqa: E402
+from tests.support.remote import (  # noqa: E402
     LOOPBACK,
     rclone_location_toml,
     start_moto,

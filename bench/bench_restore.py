@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import BASE_CONFIG, restic_env  # noqa: E402  (the tests' server: primary, usb, nas)
+from tests.support.repository import BASE_CONFIG, restic_env  # noqa: E402  (the tests' server: primary, usb, nas)
 from triplicate.restic import include_pattern  # noqa: E402  (the pattern restore-check itself uses)
 from triplicate.units import format_bytes, parse_size  # noqa: E402
 

@@ -40,7 +40,7 @@ PASSWORD = "benchmark password"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.syncd_support import wait_until  # noqa: E402 (after the path is set)
+from tests.support.wait import wait_until  # noqa: E402 (after the path is set)
 
 
 def restic(repo: Path, *args: str) -> None:

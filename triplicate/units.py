@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -13,6 +14,8 @@ _SIZE_UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+# A longer duration is a mistake (and overflows the clocks it is added to): 100 years.
+MAX_DURATION = 100 * 365 * 86400
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -20,7 +23,7 @@ def parse_duration(value: str | int | float) -> float:
 
     Raises ValueError with a message fit for a configuration error.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("expected a duration such as '60s', '5m', '1h' or '1d'")
     if isinstance(value, (int, float)):
         seconds = float(value)
@@ -33,14 +36,18 @@ def parse_duration(value: str | int | float) -> float:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(f"'{value}' is not a duration such as '60s', '5m', '1h' or '1d'")
             seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, not {seconds}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration cannot be longer than 100 years")
     return seconds
 
 
 def parse_size(value: str | int) -> int:
     """Return bytes for ``1024``, ``"1MB"`` (10^6), ``"1MiB"`` (2^20), ``"2 GB"``..."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError("expected a size such as '1MB' or '512KiB'")
     if isinstance(value, int):
         if value < 0:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from triplicate.cli import run as run_cli
 
 PASSWORD = "correct horse battery staple"
+# Run a command as an unprivileged user: root passes every permission check.
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 BASE_CONFIG = """\
 [server]
@@ -169,3 +172,24 @@ def flip_byte(path: Path, offset: int = 100) -> None:
         byte = file.read(1)
         file.seek(offset)
         file.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.fixture
+def unprivileged_server(template_repository: Path) -> Iterator[Server]:
+    """A server whose every file belongs to ``nobody``, in a folder ``nobody`` can reach."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the files to nobody")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run as nobody")
+    root = Path(tempfile.mkdtemp(prefix="triplicate-nobody-"))
+    root.chmod(0o755)
+    for folder in ("usb", "nas"):
+        (root / folder).mkdir()
+    (root / "password").write_text(PASSWORD)
+    shutil.copytree(template_repository, root / "repos" / "web01")
+    (root / "triplicate.toml").write_text(BASE_CONFIG.format(root=root))
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(root)], check=True)
+    try:
+        yield Server(root, None)  # type: ignore[arg-type]  # no in-process CLI here
+    finally:
+        shutil.rmtree(root)

@@ -14,11 +14,11 @@ from pathlib import Path
 from triplicate.service import htpasswd
 from triplicate.config.edit import ConfigEditor, config_lock
 from triplicate.config.model import Config, check_name
-from triplicate.errors import UsageError
+from triplicate.errors import TriplicateError, UsageError
 from triplicate.fsutil import atomic_write
 from triplicate.service.layout import Layout
 from triplicate.service.ports import allocate_port, check_port
-from triplicate.service.runit import find_runsvdir
+from triplicate.service.runit import find_runsvdir, port_answers, supervisors_below
 from triplicate.service.scripts import Programs, address
 from triplicate.service.tree import (check_service_settings, make_folder, owner_ids, reconcile,
                                      reload_shared_syncd, start_wait, stop_client)
@@ -51,6 +51,7 @@ class EnableOutcome:
     running: bool  # enable: its services are supervised; disable: some of its processes are left
     supervised: bool  # a runsvdir watches the top folder
     killed: tuple[int, ...] = ()  # disable: pids of services that ignored TERM and were killed
+    port_answers: bool = False  # disable: its port still accepts connections
 
 
 def repository_url(config: Config, name: str, password: str | None = None) -> str:
@@ -156,24 +157,29 @@ def set_enabled(config_path: Path, name: str, enabled: bool) -> EnableOutcome:
     if enabled:
         return EnableOutcome(name, True, supervised and start_wait(layout, name), supervised)
     stopped = report.stopped.get(name) or stop_client(layout, name)
-    return EnableOutcome(name, False, not stopped.stopped, supervised, tuple(stopped.forced))
+    # Success only when seen: no supervisor of its folder lives, whoever its parent, and its port is closed.
+    left = not stopped.stopped or bool(supervisors_below(layout.client_dir(name)))
+    answers = _port_answers(config, name)
+    return EnableOutcome(name, False, left or answers, supervised, tuple(stopped.forced), answers)
 
 
 def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Path]:
     """Stop a client and remove it from the configuration; return the paths deleted.
 
     Without ``purge`` its primary repository and logs stay; with it they go too.
-    Replicas at the locations are never deleted. Raises UsageError for an unknown client.
+    Replicas at the locations are never deleted. Raises UsageError for an unknown client,
+    TriplicateError (after removing it) when one of its processes lives or its port answers.
     """
     with config_lock(config_path):
         editor = ConfigEditor(config_path)
         editor.config.client(name)
+        port = editor.config.clients[name].port
         editor.remove_client(name)
         check_service_settings(editor.validated(), str(config_path))  # refuse before writing anything
         changed_at = time.time()
         config = editor.save()
         layout = Layout(config.server.state_dir)
-        stop_client(layout, name)
+        stopped = stop_client(layout, name)
         reconcile(config, config_path.absolute())
     _reload_watcher(config, changed_at)
     deleted = [layout.htpasswd(name)] if layout.htpasswd(name).exists() else []
@@ -183,6 +189,11 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
             if path.exists():
                 shutil.rmtree(path)
                 deleted.append(path)
+    if not stopped.stopped:
+        raise TriplicateError(f"{name} removed from the configuration, but some of its processes are still "
+                              "running (see 'triplicate status')")
+    if port is not None and port_answers(config.server.listen_host, port):
+        raise TriplicateError(f"{name} removed from the configuration, but its port {port} still answers")
     return deleted
 
 
@@ -210,6 +221,11 @@ def _reload_watcher(config: Config, changed_at: float) -> None:
     """A shared watcher learns of a changed client set by reloading its configuration (HUP)."""
     if config.server.syncd == "shared":
         reload_shared_syncd(Layout(config.server.state_dir), changed_at)
+
+
+def _port_answers(config: Config, name: str) -> bool:
+    port = config.clients[name].port
+    return port is not None and port_answers(config.server.listen_host, port)
 
 
 def _supervised(layout: Layout) -> bool:

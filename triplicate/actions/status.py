@@ -78,6 +78,10 @@ def services_section(context: StatusContext) -> StatusSection:
             section.problems.append(f"{service}: {state.state} (enabled: should run)")
         elif not enabled and state.state not in ("unsupervised", "absent") and folder != layout.shared_syncd:
             section.problems.append(f"{service}: still supervised although the client is disabled")
+    for orphan in runit.orphans(layout.client_dir(name)):
+        section.problems.append(
+            f"orphaned {orphan.program} (pid {orphan.pid}) runs {orphan.folder} outside supervision: stop it "
+            f"with 'triplicate client disable {name}', then 'triplicate client enable {name}'")
     return section
 
 

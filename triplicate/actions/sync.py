@@ -49,6 +49,7 @@ class SyncReport:
                     "files_skipped_in_progress": result.files_skipped_in_progress,
                     "files_vanished": result.files_vanished,
                     "corrupt_files": result.corrupt_files,
+                    "unreadable_files": result.unreadable_files,
                     "held_back": result.held_back,
                     "files_removed": result.files_removed,
                     "files_repaired": len(result.repaired),
@@ -172,5 +173,6 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error, interrupted=result.interrupted,
+        corrupt_files=result.corrupt_files, error=result.error or "; ".join(result.unreadable_files) or None,
+        interrupted=result.interrupted,
     ))

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from triplicate.cli import AppContext
-from triplicate.cli.output import Bar, console, print_json, progress_bars
+from triplicate.cli.output import Bar, console, print_json, print_whole_lines, progress_bars
 from triplicate.errors import EXIT_UNKNOWN
 
 EPILOG = """Exit status (the monitoring-plugin convention): 0 OK; 1 WARNING (a backup or a
@@ -106,7 +106,6 @@ STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": 
 
 
 def _print_tables(report: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from triplicate.actions.audit_report import summary, worst
@@ -117,13 +116,15 @@ def _print_tables(report: Any) -> None:
         out.print("No clients to audit.")
     for client, audit in report.clients.items():
         table = Table(title=f"audit {client}: [{STYLE[audit.status]}]{audit.status}[/]", title_justify="left")
-        for column in ("location", "status", "snapshots", "lag", "verified", "reason"):
+        for column in ("location", "status", "snapshots", "lag", "verified"):
             table.add_column(column, justify="right" if column in ("snapshots", "lag") else "left")
+        # The reasons name files: each goes whole on its own line under the table (a cell would cut it).
+        reasons: list[str] = []
         own = worst(finding.status for finding in audit.findings)
         age = audit.newest_snapshot_age_seconds
         newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"
-        table.add_row("(primary)", f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "",
-                      escape(summary(audit.findings) or _notes(audit.findings) or newest))
+        table.add_row("(primary)", f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "")
+        reasons.append(f"(primary): {summary(audit.findings) or _notes(audit.findings) or newest}")
         for name, location in audit.locations.items():
             present = ("" if location.snapshots is None
                        else f"{audit.snapshots - len(location.missing_snapshots)}/{audit.snapshots}")
@@ -132,9 +133,12 @@ def _print_tables(report: Any) -> None:
             table.add_row(
                 name, f"[{STYLE[location.status]}]{location.status}[/]", present,
                 format_duration(location.lag_seconds) if location.lag_seconds else "", verified,
-                escape(summary(location.findings) or _notes(location.findings)),
             )
+            reason = summary(location.findings) or _notes(location.findings)
+            if reason:
+                reasons.append(f"{name}: {reason}")
         out.print(table)
+        print_whole_lines(reasons)
 
 
 def _notes(findings: list[Any]) -> str:

@@ -87,8 +87,8 @@ def enable(app: AppContext, name: str) -> None:
         sys.exit(1)
 
 
-@client.command(epilog="Exit status: 0 disabled and none of its processes left; 1 some are left; "
-                "2 unknown client.")
+@client.command(epilog="Exit status: 0 disabled, none of its processes left and its port closed; 1 some "
+                "are left or its port answers; 2 unknown client.")
 @click.argument("name")
 @click.pass_obj
 def disable(app: AppContext, name: str) -> None:
@@ -99,13 +99,17 @@ def disable(app: AppContext, name: str) -> None:
     if state.killed:
         click.echo(f"triplicate: {name}: killed {len(state.killed)} process(es) that did not stop on TERM: "
                    f"{' '.join(map(str, state.killed))}", err=True)
+    if state.port_answers:
+        click.echo(f"triplicate: {name} disabled, but its port still answers", err=True)
+        sys.exit(1)
     if state.running:
         click.echo(f"triplicate: {name} disabled, but some of its processes are still running", err=True)
         sys.exit(1)
     console().print(f"{name} disabled; none of its processes is running.")
 
 
-@client.command(epilog="Exit status: 0 removed; 2 unknown client.")
+@client.command(epilog="Exit status: 0 removed; 1 removed, but some of its processes are left; "
+                "2 unknown client.")
 @click.argument("name")
 @click.option("--purge", is_flag=True, help="Also delete its primary repository and logs (never its "
               "replicas).")
@@ -139,7 +143,7 @@ def list_command(app: AppContext, as_json: bool) -> None:
         return
     table = Table()
     for column in ("name", "enabled", "port", "replicate_to", "url"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, never cut
     for entry in clients:
         table.add_row(entry.name, "yes" if entry.enabled else "[yellow]no[/]", str(entry.port or "-"),
                       ", ".join(entry.replicate_to) or "-", escape(entry.url or "-"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,14 @@ class Bar(WorkProgress):
 
     def copied(self, size: int) -> None:
         self._bars.advance(self._task, size)
+def print_whole_lines(lines: Iterable[str], markup: bool = False) -> None:
+    """Print each line whole: Rich neither wraps nor cuts it, so file names in it can be copied.
+
+    Tables cut a long cell with an ellipsis: long details (file names) go here, under the table.
+    """
+    out = console()
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=markup)
 
 
 @contextmanager

@@ -93,6 +93,7 @@ def _signals_as_exit() -> Iterator[None]:
 
 
 def _summarise(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from triplicate.actions.restore_check import display_name
@@ -117,7 +118,7 @@ def _summarise(report: Any) -> None:
     out.print(table)
     for name, result in report.locations.items():
         for failure in result.failures:
-            out.print(f"[red]{display_name(name)}[/]: {failure.path or '(location)'}: {failure.reason}",
-                      markup=True, highlight=False)
+            out.print(f"[red]{display_name(name)}[/]: {escape(failure.path or '(location)')}: "
+                      f"{escape(failure.reason)}", markup=True, highlight=False, soft_wrap=True)  # whole: a path
     out.print("The full-restore time is an estimate: the snapshot's size at the throughput measured "
               "on this sample (with --verify and restic's start-up, so on the slow side).")

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from triplicate.cli import AppContext
-from triplicate.cli.output import console, print_json
+from triplicate.cli.output import console, print_json, print_whole_lines
 
 if TYPE_CHECKING:
     from triplicate.actions.status import ClientStatus
 
 GOOD = {"run", "ok", "yes", "OK", "passed"}
+# Free text that may name files: printed whole under the table, not in a cell that would cut it.
+WHOLE_LINE_COLUMNS = {"reason", "error"}
 BAD = {"down", "failed", "finish", "unsupervised", "absent", "CRITICAL", "UNKNOWN"}
 
 
@@ -50,14 +52,17 @@ def show_status(statuses: list[ClientStatus]) -> None:
             if not section.rows:
                 continue
             table = Table(title=section.title, title_justify="left")
-            columns = list(section.rows[0])
+            columns = [column for column in section.rows[0] if column not in WHOLE_LINE_COLUMNS]
             for column in columns:
-                table.add_column(_heading(column), justify="right" if _numeric(section.rows, column) else "left")
+                table.add_column(_heading(column), justify="right" if _numeric(section.rows, column) else "left",
+                                 overflow="fold")  # wrapped, never cut
             for row in section.rows:
                 table.add_row(*(_cell(column, row.get(column)) for column in columns))
             out.print(table)
+            print_whole_lines(f"  {row[columns[0]]}: {row[column]}" for row in section.rows
+                              for column in sorted(WHOLE_LINE_COLUMNS & set(row)) if row[column])
         for problem in client.problems:
-            out.print(f"  [red]problem:[/] {escape(problem)}")
+            out.print(f"  [red]problem:[/] {escape(problem)}", soft_wrap=True)  # whole: it may name files
 
 
 def _heading(column: str) -> str:

@@ -8,7 +8,7 @@ import threading
 import click
 
 from triplicate.cli import AppContext
-from triplicate.cli.output import Bar, console, print_json, progress_bars
+from triplicate.cli.output import Bar, console, print_json, print_whole_lines, progress_bars
 
 
 @click.command(epilog="Exit status: 0 every location complete and nothing corrupt; 1 a location "
@@ -49,27 +49,35 @@ def _summarise(report: object) -> None:
     table = Table(title=f"sync {report.client}", title_justify="left")  # type: ignore[attr-defined]
     for column in ("location", "result", "files", "bytes", "seconds", "detail"):
         table.add_column(column, justify="right" if column in ("files", "bytes", "seconds") else "left")
+    # File names and error messages go whole under the table, one per line: a cell would cut them.
+    lines: list[str] = []
     for name, result in report.locations.items():  # type: ignore[attr-defined]
-        detail = result.error or ""
+        details: list[str] = []
+        if result.error:
+            details.append("failed, see below")
+            lines.append(f"{name}: {result.error}")
         if result.corrupt_files:
-            detail = f"corrupt in source: {', '.join(result.corrupt_files)}"
-            if result.held_back:
-                detail += f"; {len(result.held_back)} new file(s) that may need them held back"
+            details.append(f"{len(result.corrupt_files)} file(s) corrupt in source")
+            lines += [f"{name}: corrupt in source: {path}" for path in result.corrupt_files]
+        if result.unreadable_files:
+            details.append(f"{len(result.unreadable_files)} file(s) unreadable in source")
+            lines += [f"{name}: unreadable in source: {line}" for line in result.unreadable_files]
+        if result.held_back:
+            details.append(f"{len(result.held_back)} new file(s) that may need them held back")
         if result.repaired:
-            detail += f" {len(result.repaired)} corrupt file(s) the audit found repaired"
+            details.append(f"{len(result.repaired)} corrupt file(s) the audit found repaired")
         if result.files_removed:
-            detail += f" {result.files_removed} file(s) gone from the primary removed"
+            details.append(f"{result.files_removed} file(s) gone from the primary removed")
         if result.removals_deferred:
-            detail += f" removals deferred: {result.removals_deferred}"
+            details.append(f"removals deferred: {result.removals_deferred}")
         if result.files_skipped_in_progress:
-            detail += f" {result.files_skipped_in_progress} file(s) still being written, next time"
+            details.append(f"{result.files_skipped_in_progress} file(s) still being written, next time")
         if result.files_vanished:
-            detail += f" {result.files_vanished} file(s) gone from the primary meanwhile (a prune?)"
-        if result.held_back and not result.corrupt_files:
-            detail += f"; {len(result.held_back)} new file(s) that may need them held back"
+            details.append(f"{result.files_vanished} file(s) gone from the primary meanwhile (a prune?)")
         table.add_row(
             name, ("[green]ok[/]" if result.complete else "[yellow]incomplete[/]") if result.ok else "[red]FAILED[/]",
             str(result.files_copied),
-            format_bytes(result.bytes_copied), f"{result.seconds:.1f}", detail.strip(),
+            format_bytes(result.bytes_copied), f"{result.seconds:.1f}", "; ".join(details),
         )
     console().print(table)
+    print_whole_lines(lines)

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from triplicate.config.model import LOCATION_TYPES, Config, check_name
+from triplicate.config.model import LOCATION_TYPES, Config, ServerSettings, check_name
+from triplicate.config.types import NotANumber
 from triplicate.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/triplicate/triplicate.toml")
@@ -38,6 +39,9 @@ def load_config(path: Path) -> Config:
         ) from None
     except OSError as error:
         raise ConfigError([f"cannot read: {error.strerror}"], str(path)) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): "
+                           "save it as UTF-8"], str(path)) from None
     return parse_config(text, str(path))
 
 
@@ -52,7 +56,7 @@ def parse_config(text: str, source: str = "") -> Config:
 
 def validate_config(raw: dict[str, Any], source: str = "") -> Config:
     """Validate an already parsed document; raises ConfigError listing every problem."""
-    problems = _name_and_reference_problems(raw)
+    problems = _name_and_reference_problems(raw) + _overlap_problems(raw)
     config: Config | None = None
     try:
         config = Config.model_validate(raw)
@@ -88,6 +92,38 @@ def _name_and_reference_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _overlap_problems(raw: dict[str, Any]) -> list[str]:
+    """Local locations that are not a separate copy: a path that is, holds or is inside
+    ``server.repos_dir`` or another location's path (symbolic links followed)."""
+    server = raw.get("server")
+    repos_dir = server.get("repos_dir") if isinstance(server, dict) else None
+    places: list[tuple[str, str]] = [("server.repos_dir", repos_dir if isinstance(repos_dir, str)
+                                      else str(ServerSettings.model_fields["repos_dir"].default))]
+    locations = raw.get("locations")
+    for name, location in (locations.items() if isinstance(locations, dict) else ()):
+        if isinstance(location, dict) and location.get("type") == "local" and isinstance(location.get("path"), str):
+            places.append((f"locations.{name}.path", location["path"]))
+    resolved = [(key, _resolved(path)) for key, path in places if path.startswith("/") and "\0" not in path]
+    problems = []
+    for index, (key, path) in enumerate(resolved):
+        for other_key, other in resolved[:index]:
+            if path == other:
+                relation = "is the same folder as"
+            elif path.is_relative_to(other):
+                relation = "is inside"
+            elif other.is_relative_to(path):
+                relation = "contains"
+            else:
+                continue
+            problems.append(f"{key}: {path} {relation} {other_key} ({other}): a replica there is no separate "
+                            "copy; give each location its own folder, apart from repos_dir")
+    return problems
+
+
+def _resolved(path: str) -> Path:
+    return Path(os.path.realpath(path))
+
+
 def _describe(detail: Any) -> str:
     path = ""
     for part in detail["loc"]:
@@ -98,7 +134,9 @@ def _describe(detail: Any) -> str:
         else:
             path += f".{part}" if path else str(part)
     message = detail["msg"]
-    if detail["type"] == "extra_forbidden":
+    if isinstance(detail.get("input"), NotANumber):
+        message = f"expected a number, not {detail['input']!r}"
+    elif detail["type"] == "extra_forbidden":
         message = "unknown key (check its spelling in docs/configuration.md)"
     elif detail["type"] == "union_tag_invalid":
         message = (

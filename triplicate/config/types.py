@@ -7,10 +7,11 @@ This module imports nothing of triplicate but units, so that any layer can use i
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from triplicate.units import parse_duration, parse_size
 
@@ -42,6 +43,8 @@ def _command(value: list[str]) -> list[str]:
 
 
 def _absolute(path: Path) -> Path:
+    if "\0" in str(path):
+        raise ValueError("a path cannot contain a NUL character")
     if not path.is_absolute():
         raise ValueError(f"'{path}' must be an absolute path")
     return path
@@ -59,7 +62,7 @@ Size = Annotated[int, BeforeValidator(_size)]
 PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
 Command = Annotated[list[str], AfterValidator(_command)]
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
-Percent = Annotated[float, Field(ge=0, le=100)]
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -67,6 +70,41 @@ class Section(BaseModel):
     """Every section refuses unknown keys, so a typo is an error, not a silent default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        """A boolean where a number is expected is an error (pydantic would take ``true`` for 1).
+
+        The value is swapped for a marker that fails the field's own validation, so the
+        error carries the key's path; ``load._describe`` words it.
+        """
+        if not isinstance(data, dict):
+            return data
+        return {key: NotANumber(value) if isinstance(value, bool) and key in cls.model_fields
+                and _numeric(cls.model_fields[key].annotation) else value for key, value in data.items()}
+
+
+class NotANumber:
+    """A boolean given where a number is expected (see Section._no_boolean_numbers)."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return str(self.value).lower()
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (int or float, optional or annotated)."""
+    if annotation in (int, float):
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _numeric(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_numeric(argument) for argument in get_args(annotation) if argument is not type(None))
+    return False
 
 
 class LocationSettings(Section):

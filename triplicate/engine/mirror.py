@@ -18,7 +18,14 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, StorageError
+from triplicate.storage.backend import (
+    Backend,
+    CorruptContent,
+    FileInfo,
+    NotFound,
+    StorageError,
+    UnreadableFile,
+)
 from triplicate.storage.handle import FileType, Handle
 
 # Phases in the order a replica receives them; each waits for the one before.
@@ -56,6 +63,8 @@ class MirrorResult:
     files_skipped_in_progress: int = 0
     files_vanished: int = 0  # listed, then gone from the source before they were copied (a prune)
     corrupt_files: list[str] = field(default_factory=list)
+    # One line per source file that could not be read as a file (a FIFO, a link, denied).
+    unreadable_files: list[str] = field(default_factory=list)
     # New files not copied because a file they may need is corrupt in the source.
     held_back: list[str] = field(default_factory=list)
     error: str | None = None
@@ -74,7 +83,7 @@ class MirrorResult:
         An incomplete run that is ``ok`` is no failure (a backup or a prune is running):
         the next run, soon, completes it.
         """
-        return (self.error is None and not self.corrupt_files and not self.held_back
+        return (self.error is None and not self.corrupt_files and not self.unreadable_files and not self.held_back
                 and not self.files_skipped_in_progress and not self.files_vanished)
 
 
@@ -170,7 +179,7 @@ def mirror(
                 continue
             if _copy_all(source, replica, file_type, todo, options, result):
                 unsettled.add(file_type)
-        result.ok = not result.corrupt_files
+        result.ok = not result.corrupt_files and not result.unreadable_files
         if options.deletions is not None:
             _propagate_deletions(source, replica, listing, present, options, result)
     except _Stopped:
@@ -296,7 +305,12 @@ def _copy_all(
         if options.stop.is_set():
             raise _Stopped()
         handle = Handle(file_type, info.name)
-        outcome = _copy_file(source, replica, handle, options)
+        try:
+            outcome = _copy_file(source, replica, handle, options)
+        except UnreadableFile as error:  # this file only: the others are still copied
+            outcome = "unreadable"
+            with lock:
+                result.unreadable_files.append(str(error))
         with lock:
             if outcome == "copied":
                 if file_type is FileType.SNAPSHOT and result.replica_snapshots is not None:
@@ -326,6 +340,7 @@ def _copy_all(
             if error is not None:
                 raise error
     result.corrupt_files.sort()
+    result.unreadable_files.sort()
     return bool(unsettled)
 
 

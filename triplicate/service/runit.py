@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -110,25 +112,139 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def find_runsvdir(folder: Path) -> int | None:
-    """The pid of a runsvdir watching ``folder``, or None."""
-    wanted = folder.resolve()
+@dataclass(frozen=True)
+class Supervisor:
+    """A live runsvdir or runsv: what it works on and who its parent is."""
+
+    pid: int
+    parent: int
+    program: str  # "runsvdir" or "runsv"
+    folder: Path  # runsvdir: the folder it watches; runsv: the service folder it supervises
+
+
+def supervisors() -> list[Supervisor]:
+    """Every live runsvdir and runsv of this machine that may be inspected, whoever started it.
+
+    runsvdir's folder is its first argument that is not an option (relative to its
+    working folder); runsv works in the service folder it supervises.
+    """
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() != "runsvdir":
+            program = (entry / "comm").read_text().strip()
+            if program not in ("runsvdir", "runsv"):
                 continue
-            # runsvdir [-P] dir [log]: its folder is the first argument that is not an option.
-            arguments = [arg.decode() for arg in (entry / "cmdline").read_bytes().split(b"\0")[1:] if arg]
-            watched = next((arg for arg in arguments if not arg.startswith("-")), None)
-            if watched is None:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z":
                 continue
-            if (Path(os.readlink(entry / "cwd")) / watched).resolve() == wanted and process_alive(int(entry.name)):
-                return int(entry.name)
-        except (OSError, UnicodeDecodeError):
+            cwd = Path(os.readlink(entry / "cwd"))
+            folder = cwd
+            if program == "runsvdir":
+                arguments = [arg.decode() for arg in (entry / "cmdline").read_bytes().split(b"\0")[1:] if arg]
+                watched = next((arg for arg in arguments if not arg.startswith("-")), None)
+                if watched is None:
+                    continue
+                folder = cwd / watched
+            found.append(Supervisor(int(entry.name), int(fields[1]), program, folder.resolve()))
+        except (OSError, UnicodeDecodeError, IndexError, ValueError):
             continue  # gone meanwhile, or not ours to inspect
-    return None
+    return found
+
+
+def supervisors_below(folder: Path, every: list[Supervisor] | None = None) -> list[Supervisor]:
+    """The runsvdir and runsv processes working on ``folder`` or below it, whoever their parent."""
+    wanted = folder.resolve()
+    return [found for found in (supervisors() if every is None else every) if found.folder.is_relative_to(wanted)]
+
+
+def orphans(below: Path, every: list[Supervisor] | None = None) -> list[Supervisor]:
+    """Supervisors working on ``below`` or under it whose parent is no supervisor.
+
+    In a healthy tree every runsv is the child of a runsvdir and every runsvdir but
+    the top one the child of a runsv. A runsvdir whose runsv was killed lives on
+    under init and runs its services with nobody to stop them: an orphan.
+    """
+    every = supervisors() if every is None else every
+    pids = {found.pid for found in every}
+    return [found for found in supervisors_below(below, every) if found.parent not in pids]
+
+
+def find_runsvdir(folder: Path) -> int | None:
+    """The pid of a runsvdir watching ``folder``, or None."""
+    wanted = folder.resolve()
+    return next((found.pid for found in supervisors() if found.program == "runsvdir" and found.folder == wanted),
+                None)
+
+
+def end_supervisors(folder: Path, timeout: float, only_orphans: bool = False) -> list[int]:
+    """Stop the runsvdir and runsv processes working on ``folder`` or below (only the orphans
+    among them, with ``only_orphans``), whoever their parent; wait until they are gone.
+
+    A runsvdir gets HUP (it sends TERM to each of its runsv and exits); a runsv gets
+    TERM (it stops its service and exits). What still lives after ``timeout`` seconds
+    is killed, with what it started. Returns the pids killed.
+    """
+    found = orphans(folder) if only_orphans else supervisors_below(folder)
+    if not found:
+        return []
+    for supervisor in found:
+        _signal(supervisor.pid, signal.SIGHUP if supervisor.program == "runsvdir" else signal.SIGTERM)
+    pids = {supervisor.pid for supervisor in found}
+
+    def remaining() -> list[Supervisor]:
+        return [left for left in supervisors_below(folder) if not only_orphans or left.pid in pids
+                or left.parent in pids]
+
+    if wait_until(lambda: not remaining(), timeout):
+        return []
+    killed = []
+    for supervisor in remaining():
+        # runsv first, so that it cannot start its service again; then what it had started.
+        children = descendants(supervisor.pid)
+        _signal(supervisor.pid, signal.SIGKILL)
+        for pid in children:
+            _signal(pid, signal.SIGKILL)
+        killed += [supervisor.pid, *children]
+    wait_until(lambda: not any(process_alive(pid) for pid in killed), 5.0)
+    return killed
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``: its children, theirs, and so on."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += parents.get(child, [])
+    return found
+
+
+def port_answers(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host``:``port`` now (a wildcard host: loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -44,11 +44,12 @@ def run_supervision(config: Config, config_path: Path) -> None:
     # A runsvdir that was killed (not HUP'd) leaves its runsv processes behind; a new
     # runsvdir's runsv would fail on their locks forever. Stop them first, keeping the links.
     for name in client_names(layout.clients_root):
-        if any(runit.runsv_running(folder) for folder in layout.supervised_dirs(name)):
+        if any(runit.runsv_running(folder) for folder in layout.supervised_dirs(name)) or \
+                runit.supervisors_below(layout.client_dir(name)):
             print(f"triplicate: stopping {name}'s services left by an earlier supervisor", file=sys.stderr)
             stop_client(layout, name, unlink=False)
     shared = [layout.shared_syncd, layout.shared_syncd / "log"]
-    if any(runit.runsv_running(folder) for folder in shared):
+    if any(runit.runsv_running(folder) for folder in shared) or runit.supervisors_below(layout.shared_syncd):
         print("triplicate: stopping the shared watcher left by an earlier supervisor", file=sys.stderr)
         stop_unit(layout.shared_syncd, None, shared)
     execute.replace_process([programs.runsvdir, str(layout.top)])
@@ -57,9 +58,14 @@ def run_supervision(config: Config, config_path: Path) -> None:
 def stop_supervision(config: Config, timeout: float) -> StopReport:
     """HUP the top runsvdir (it then TERMs each client's runsv) and wait until every runsv is gone.
 
-    What is still running after ``timeout`` seconds is killed and reported.
+    Orphans (a client's runsvdir whose runsv was killed, living on under init) are
+    stopped first and whatever is left at the end, whoever its parent. What is still
+    running after ``timeout`` seconds is killed and reported.
     """
     layout = Layout(config.server.state_dir)
+    # A runsvdir whose runsv was killed lives on under init, out of the top runsvdir's reach.
+    below = (layout.clients_root, layout.shared_syncd.parent)
+    killed = [pid for folder in below for pid in runit.end_supervisors(folder, timeout, only_orphans=True)]
     pid = runit.find_runsvdir(layout.top) if layout.top.is_dir() else None
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
@@ -69,10 +75,11 @@ def stop_supervision(config: Config, timeout: float) -> StopReport:
         return (pid is None or not runit.process_alive(pid)) and \
             not any(runit.runsv_running(folder) for folder in folders)
 
-    if runit.wait_until(all_gone, timeout):
-        return StopReport(pid is not None)
-    killed = runit.kill_leftovers(folders)
-    runit.wait_until(all_gone, 5.0)
+    if not runit.wait_until(all_gone, timeout):
+        killed += runit.kill_leftovers(folders)
+        runit.wait_until(all_gone, 5.0)
+    for folder in below:  # whatever is left, whoever its parent
+        killed += runit.end_supervisors(folder, timeout)
     return StopReport(pid is not None, killed)
 
 

@@ -238,8 +238,11 @@ def stop_unit(folder: Path, link: Path | None, supervised: list[Path], timeout: 
     ``sv down`` goes through a client's control/t (TERM -> HUP), so its runsvdir
     takes each service down; ``sv exit`` then ends the unit's own runsv at once
     instead of waiting for the top runsvdir to notice the missing link. What still
-    runs after ``timeout`` seconds is killed.
+    runs after ``timeout`` seconds is killed. A runsvdir or runsv working below
+    ``folder`` that the tree no longer leads to (its runsv was killed: it lives on
+    under init) is stopped first, and whatever is left of them at the end.
     """
+    forced = runit.end_supervisors(folder, timeout, only_orphans=True)
     if runit.runsv_running(folder):
         runit.sv("down", folder, wait=timeout)
     if link is not None and link.is_symlink():
@@ -250,10 +253,11 @@ def stop_unit(folder: Path, link: Path | None, supervised: list[Path], timeout: 
     def none_left() -> bool:
         return not any(runit.runsv_running(path) for path in supervised)
 
-    if runit.wait_until(none_left, timeout):
-        return StopResult(True)
-    forced = runit.kill_leftovers(supervised)
-    return StopResult(runit.wait_until(none_left, 5.0), forced)
+    if not runit.wait_until(none_left, timeout):
+        forced += runit.kill_leftovers(supervised)
+        runit.wait_until(none_left, 5.0)
+    forced += runit.end_supervisors(folder, timeout)
+    return StopResult(none_left() and not runit.supervisors_below(folder), forced)
 
 
 def start_wait(layout: Layout, name: str, timeout: float = STOP_TIMEOUT) -> bool:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from triplicate.errors import CannotRun
 
 DATABASE_NAME = "state.db"
 # The primary repository's name in tables keyed by location (no location name can
@@ -24,6 +27,74 @@ def database_path(state_dir: Path) -> Path:
     return state_dir / DATABASE_NAME
 
 
+class StateDatabaseError(CannotRun):
+    """The state database cannot be used (damaged, unreadable, read-only, not a folder): exit 3."""
+
+
+def database_problem(error: sqlite3.Error | OSError, path: Path) -> StateDatabaseError:
+    """The one-line error for ``error`` met using the database at ``path``: what it is and the fix."""
+    reason = str(error) if isinstance(error, sqlite3.Error) else (error.strerror or str(error))
+    if type(error) is sqlite3.DatabaseError or "malformed" in reason or "not a database" in reason:
+        return StateDatabaseError(f"state database {path} is damaged ({reason}); move it aside to start "
+                                  "afresh, arrival times will be re-learned")
+    if "locked" in reason or "busy" in reason:
+        return StateDatabaseError(f"state database {path} is locked by another process ({reason}); "
+                                  "try again when it is done")
+    return StateDatabaseError(f"state database {path} cannot be used ({reason}): the commands and the "
+                              f"daemon need to read and write it and its folder {path.parent}")
+
+
+def _converts_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn what SQLite raises about the database file itself into StateDatabaseError.
+
+    Errors of the SQL (a constraint, a misuse) are the program's own and go through.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.DatabaseError as error:
+            path = self.database_path if isinstance(self, _Connection) else self.connection.database_path
+            raise database_problem(error, path) from None
+
+    return wrapper
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose every step reports a damaged or unusable database file in one line."""
+
+    execute = _converts_errors(sqlite3.Cursor.execute)
+    executemany = _converts_errors(sqlite3.Cursor.executemany)
+    executescript = _converts_errors(sqlite3.Cursor.executescript)
+    fetchone = _converts_errors(sqlite3.Cursor.fetchone)
+    fetchmany = _converts_errors(sqlite3.Cursor.fetchmany)
+    fetchall = _converts_errors(sqlite3.Cursor.fetchall)
+    __next__ = _converts_errors(sqlite3.Cursor.__next__)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that knows its file, for the one-line errors of its cursors."""
+
+    database_path: Path
+
+    def cursor(self, factory: Any = _Cursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> Any:
+        return self.cursor().executescript(script)
+
+    commit = _converts_errors(sqlite3.Connection.commit)
+
+
 def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.Connection:
     """Open (creating when needed) the database and make sure ``schema`` exists.
 
@@ -31,17 +102,41 @@ def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.C
     tables. The connection may be shared across threads with the caller's lock.
     Without ``create`` (a command that only reads, such as ``status``) a missing
     database is an empty one in memory: a mistyped ``state_dir`` creates nothing.
+    Raises StateDatabaseError (one line: the file and the fix) when the folder or the
+    database cannot be used, then and at any later query.
     """
-    if create:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    where = database_path(state_dir) if create or database_path(state_dir).exists() else ":memory:"
-    connection = sqlite3.connect(where, timeout=30, isolation_level=None, check_same_thread=False)
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA foreign_keys=ON")
-    if schema:
-        connection.executescript(schema)
+    path = database_path(state_dir)
+    try:
+        if not stat.S_ISDIR(state_dir.stat().st_mode):
+            raise StateDatabaseError(f"server.state_dir {state_dir} is not a folder; point it at a folder "
+                                     "(it is made when missing)")
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise database_problem(error, path) from None
+    try:
+        if create:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        where = str(path) if create or path.exists() else ":memory:"
+    except OSError as error:
+        raise database_problem(error, path) from None
+    try:
+        connection = sqlite3.connect(where, timeout=30, isolation_level=None, check_same_thread=False,
+                                     factory=_Connection)
+    except sqlite3.Error as error:
+        raise database_problem(error, path) from None
+    assert isinstance(connection, _Connection)
+    connection.database_path = path
+    try:
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        if schema:
+            connection.executescript(schema)
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 

@@ -8,13 +8,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from triplicate.errors import CannotRun
+
 
 @contextmanager
 def location_lock(state_dir: Path, client: str, location: str) -> Iterator[None]:
-    """Hold the lock of ``client``'s replica at ``location``; waits while another holds it."""
+    """Hold the lock of ``client``'s replica at ``location``; waits while another holds it.
+
+    Raises CannotRun (one line naming the file) when the lock file cannot be made or opened.
+    """
     folder = state_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / f"{client}@{location}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    path = folder / f"{client}@{location}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise CannotRun(f"cannot open the lock file {path}: {error.strerror or error}") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield

@@ -71,6 +71,13 @@ class NoRepository(StorageError):
     """The location is there but holds no repository for the client (nothing replicated yet)."""
 
 
+class UnreadableFile(StorageError):
+    """One file is there but cannot be read as a file (not a regular file, denied, a read error).
+
+    The location itself may be fine: the other files can still be copied.
+    """
+
+
 class SourceReadError(StorageError):
     """Reading what was being saved failed; nothing was saved."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from triplicate.fsutil import fsync_directory
-from triplicate.storage.backend import FileInfo, NoRepository, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import (
+    FileInfo,
+    NoRepository,
+    NotFound,
+    StorageError,
+    UnreadableFile,
+    copy_verified,
+)
 from triplicate.storage.handle import FileType, Handle
 
 # Saves are written here, inside the repository but in a folder restic never reads,
@@ -35,13 +43,15 @@ class LocalBackend:
         self._known_dirs: set[Path] = set()
 
     def prepare(self, create: bool) -> None:
+        try:
+            self._prepare(create)
+        except OSError as error:
+            raise _storage_error(error, self.root) from None
+
+    def _prepare(self, create: bool) -> None:
+        parent = self.root.parent
         if create:
-            parent = self.root.parent
-            if not parent.is_dir():
-                raise StorageError(
-                    f"location folder {parent} does not exist (not mounted?); "
-                    "triplicate never creates it"
-                )
+            _require_folder(parent, "location folder", "; triplicate never creates it")
             if self.mount_point and not os.path.ismount(parent):
                 raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
             try:
@@ -49,11 +59,11 @@ class LocalBackend:
             except OSError as error:
                 raise _storage_error(error, self.root) from None
         elif not self.root.is_dir():
-            parent = self.root.parent
-            if not parent.is_dir():
-                raise StorageError(f"folder {parent} does not exist (not mounted?)")
+            _require_folder(parent, "folder", "")
             if self.mount_point and not os.path.ismount(parent):
                 raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
+            if self.root.exists() or self.root.is_symlink():
+                raise StorageError(f"{self.root} is not a folder")
             raise NoRepository(f"no repository at {self.root}")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
@@ -73,17 +83,20 @@ class LocalBackend:
 
     @contextmanager
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
+        """Open a regular file for reading, never more than its size when opened.
+
+        Never follows a symbolic link as the file itself and never waits on a FIFO
+        or a device: those raise UnreadableFile at once, as does any other error
+        reading this one file. Raises NotFound.
+        """
         path = self.root / handle.relative_path()
-        try:
-            file = open(path, "rb")
-        except FileNotFoundError:
-            raise NotFound(f"{self.description}: {handle} does not exist") from None
-        except OSError as error:
-            raise _storage_error(error, path) from None
+        file = _open_regular(path, f"{self.description}: {handle}")
         with file:
+            size = os.fstat(file.fileno()).st_size
             if offset:
                 file.seek(offset)
-            yield file if length is None else _Limited(file, length)  # type: ignore[misc]
+            remaining = max(0, size - offset)
+            yield _Limited(file, remaining if length is None else min(length, remaining), path)  # type: ignore[misc]
 
     def save(self, handle: Handle, source: BinaryIO) -> int:
         target = self.root / handle.relative_path()
@@ -111,11 +124,13 @@ class LocalBackend:
     def stat(self, handle: Handle) -> FileInfo:
         path = self.root / handle.relative_path()
         try:
-            status = os.stat(path)
+            status = os.lstat(path)
         except FileNotFoundError:
             raise NotFound(f"{self.description}: {handle} does not exist") from None
         except OSError as error:
-            raise _storage_error(error, path) from None
+            raise _unreadable(error, path) from None
+        if not stat.S_ISREG(status.st_mode):
+            raise UnreadableFile(f"{path}: {_kind(status.st_mode)}, not a regular file")
         return FileInfo(handle.name, status.st_size, status.st_mtime)
 
     def remove(self, handle: Handle) -> None:
@@ -130,7 +145,10 @@ class LocalBackend:
 
     def discard_partial_saves(self) -> None:
         for entry in _scan(self.root / PARTIAL_DIR):
-            _unlink_quietly(entry.path)
+            try:
+                _unlink_quietly(entry.path)
+            except OSError as error:
+                raise _storage_error(error, Path(entry.path)) from None
 
     def close(self) -> None:
         pass
@@ -145,18 +163,92 @@ class LocalBackend:
 
 
 class _Limited:
-    """A reader that stops after ``remaining`` bytes."""
+    """A reader of an open file that stops after ``remaining`` bytes (its size when opened).
 
-    def __init__(self, file: BinaryIO, remaining: int) -> None:
+    Keeps ``name``, ``fileno`` and ``tell`` of the file: a backend that has a local
+    file copied by another program (rclone) finds its path through them.
+    """
+
+    def __init__(self, file: BinaryIO, remaining: int, path: Path) -> None:
         self._file = file
         self._remaining = remaining
+        self._path = path
+        self.name = str(path)  # the path, as open() would give it: fdopen gives the descriptor
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); raises UnreadableFile."""
         if size < 0 or size > self._remaining:
             size = self._remaining
-        data = self._file.read(size)
+        try:
+            data = self._file.read(size) if size else b""
+        except OSError as error:
+            raise _unreadable(error, self._path) from None
         self._remaining -= len(data)
         return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill ``buffer``'s start; returns the byte count (0 at the end); raises UnreadableFile."""
+        view = memoryview(buffer)[:self._remaining]
+        try:
+            count = self._file.readinto(view) if len(view) else 0  # type: ignore[attr-defined]
+        except OSError as error:
+            raise _unreadable(error, self._path) from None
+        self._remaining -= count or 0
+        return count or 0
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; raises NotFound or UnreadableFile.
+
+    O_NOFOLLOW: a symbolic link in place of the file is refused, never followed (to a
+    device, or round in a loop); O_NONBLOCK: opening a FIFO never waits for a writer;
+    the type is checked on the opened descriptor, so nothing swapped in between is read.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{what} does not exist") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnreadableFile(f"{path}: a symbolic link, not a regular file") from None
+        raise _unreadable(error, path) from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile(f"{path}: {_kind(mode)}, not a regular file")
+        return os.fdopen(descriptor, "rb")
+    except BaseException as error:
+        os.close(descriptor)
+        if isinstance(error, OSError):
+            raise _unreadable(error, path) from None
+        raise
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _require_folder(path: Path, what: str, hint: str) -> None:
+    """Raise StorageError unless ``path`` is a folder (symbolic links followed), saying what it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StorageError(f"{what} {path} does not exist (not mounted?){hint}") from None
+    except OSError as error:
+        raise _storage_error(error, path) from None
+    if not stat.S_ISDIR(mode):
+        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise StorageError(f"{what} {path} is {kind}, not a folder")
 
 
 def _scan(folder: Path | str) -> list[os.DirEntry[str]]:
@@ -182,8 +274,8 @@ class _ListedFile(FileInfo):
 
     def _resolve(self) -> None:
         try:
-            status = os.stat(os.path.join(self._folder, self.name))
-        except FileNotFoundError:  # removed since the listing: an empty file that loads as NotFound
+            status = os.lstat(os.path.join(self._folder, self.name))
+        except OSError:  # removed since the listing, or unreadable: loading it says which
             self._size, self._mtime = 0, None
             return
         self._size, self._mtime = status.st_size, status.st_mtime
@@ -207,7 +299,13 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
+def _unreadable(error: OSError, path: Path) -> UnreadableFile:
+    """One file could not be read: the location itself may be fine."""
+    return UnreadableFile(str(_storage_error(error, path)))
+
+
 def _storage_error(error: OSError, path: Path) -> StorageError:
+    """A one-line StorageError naming ``path`` and the reason in words."""
     reasons = {
         errno.ENOSPC: "disk full",
         errno.EDQUOT: "quota exceeded",
@@ -216,6 +314,7 @@ def _storage_error(error: OSError, path: Path) -> StorageError:
         errno.EROFS: "read-only file system",
         errno.ENOENT: "no such file or folder",
         errno.EIO: "input/output error",
+        errno.ELOOP: "too many levels of symbolic links",
     }
     reason = reasons.get(error.errno or 0, error.strerror or str(error))
     return StorageError(f"{path}: {reason}")
