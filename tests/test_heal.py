@@ -8,7 +8,7 @@ from .conftest import Server, age_file, file_hash_matches_name, flip_byte
 
 
 def _a_pack(repo: Path) -> Path:
-    return sorted(path for path in (repo / "data").rglob("*") if path.is_file())[0]
+    return min(path for path in (repo / "data").rglob("*") if path.is_file())
 
 
 def test_quarantine_moves_a_damaged_file_aside_and_replication_resumes(server: Server) -> None:
@@ -46,3 +46,88 @@ def test_quarantine_refuses_a_good_file_and_moves_nothing(server: Server) -> Non
     assert not (server.root / "state" / "quarantine").exists()
     assert server.cli("quarantine", "web01", "data/zz/nothing").code == 2
     assert server.cli("quarantine", "web01", "config").code == 2
+
+
+def test_heal_restores_a_flipped_primary_pack_from_a_replica(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    good = pack.read_bytes()
+    flip_byte(pack)
+    age_file(pack)
+    bad = pack.read_bytes()
+    relative = pack.relative_to(server.primary()).as_posix()
+
+    dry = server.cli("heal", "web01", "--dry-run", "--json")
+    assert dry.code == 0, dry.out
+    assert dry.json()["files"][0]["healed_from"] == {"@primary": "usb"}
+    assert pack.read_bytes() == bad and not (server.root / "state" / "quarantine").exists()
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    (entry,) = report["files"]
+    assert entry["file"] == relative and entry["bad_at"] == {"@primary": "corrupt"}
+    assert entry["healed_from"] == {"@primary": "usb"} and not entry["lost"]
+    assert pack.read_bytes() == good
+    assert Path(entry["quarantined"]).read_bytes() == bad
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
+    again = server.cli("heal", "web01", "--json")
+    assert again.code == 0 and again.json()["files"] == []
+
+
+def test_a_pack_truncated_at_two_copies_is_healed_from_the_third(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    good = pack.read_bytes()
+    relative = pack.relative_to(server.primary()).as_posix()
+    for copy in (pack, server.replica("usb") / relative):
+        with open(copy, "r+b") as file:
+            file.truncate(len(good) // 3)
+        age_file(copy)
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    (entry,) = result.json()["files"]
+    assert entry["bad_at"] == {"@primary": "corrupt", "usb": "corrupt"}
+    assert entry["healed_from"] == {"@primary": "nas", "usb": "nas"}
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        assert (repo / relative).read_bytes() == good
+        check = server.check_read_data(repo)
+        assert check.returncode == 0, check.stderr
+
+
+def test_a_file_bad_everywhere_is_reported_lost(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    relative = pack.relative_to(server.primary()).as_posix()
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        flip_byte(repo / relative)
+        age_file(repo / relative)
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1
+    (entry,) = result.json()["files"]
+    assert entry["lost"] and set(entry["not_healed"]) == {"@primary", "usb", "nas"}
+    assert "no good copy anywhere" in server.cli("heal", "web01").out
+
+
+def test_a_location_holding_another_repository_is_never_a_source(server: Server, tmp_path: Path) -> None:
+    assert server.cli("sync", "web01", "--to", "usb").code == 0
+    # nas holds another repository whose files happen to carry the same names (a copy with its own config).
+    import shutil
+
+    shutil.copytree(server.replica("usb"), server.replica("nas"))
+    other = tmp_path / "other"
+    server.restic(other, "init")
+    (server.replica("nas") / "config").write_bytes((other / "config").read_bytes())
+    pack = _a_pack(server.primary())
+    relative = pack.relative_to(server.primary()).as_posix()
+    flip_byte(pack)
+    flip_byte(server.replica("usb") / relative)
+    age_file(pack)
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1
+    report = result.json()
+    assert "different restic repository" in report["copies"]["nas"]["problem"]
+    (entry,) = report["files"]
+    assert entry["lost"] and "nas" not in entry["healed_from"]
+    assert not file_hash_matches_name(pack), "never replaced from another repository"

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from triplicate.config.model import Config
@@ -131,7 +131,7 @@ def keep_aside(config: Config, client: str, damaged: Damaged, reason: str, move:
     """
     original = config.primary_dir(client) / damaged.handle.relative_path()
     path = source or original
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = quarantine_folder(config, client) / f"{damaged.handle.relative_path()}.{stamp}"
     try:
         size = os.stat(path).st_size

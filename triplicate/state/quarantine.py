@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     kept_at       TEXT NOT NULL,    -- where it is now: state_dir/quarantine/<client>/...
     time          REAL NOT NULL,
     size          INTEGER NOT NULL,
-    actual_sha256 TEXT,             -- what the content hashes to; NULL when it could not be read
+    actual_sha256 TEXT,             -- what the content hashed to; NULL: unreadable, or not hashed again (heal)
     reason        TEXT NOT NULL     -- 'quarantine' (the command) or 'heal: replaced from <location>'
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_client ON quarantine (client, time);
