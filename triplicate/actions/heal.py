@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from triplicate.actions.quarantine import Damaged, keep_aside
+from triplicate.actions.recover import Unusable, open_copy
 from triplicate.actions.sync import SyncReport, sync_client
 from triplicate.config.model import Config
 from triplicate.engine.mirror import Progress
@@ -32,8 +33,7 @@ from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
 from triplicate.state.quarantine import QuarantineEntry, QuarantineState
 from triplicate.state.replication import ReplicationState
-from triplicate.storage import Backend, FileType, Handle, StorageError, open_location, open_primary
-from triplicate.storage.backend import NoRepository
+from triplicate.storage import Backend, FileType, Handle, StorageError, open_primary
 from triplicate.storage.local import LocalBackend
 
 NO_GOOD_COPY = "no good copy anywhere"
@@ -144,24 +144,18 @@ def _open_copies(config: Config, client: str, locations: list[str], primary: Bac
         raise CannotRun(f"client '{client}': {error}") from None
     report.copies[PRIMARY] = CopyReport()
     for name in locations:
-        backend = open_location(config, name, client)
-        stack.callback(backend.close)
         report.copies[name] = entry = CopyReport()
-        try:
-            backend.prepare(create=False)
-            held = read_config(backend)
-            if held is None:
-                entry.note = "no config file yet: the sync copies it; not used meanwhile"
-                continue
-            if held != primary_config:
-                entry.problem = ("holds a different restic repository (its config differs from the primary's): "
-                                 "never used as a source nor repaired")
-                continue
-            copies.append(Copy(name, backend, listing(backend)))
-        except NoRepository:
-            entry.note = "no repository here yet: the sync creates it"
-        except StorageError as error:
-            entry.problem = f"could not be read: {error}"
+        opened = open_copy(config, client, name, stack)
+        if isinstance(opened, Unusable):
+            if opened.empty:
+                entry.note = f"{opened.reason}: the sync makes it; not used meanwhile"
+            else:
+                entry.problem = opened.reason
+        elif opened[0] != primary_config:
+            entry.problem = ("holds a different restic repository (its config differs from the primary's): "
+                             "never used as a source nor repaired")
+        else:
+            copies.append(opened[1])
     return copies
 
 

@@ -188,8 +188,26 @@ def retention_section(context: StatusContext) -> Section:
     return section
 
 
+def recover_drill_section(context: StatusContext) -> Section:
+    """The last recovery drill: the time a rebuild from the locations took (the recovery time objective)."""
+    from triplicate.state.recover_drill import RecoverDrillState
+
+    section = Section("recover_drill", "last recovery drill", [])
+    with RecoverDrillState.opened(context.config.server.state_dir, create=False) as state:
+        record = state.last_drill(context.client)
+    if record is None:
+        return section
+    section.rows.append({"result": "passed" if record.ok else "failed",
+                         "age_seconds": _rounded(context.now - record.time),
+                         "recovery_seconds": _rounded(record.seconds), "bytes": record.bytes,
+                         "restic_check": record.restic_check, "error": record.error})
+    if not record.ok:
+        section.problems.append(f"last recovery drill failed: {record.error}")
+    return section
+
+
 COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
-                               retention_section]
+                               retention_section, recover_drill_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

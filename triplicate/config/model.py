@@ -111,6 +111,7 @@ class ServerSettings(Section):
     audit_every: Duration | None = None
     audit_verify_percent: Percent = 0.0
     retention: RetentionSettings | None = None
+    recover_drill_every: Duration | None = None
 
 
 class LocationSettings(Section):
@@ -234,6 +235,7 @@ class ClientSettings(Section):
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
+    recover_drill_every: Duration | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:
