@@ -15,7 +15,8 @@ import pytest
 
 from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
 
-from .conftest import BASE_CONFIG, Server, repository_files, write_files
+from .conftest import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
+from .remote_support import SshServer, sshd  # noqa: F401 (fixture)
 from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port  # noqa: F401 (fixture)
 
 
@@ -181,3 +182,32 @@ def test_the_daemon_runs_the_drill_on_schedule_and_exports_the_recovery_time(
     daemon.wait_until(lambda: "triplicate: recovery drill of web01 FAILED" in sink.titles(), 60.0,
                       f"a drill notification; got {sink.titles()}")
     assert "Traceback" not in daemon.log
+
+
+def test_heal_and_recover_from_an_sftp_location(server: Server, sshd: SshServer) -> None:
+    far = server.root / "far-sftp"
+    far.mkdir()
+    server.write_config(BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', 'replicate_to = ["usb", "far"]')
+                        + "\n" + sshd.location_toml("far", far))
+    assert server.cli("sync", "web01").code == 0
+    pack = min(path for path in (server.primary() / "data").rglob("*") if path.is_file())
+    relative = pack.relative_to(server.primary()).as_posix()
+    good = pack.read_bytes()
+    flip_byte(pack)
+    age_file(pack)
+    (server.replica("usb") / relative).write_bytes(good[:100])
+    healed = server.cli("heal", "web01", "--json")
+    assert healed.code == 0, healed.out + healed.err
+    assert healed.json()["files"][0]["healed_from"] == {"@primary": "far", "usb": "far"}
+    assert pack.read_bytes() == good and (server.replica("usb") / relative).read_bytes() == good
+
+    expected = repository_files(server.primary())
+    shutil.rmtree(server.primary())
+    shutil.rmtree(server.replica("usb"))
+    recovered = server.cli("recover", "web01", "--json")
+    assert recovered.code == 1, "usb could not give anything: said, yet the rebuild from far is whole"
+    report = recovered.json()
+    assert report["sources"]["far"]["files"] == len(expected) - 1 and report["lost"] == {}
+    assert repository_files(server.primary()) == expected
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
