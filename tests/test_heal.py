@@ -131,3 +131,20 @@ def test_a_location_holding_another_repository_is_never_a_source(server: Server,
     (entry,) = report["files"]
     assert entry["lost"] and "nas" not in entry["healed_from"]
     assert not file_hash_matches_name(pack), "never replaced from another repository"
+
+
+def test_sync_and_status_name_the_commands_for_a_damaged_primary_file(server: Server) -> None:
+    pack = _a_pack(server.primary())
+    flip_byte(pack)
+    age_file(pack)
+    relative = pack.relative_to(server.primary()).as_posix()
+    sync = server.cli("sync", "web01")
+    assert sync.code == 1
+    assert f"triplicate quarantine web01 {relative}" in " ".join(sync.out.split())
+    status = server.cli("status", "web01", "--json").json()["clients"][0]
+    assert any("triplicate heal web01" in problem and f"triplicate quarantine web01 {relative}" in problem
+               for problem in status["problems"])
+    assert server.cli("quarantine", "web01", relative).code == 0
+    assert server.cli("sync", "web01").code == 0
+    status = server.cli("status", "web01", "--json").json()["clients"][0]
+    assert not any("quarantine" in problem for problem in status["problems"])
