@@ -211,3 +211,25 @@ def test_heal_and_recover_from_an_sftp_location(server: Server, sshd: SshServer)
     assert repository_files(server.primary()) == expected
     check = server.check_read_data(server.primary())
     assert check.returncode == 0, check.stderr
+
+
+def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_other(
+    server: Server, template_repository: Path
+) -> None:
+    shutil.copytree(template_repository, server.primary("db01"))
+    server.write_config(BASE_CONFIG + '\n[clients.db01]\nreplicate_to = ["nas"]\n'
+                        '\n[clients.app01]\nreplicate_to = ["usb"]\n')
+    assert server.cli("sync", "web01").code == 0 and server.cli("sync", "db01").code == 0
+    expected = {name: repository_files(server.primary(name)) for name in ("web01", "db01")}
+    for name in ("web01", "db01"):
+        shutil.rmtree(server.primary(name))
+    result = server.cli("recover", "--all", "--json")
+    assert result.code == 1, "app01 has no replica anywhere: said, the others rebuilt"
+    outcome = {entry["client"]: entry for entry in result.json()["clients"]}
+    assert outcome["web01"]["ok"] and outcome["db01"]["ok"] and not outcome["app01"]["ok"]
+    assert "app01" in result.err and result.err.count("\n") == 1
+    for name in ("web01", "db01"):
+        assert repository_files(server.primary(name)) == expected[name]
+    text = server.cli("recover", "--all")
+    assert "already there and intact" in text.out
+    assert server.cli("recover", "web01", "--all").code == 2

@@ -11,7 +11,7 @@ import click
 
 from triplicate.cli import AppContext
 from triplicate.cli.output import bar_progress, console, print_json, progress_bars
-from triplicate.errors import UsageError
+from triplicate.errors import EXIT_UNKNOWN, CannotRun, UsageError
 
 if TYPE_CHECKING:
     from triplicate.actions.recover import RecoverReport
@@ -40,7 +40,7 @@ def recover(app: AppContext, client: str | None, sources: tuple[str, ...], every
     snapshots): the repository is valid after every file. Files already there
     and intact are kept, so an interrupted run just goes on.
     """
-    from triplicate.actions.recover import recover_client, select_sources
+    from triplicate.actions.recover import select_sources
 
     config = app.config
     if every == (client is not None):
@@ -59,28 +59,43 @@ def recover(app: AppContext, client: str | None, sources: tuple[str, ...], every
                     if not every or not sources or location in sources] for name in clients}
     results: list[dict[str, Any]] = []
     ok = True
+    could_not_run = 0
     stop = threading.Event()
     with progress_bars(enabled=not as_json and not dry_run) as bars:
         for name, chosen in plans.items():
             progress = bar_progress(bars, f"{'drill' if drill else 'recover'} {name}") if bars else None
-            if drill:
-                from triplicate.actions.recover_drill import run_drill
-
-                drilled = run_drill(config, name, chosen, to=to, stop=stop, progress=progress)
-                ok = ok and drilled.ok
-                results.append(drilled.to_json())
-                if not as_json:
-                    _summarise(drilled.rebuild, bars)
-                    _summarise_drill(drilled.to_json(), bars)
-                continue
-            report = recover_client(config, name, chosen, dry_run=dry_run, stop=stop, progress=progress)
-            ok = ok and report.ok
-            results.append(report.to_json())
-            if not as_json:
-                _summarise(report, bars)
+            try:
+                data = _one(config, name, chosen, dry_run, drill, to, stop, progress, not as_json, bars)
+            except CannotRun as error:
+                if not every:
+                    raise
+                click.echo(f"triplicate: {error}", err=True)  # one client that cannot run never stops the others
+                data = {"client": name, "ok": False, "error": str(error)}
+                could_not_run += 1
+            ok = ok and bool(data["ok"])
+            results.append(data)
     if as_json:
         print_json(results[0] if client is not None else {"ok": ok, "clients": results})
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if ok else EXIT_UNKNOWN if results and could_not_run == len(results) else 1)
+
+
+def _one(config: Any, client: str, sources: list[str], dry_run: bool, drill: bool, to: Path | None,
+         stop: threading.Event, progress: Any, show: bool, bars: Any) -> dict[str, Any]:
+    """Recover (or drill) one client; print its summary when ``show``; return its JSON."""
+    from triplicate.actions.recover import recover_client
+
+    if drill:
+        from triplicate.actions.recover_drill import run_drill
+
+        drilled = run_drill(config, client, sources, to=to, stop=stop, progress=progress)
+        if show:
+            _summarise(drilled.rebuild, bars)
+            _summarise_drill(drilled.to_json(), bars)
+        return drilled.to_json()
+    report = recover_client(config, client, sources, dry_run=dry_run, stop=stop, progress=progress)
+    if show:
+        _summarise(report, bars)
+    return report.to_json()
 
 
 def _summarise(report: RecoverReport, bars: Any) -> None:
