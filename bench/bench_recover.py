@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark `triplicate recover` against `rclone copy` from the same location, and time the drill.
 
 Not a test. Builds a restic repository of about --size-mb (random, incompressible
