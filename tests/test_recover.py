@@ -233,3 +233,5 @@ def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_othe
     text = server.cli("recover", "--all")
     assert "already there and intact" in text.out
     assert server.cli("recover", "web01", "--all").code == 2
+    wrong = server.cli("recover", "web01", "--from", "nowhere")
+    assert wrong.code == 2 and "--from nowhere" in wrong.err and wrong.err.count("\n") == 1

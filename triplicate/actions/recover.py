@@ -25,7 +25,7 @@ from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.config.model import Config
 from triplicate.engine.mirror import Progress
 from triplicate.engine.repair import Copy, check_copy, fetch, in_write_order, listing, read_config
-from triplicate.errors import CannotRun, UsageError
+from triplicate.errors import CannotRun
 from triplicate.locks import client_locks
 from triplicate.state.quarantine import QuarantineState
 from triplicate.storage import FileInfo, FileType, Handle, StorageError, open_location
@@ -78,13 +78,10 @@ class RecoverReport:
 
 
 def select_sources(config: Config, client: str, requested: list[str] | tuple[str, ...]) -> list[str]:
-    """The client's locations, or the requested ones; raises UsageError naming a stranger."""
-    configured = config.client(client).replicate_to
-    for name in requested:
-        if name not in configured:
-            raise UsageError(f"--from {name}: not a location of client '{client}' (its locations: "
-                             f"{', '.join(configured) or 'none'})")
-    return list(dict.fromkeys(requested)) or list(configured)
+    """The client's locations, or the requested ones in that order; raises UsageError naming a stranger."""
+    from triplicate.actions.sync import select_locations
+
+    return list(dict.fromkeys(select_locations(config, client, requested, option="--from")))
 
 
 @dataclass(frozen=True)
