@@ -10,8 +10,12 @@ file). Finally runs `triplicate recover --drill` (rebuild into a scratch folder
 plus `restic check`) and reports its recorded times. Prints a Markdown report.
 
     .venv/bin/python bench/bench_recover.py --size-mb 1024 --rounds 3
+    .venv/bin/python bench/bench_recover.py --size-mb 512 --rounds 3 --kind sftp
 
-Needs: restic, rclone.
+With ``--kind sftp`` the location is a folder behind the tests' loopback sshd
+(OpenSSH), and rclone copies from an rclone sftp remote of the same folder.
+
+Needs: restic, rclone (and openssh-server for sftp).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+from tests.remote_support import LOOPBACK, start_sshd, stop  # noqa: E402 - after the path is set
 
 PASSWORD = "benchmark"
 
@@ -49,26 +58,43 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kind", choices=("local", "sftp"), default="local")
     arguments = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-recover-", dir=arguments.workdir))
     try:
-        report(root, arguments.size_mb, arguments.rounds)
+        report(root, arguments.size_mb, arguments.rounds, arguments.kind)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def report(root: Path, size_mb: int, rounds: int) -> None:
+def report(root: Path, size_mb: int, rounds: int, kind: str) -> None:
     (root / "password").write_text(PASSWORD)
     (root / "usb").mkdir()
     config = root / "triplicate.toml"
+    ssh = start_sshd(root / "sshd") if kind == "sftp" else None
+    if ssh is None:
+        location = f'[locations.usb]\ntype = "local"\npath = "{root}/usb"\n'
+        rclone_source = [str(root / "usb" / "web01")]
+    else:
+        location = ssh.location_toml("usb", root / "usb")
+        (root / "rclone.conf").write_text(
+            f"[far]\ntype = sftp\nhost = {LOOPBACK}\nport = {ssh.port}\nuser = {ssh.user}\n"
+            f"key_file = {ssh.identity_file}\nknown_hosts_file = {ssh.known_hosts_file}\n")
+        rclone_source = ["--config", str(root / "rclone.conf"), f"far:{root / 'usb' / 'web01'}"]
+    try:
+        measure(root, config, location, rclone_source, size_mb, rounds, kind)
+    finally:
+        if ssh is not None:
+            stop(ssh.process)
+
+
+def measure(root: Path, config: Path, location: str, rclone_source: list[str], size_mb: int, rounds: int,
+            kind: str) -> None:
     config.write_text(f"""[server]
 state_dir = "{root}/state"
 repos_dir = "{root}/repos"
 
-[locations.usb]
-type = "local"
-path = "{root}/usb"
-
+{location}
 [clients.web01]
 replicate_to = ["usb"]
 password_file = "{root}/password"
@@ -94,14 +120,15 @@ password_file = "{root}/password"
         times["triplicate recover"].append(timed([*triplicate, "recover", "web01", "--from", "usb"]))
         shutil.rmtree(rclone_target, ignore_errors=True)
         run(["sync"])
-        times["rclone copy"].append(timed(["rclone", "copy", "--config", "/dev/null",
-                                           str(root / "usb" / "web01"), str(rclone_target)]))
+        config_argument = [] if "--config" in rclone_source else ["--config", "/dev/null"]
+        times["rclone copy"].append(timed(["rclone", "copy", *config_argument, *rclone_source, str(rclone_target)]))
     check = run(["restic", "check", "--read-data"], env)
     assert "no errors were found" in check.stdout, check.stdout
     drill = json.loads(run([*triplicate, "recover", "web01", "--drill", "--json"]).stdout)
     median = {name: statistics.median(values) for name, values in times.items()}
     mb = size / 1e6
-    print(f"Repository: {mb:.0f} MB in {files} files (random data), {rounds} interleaved rounds, medians.\n")
+    print(f"Location: {kind}. Repository: {mb:.0f} MB in {files} files (random data), {rounds} interleaved "
+          "rounds, medians.\n")
     print("| tool | seconds | MB/s | all rounds (s) |")
     print("|---|---:|---:|---|")
     for name, seconds in median.items():
