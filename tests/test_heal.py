@@ -148,3 +148,18 @@ def test_sync_and_status_name_the_commands_for_a_damaged_primary_file(server: Se
     assert server.cli("sync", "web01").code == 0
     status = server.cli("status", "web01", "--json").json()["clients"][0]
     assert not any("quarantine" in problem for problem in status["problems"])
+
+
+def test_heal_leaves_a_primary_file_that_may_still_be_being_written(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    flip_byte(pack)  # modified just now: an upload through the endpoint may still be writing it
+    bad = pack.read_bytes()
+    result = server.cli("heal", "web01", "--json")
+    report = result.json()
+    assert report["copies"]["@primary"]["not_judged_in_progress"] == 1 and report["files"] == []
+    assert pack.read_bytes() == bad
+    age_file(pack)  # settled, and still bad: now it is healed
+    healed = server.cli("heal", "web01", "--json")
+    assert healed.code == 0 and healed.json()["files"][0]["healed_from"] == {"@primary": "usb"}
+    assert file_hash_matches_name(pack)
