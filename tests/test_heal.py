@@ -163,3 +163,19 @@ def test_heal_leaves_a_primary_file_that_may_still_be_being_written(server: Serv
     healed = server.cli("heal", "web01", "--json")
     assert healed.code == 0 and healed.json()["files"][0]["healed_from"] == {"@primary": "usb"}
     assert file_hash_matches_name(pack)
+
+
+def test_heal_replaces_a_recent_primary_file_the_last_sync_already_found_corrupt(server: Server) -> None:
+    assert server.cli("sync", "web01", "--to", "usb").code == 0
+    pack = _a_pack(server.primary())
+    flip_byte(pack)
+    relative = pack.relative_to(server.primary()).as_posix()
+    config = server.config_path.read_text()
+    server.config_path.write_text(config.replace('in_progress_grace = "5m"', 'in_progress_grace = "0s"'))
+    sync = server.cli("sync", "web01", "--to", "nas", "--json")
+    assert sync.json()["locations"]["nas"]["corrupt_files"] == [relative]
+    server.config_path.write_text(config)  # the file is recent again under a 5-minute grace, but known bad
+    healed = server.cli("heal", "web01", "--json")
+    assert healed.code == 0, healed.out
+    assert healed.json()["files"][0]["healed_from"] == {"@primary": "usb"}
+    assert file_hash_matches_name(pack)
