@@ -140,6 +140,26 @@ class ChecksCollector(Collector):
             if client in served:
                 restore.add_metric([client, location], when)
         yield restore
+        yield from _drill_metrics(self._state_dir, served)
+
+
+def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
+    """The last recovery drill per client: how long the rebuild took (the recovery time objective), and if it passed."""
+    from triplicate.state.recover_drill import RecoverDrillState
+
+    seconds = GaugeMetricFamily("triplicate_recover_drill_seconds",
+                                "How long the last recovery drill took to rebuild the repository from the locations.",
+                                labels=["client"])
+    passed = GaugeMetricFamily("triplicate_recover_drill_ok", "Whether the last recovery drill passed (1) or not (0).",
+                               labels=["client"])
+    with RecoverDrillState.opened(state_dir) as state:
+        drills = state.last_drills()
+    for client, record in sorted(drills.items()):
+        if client in served:
+            seconds.add_metric([client], record.seconds)
+            passed.add_metric([client], 1.0 if record.ok else 0.0)
+    yield seconds
+    yield passed
 
 
 def serve(listen: str, *collectors: Collector) -> Any:

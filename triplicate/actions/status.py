@@ -99,6 +99,11 @@ def locations_section(context: StatusContext) -> StatusSection:
     expect_every = config.settings(name).expect_backup_every
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
+    damaged = sorted(state.source_corrupt_files(name))
+    if damaged:
+        from triplicate.actions.quarantine import damage_advice
+
+        section.problems.append(f"{PRIMARY}: {damage_advice(name, damaged)}")
     health = state.location_health(name)
     max_lag = config.settings(name).max_lag
     for location in config.clients[name].replicate_to:
@@ -215,8 +220,26 @@ def scheduled_section(context: StatusContext) -> StatusSection:
     return section
 
 
+def recover_drill_section(context: StatusContext) -> StatusSection:
+    """The last recovery drill: the time a rebuild from the locations took (the recovery time objective)."""
+    from triplicate.state.recover_drill import RecoverDrillState
+
+    section = StatusSection("recover_drill", "last recovery drill", [])
+    with RecoverDrillState.opened(context.config.server.state_dir, create=False) as state:
+        record = state.last_drill(context.client)
+    if record is None:
+        return section
+    section.rows.append({"result": "passed" if record.ok else "failed",
+                         "age_seconds": _rounded(context.now - record.time),
+                         "recovery_seconds": _rounded(record.seconds), "bytes": record.bytes,
+                         "restic_check": record.restic_check, "error": record.error})
+    if not record.ok:
+        section.problems.append(f"last recovery drill failed: {record.error}")
+    return section
+
+
 COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
-                               retention_section, scheduled_section]
+                               retention_section, recover_drill_section, scheduled_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

@@ -62,12 +62,13 @@ class SyncReport:
         }
 
 
-def select_locations(config: Config, client: str, requested: list[str] | tuple[str, ...]) -> list[str]:
-    """The client's locations, or the requested subset; raises UsageError naming a stranger."""
+def select_locations(config: Config, client: str, requested: list[str] | tuple[str, ...],
+                     option: str = "--to") -> list[str]:
+    """The client's locations, or the requested subset; raises UsageError naming a stranger (and ``option``)."""
     configured = config.client(client).replicate_to
     for name in requested:
         if name not in configured:
-            raise UsageError(f"--to {name}: not a location of client '{client}' (its locations: "
+            raise UsageError(f"{option} {name}: not a location of client '{client}' (its locations: "
                              f"{', '.join(configured) or 'none'})")
     return list(requested) or list(configured)
 

@@ -62,3 +62,20 @@ def progress_bars(enabled: bool) -> Iterator[Progress | None]:
         TimeRemainingColumn(), console=console(stderr=True), transient=True,
     ) as bars:
         yield bars
+
+
+def bar_progress(bars: Any, description: str) -> Any:
+    """A mirror ``Progress`` drawing one task of ``bars`` (a Rich Progress): bytes planned and done."""
+    from triplicate.engine.mirror import Progress
+
+    class BarProgress(Progress):
+        def __init__(self) -> None:
+            self._task = bars.add_task(description, total=None)
+
+        def planned(self, files: int, size: int) -> None:
+            bars.update(self._task, total=size)
+
+        def copied(self, size: int) -> None:
+            bars.advance(self._task, size)
+
+    return BarProgress()

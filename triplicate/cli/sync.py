@@ -81,3 +81,10 @@ def _summarise(report: object) -> None:
         )
     console().print(table)
     print_whole_lines(lines)
+    results = report.locations.values()  # type: ignore[attr-defined]
+    corrupt = sorted({path for result in results for path in result.corrupt_files})
+    if corrupt:
+        from triplicate.actions.quarantine import damage_advice
+
+        advice = damage_advice(report.client, corrupt)  # type: ignore[attr-defined]
+        console().print(advice, highlight=False, markup=False)

@@ -81,6 +81,7 @@ class ServerSettings(Section):
     audit_every: Duration | None = None
     audit_verify_percent: Percent = 0.0
     retention: RetentionSettings | None = None
+    recover_drill_every: Duration | None = None
 
 
 # Every registered kind's section, told apart by its ``type`` (storage/kinds/).
@@ -120,6 +121,7 @@ class ClientSection(Section):
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
+    recover_drill_every: Duration | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSection:
@@ -171,6 +173,7 @@ class Config(Section):
             audit_every=either(section.audit_every, server.audit_every),
             audit_verify_percent=either(section.audit_verify_percent, server.audit_verify_percent),
             retention=either(section.retention, server.retention),
+            recover_drill_every=either(section.recover_drill_every, server.recover_drill_every),
         )
 
 
@@ -191,6 +194,7 @@ class ClientSettings:
     audit_every: float | None
     audit_verify_percent: float
     retention: RetentionSettings | None
+    recover_drill_every: float | None
 
     @property
     def has_key(self) -> bool:

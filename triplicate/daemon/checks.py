@@ -52,6 +52,11 @@ def retention_interval(config: Config, client: str) -> float | None:
     return policy.retention_every if policy is not None and has_key(config, client) else None
 
 
+def recover_drill_interval(config: Config, client: str) -> float | None:
+    """``recover_drill_every`` (the client's, else the server's); off by default."""
+    return config.settings(client).recover_drill_every
+
+
 def check_jobs(get_config: Callable[[], Config], send: Notify,
                resync: Callable[[str], None] = lambda client: None,
                stop: threading.Event | None = None) -> list[Job]:
@@ -88,6 +93,7 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
         job("audit", audit_interval, functools.partial(scheduled_audit, stop=stop)),
         job("restore-check", restore_check_interval, scheduled_restore_check),
         job("retention", retention_interval, scheduled_retention),
+        job("recover-drill", recover_drill_interval, functools.partial(scheduled_recover_drill, stop=stop)),
     ]
 
 
@@ -155,3 +161,30 @@ def scheduled_retention(config: Config, client: str, send: Notify) -> str | None
              "Removed: " + ", ".join(verdict.id[:8] for verdict in report.removed)
              + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""))
     return str(report.refused or report.error) if report.refused or report.error else None
+
+
+def scheduled_recover_drill(config: Config, client: str, send: Notify,
+                            stop: threading.Event | None = None) -> str | None:
+    """Rebuild one client from its locations into a scratch folder; notify failures and recoveries.
+    Returns what failed, else None."""
+    from triplicate.actions.recover_drill import run_drill
+
+    report = run_drill(config, client, list(config.client(client).replicate_to), stop=stop)
+    if report.rebuild.interrupted:
+        return None
+    log.info("recovery drill %s: %s in %.1fs", client, "passed" if report.ok else "FAILED", report.rebuild.seconds)
+    if not report.ok and report.previous_ok is not False:
+        send(f"triplicate: recovery drill of {client} FAILED", _drill_problem(report))
+    elif report.ok and report.previous_ok is False:
+        send(f"triplicate: recovery drill of {client} passes again",
+             f"Rebuilt from its locations in {report.rebuild.seconds:.0f}s.")
+    return None if report.ok else _drill_problem(report)
+
+
+def _drill_problem(report: Any) -> str:
+    rebuild = report.rebuild
+    problems = [f"{name}: {source.problem}" for name, source in rebuild.sources.items() if source.problem]
+    problems += [f"lost {path}" for path in list(rebuild.lost)[:3]]
+    if report.restic_check == "failed":
+        problems.append("restic check failed")
+    return "; ".join(problems) or "failed"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from triplicate.errors import CannotRun
+from triplicate.state.db import PRIMARY
 
 
 @contextmanager
@@ -29,3 +30,16 @@ def location_lock(state_dir: Path, client: str, location: str) -> Iterator[None]
         yield
     finally:
         os.close(descriptor)
+
+
+@contextmanager
+def client_locks(state_dir: Path, client: str, locations: Iterable[str]) -> Iterator[None]:
+    """Hold the locks of every given location of ``client`` (and of its primary, '@primary').
+
+    Taken in sorted order: a sync holds one lock at a time, so this never deadlocks with
+    one. Heal, recover and quarantine hold them so that nothing else writes meanwhile.
+    """
+    with ExitStack() as stack:
+        for location in sorted({*locations, PRIMARY}):
+            stack.enter_context(location_lock(state_dir, client, location))
+        yield

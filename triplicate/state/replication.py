@@ -222,6 +222,15 @@ class ReplicationState(Store):
             for row in rows
         }
 
+    @locked
+    def source_corrupt_files(self, client: str) -> set[str]:
+        """The primary's files the newest run to each location found corrupt (paths in the repository)."""
+        rows = self.connection.execute(
+            "SELECT corrupt_files FROM runs AS r WHERE client=? AND id = (SELECT MAX(id) FROM runs"
+            " WHERE client=r.client AND location=r.location)", (client,),
+        ).fetchall()
+        return {path for row in rows for path in json.loads(row[0])}
+
 
 def _run_error(run: RunRecord) -> str | None:
     if run.error:

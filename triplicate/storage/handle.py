@@ -21,6 +21,11 @@ class FileType(StrEnum):
     LOCK = "locks"
 
 
+# The order a repository must receive files in so that it is a valid repository at every
+# instant (restic's design.rst, "Read and Write Ordering"): readers go the other way.
+COPY_ORDER = (FileType.CONFIG, FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
+
+
 _HEX_DIGITS = "0123456789abcdef"
 
 

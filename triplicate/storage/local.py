@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -98,7 +98,10 @@ class LocalBackend:
             remaining = max(0, size - offset)
             yield _Limited(file, remaining if length is None else min(length, remaining), path)  # type: ignore[misc]
 
-    def save(self, handle: Handle, source: BinaryIO) -> int:
+    def save(self, handle: Handle, source: BinaryIO, before_rename: Callable[[str], None] | None = None) -> int:
+        """The protocol's save. ``before_rename(partial path)`` runs once the complete file is
+        written, verified and fsynced, just before it replaces the final name (to keep the file
+        it replaces aside, or give it an owner); if it raises, nothing is replaced."""
         target = self.root / handle.relative_path()
         partial_dir = self.root / PARTIAL_DIR
         try:
@@ -112,6 +115,8 @@ class LocalBackend:
                 out.flush()
                 os.fsync(out.fileno())
             self._ensure_dir(target.parent)
+            if before_rename is not None:
+                before_rename(partial)
             os.rename(partial, target)
             fsync_directory(target.parent)
         except BaseException as error:

@@ -1,0 +1,238 @@
+"""``triplicate recover`` (and its drill) against real restic repositories and real locations."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
+
+from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
+from tests.support.remote import SshServer
+from tests.support.ports import free_port
+from tests.support.syncd import DaemonProcess, NotificationSink
+
+
+@pytest.fixture
+def sink() -> Iterator[NotificationSink]:
+    receiver = NotificationSink()
+    yield receiver
+    receiver.close()
+
+
+def _two_snapshots(server: Server, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    write_files(data, "first", count=3, size=300_000)
+    server.backup(data)
+    write_files(data / "more", "second", count=4, size=500_000)
+    server.backup(data)
+    return data
+
+
+def test_recover_rebuilds_a_lost_primary_from_two_locations_each_missing_different_files(
+    server: Server, tmp_path: Path
+) -> None:
+    data = _two_snapshots(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    files = sorted(path for path in repository_files(server.primary()) if path != "config")
+    packs = [path for path in files if path.startswith("data/")]
+    assert len(packs) >= 2
+    # Each location lost a different pack (and an index file, a snapshot): only the union is whole.
+    (server.replica("usb") / packs[0]).unlink()
+    (server.replica("nas") / packs[1]).unlink()
+    newest = server.snapshot_ids(server.primary())
+    shutil.rmtree(server.primary())
+
+    dry = server.cli("recover", "web01", "--dry-run", "--json")
+    assert dry.code == 0, dry.out + dry.err
+    plan = dry.json()
+    assert plan["files_copied"] == len(files) and not server.primary().exists()
+    assert plan["sources"]["usb"]["files"] + plan["sources"]["nas"]["files"] == len(files)
+    assert plan["sources"]["nas"]["files"] >= 1, "what usb lacks comes from nas"
+
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["files_copied"] == len(files) and report["lost"] == {}
+    assert sorted(path for path in repository_files(server.primary()) if path != "config") == files
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
+    assert server.snapshot_ids(server.primary()) == newest
+    restored = tmp_path / "restored"
+    server.restic(server.primary(), "restore", "latest", "--target", str(restored))
+    assert not filecmp.dircmp(data, restored / data.relative_to("/")).diff_files
+    assert _same_tree(data, restored / data.relative_to("/"))
+    # Service resumes: a new backup into the rebuilt repository works and replicates.
+    write_files(data / "after", "third", count=2, size=200_000)
+    server.backup(data)
+    assert server.check_read_data(server.primary()).returncode == 0
+    assert server.cli("sync", "web01").code == 0
+    again = server.cli("recover", "web01", "--json").json()
+    assert again["files_copied"] == 0 and again["files_present"] >= len(files)
+
+
+def _same_tree(left: Path, right: Path) -> bool:
+    names = sorted(path.relative_to(left) for path in left.rglob("*") if path.is_file())
+    return names == sorted(path.relative_to(right) for path in right.rglob("*") if path.is_file()) and all(
+        (left / name).read_bytes() == (right / name).read_bytes() for name in names)
+
+
+def test_a_location_holding_another_repository_is_refused_as_a_source(server: Server, tmp_path: Path) -> None:
+    assert server.cli("sync", "web01").code == 0
+    other = server.replica("nas")
+    shutil.rmtree(other)
+    server.restic(other, "init")
+    pack = min(path for path in (server.primary() / "data").rglob("*") if path.is_file())
+    relative = pack.relative_to(server.primary()).as_posix()
+    (server.replica("usb") / relative).unlink()
+    # The other repository holds a file of that very name, whose content even hashes to it.
+    (other / relative).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pack, other / relative)
+    pack.unlink()  # the primary lost it; only usb (which lacks it too) and another repository remain
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 1
+    report = result.json()
+    assert "different restic repository" in report["sources"]["nas"]["problem"]
+    assert report["sources"]["nas"]["files"] == 0
+    assert not pack.exists(), "never taken from another repository"
+
+
+def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
+    assert server.cli("sync", "web01").code == 0
+    target = tmp_path / "drill"
+    result = server.cli("recover", "web01", "--drill", "--to", str(target), "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["restic_check"] == "passed" and report["recovery_seconds"] > 0
+    assert repository_files(target) == repository_files(server.primary())
+    status = server.cli("status", "web01", "--json").json()["clients"][0]
+    (drill,) = status["recover_drill"]
+    assert drill["result"] == "passed" and drill["recovery_seconds"] == round(report["recovery_seconds"], 1)
+    # Without --to, the scratch folder goes away.
+    assert server.cli("recover", "web01", "--drill").code == 0
+    assert not any((server.root / "state" / "drills").iterdir())
+    assert json.loads(server.cli("status", "web01", "--json").out)["ok"] in (True, False)
+
+
+def test_recover_killed_midway_completes_when_run_again(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "big"
+    write_files(data, "big", count=24, size=4 << 20)
+    server.backup(data)
+    assert server.cli("sync", "web01", "--to", "usb").code == 0
+    expected = repository_files(server.primary())
+    shutil.rmtree(server.primary())
+    process = subprocess.Popen([sys.executable, "-m", "triplicate", "-c", str(server.config_path), "recover", "web01",
+                                "--from", "usb"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (server.primary() / "data").is_dir() and any(
+            path.is_file() for path in (server.primary() / "data").rglob("*")))
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -9
+    assert repository_files(server.primary()) != expected, "killed before the end"
+    result = server.cli("recover", "web01", "--from", "usb", "--json")
+    assert result.code == 0, result.out + result.err
+    assert result.json()["files_present"] > 0
+    assert repository_files(server.primary()) == expected
+    assert not any((server.primary() / ".triplicate-partial").iterdir())
+    assert server.check_read_data(server.primary()).returncode == 0
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_the_daemon_runs_the_drill_on_schedule_and_exports_the_recovery_time(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink,  # noqa: F811
+) -> None:
+    port = free_port()
+    server.write_config(BASE_CONFIG.replace('password_file = "{root}/password"\n',
+                                            'password_file = "{root}/password"\nrecover_drill_every = "1s"\n')
+                        + f'[notify]\nurls = ["{sink.url}"]\n')
+    daemon = DaemonProcess(server.config_path, "--metrics-listen", f"127.0.0.1:{port}")
+    daemons.append(daemon)
+    daemon.started()
+
+    def last() -> DrillRecord | None:
+        with RecoverDrillState.opened(server.root / "state") as state:
+            return state.last_drill("web01")
+
+    daemon.wait_until(lambda: (record := last()) is not None and record.ok, 60.0, "a passed drill")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'triplicate_recover_drill_seconds{client="web01"}' in metrics
+    assert 'triplicate_recover_drill_ok{client="web01"} 1.0' in metrics
+    daemon.terminate()
+    shutil.rmtree(server.replica("nas"))  # a location lost the client's replica: the drill must say so
+    daemon = DaemonProcess(server.config_path)
+    daemons.append(daemon)
+    daemon.started()
+    daemon.wait_until(lambda: "triplicate: recovery drill of web01 FAILED" in sink.titles(), 60.0,
+                      f"a drill notification; got {sink.titles()}")
+    assert "Traceback" not in daemon.log
+
+
+def test_heal_and_recover_from_an_sftp_location(server: Server, sshd: SshServer) -> None:  # noqa: F811
+    far = server.root / "far-sftp"
+    far.mkdir()
+    server.write_config(BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', 'replicate_to = ["usb", "far"]')
+                        + "\n" + sshd.location_toml("far", far))
+    assert server.cli("sync", "web01").code == 0
+    pack = min(path for path in (server.primary() / "data").rglob("*") if path.is_file())
+    relative = pack.relative_to(server.primary()).as_posix()
+    good = pack.read_bytes()
+    flip_byte(pack)
+    age_file(pack)
+    (server.replica("usb") / relative).write_bytes(good[:100])
+    healed = server.cli("heal", "web01", "--json")
+    assert healed.code == 0, healed.out + healed.err
+    assert healed.json()["files"][0]["healed_from"] == {"@primary": "far", "usb": "far"}
+    assert pack.read_bytes() == good and (server.replica("usb") / relative).read_bytes() == good
+
+    expected = repository_files(server.primary())
+    shutil.rmtree(server.primary())
+    shutil.rmtree(server.replica("usb"))
+    recovered = server.cli("recover", "web01", "--json")
+    assert recovered.code == 1, "usb could not give anything: said, yet the rebuild from far is whole"
+    report = recovered.json()
+    assert report["sources"]["far"]["files"] == len(expected) - 1 and report["lost"] == {}
+    assert repository_files(server.primary()) == expected
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
+
+
+def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_other(
+    server: Server, template_repository: Path
+) -> None:
+    shutil.copytree(template_repository, server.primary("db01"))
+    server.write_config(BASE_CONFIG + '\n[clients.db01]\nreplicate_to = ["nas"]\n'
+                        '\n[clients.app01]\nreplicate_to = ["usb"]\n')
+    assert server.cli("sync", "web01").code == 0 and server.cli("sync", "db01").code == 0
+    expected = {name: repository_files(server.primary(name)) for name in ("web01", "db01")}
+    for name in ("web01", "db01"):
+        shutil.rmtree(server.primary(name))
+    result = server.cli("recover", "--all", "--json")
+    assert result.code == 1, "app01 has no replica anywhere: said, the others rebuilt"
+    outcome = {entry["client"]: entry for entry in result.json()["clients"]}
+    assert outcome["web01"]["ok"] and outcome["db01"]["ok"] and not outcome["app01"]["ok"]
+    assert "app01" in result.err and result.err.count("\n") == 1
+    for name in ("web01", "db01"):
+        assert repository_files(server.primary(name)) == expected[name]
+    text = server.cli("recover", "--all")
+    assert "already there and intact" in text.out
+    assert server.cli("recover", "web01", "--all").code == 2
+    wrong = server.cli("recover", "web01", "--from", "nowhere")
+    assert wrong.code == 2 and "--from nowhere" in wrong.err and wrong.err.count("\n") == 1

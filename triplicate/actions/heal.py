@@ -1,0 +1,281 @@
+"""``triplicate heal``: repair every copy of a client's repository from any good copy.
+
+Every file of every copy (the primary and each location) is hashed; a file that
+does not hash to its name at one copy is replaced there by a copy from another
+location that does, verified while it is copied, in restic's write order. A
+primary file is replaced only once the good copy is complete, fsynced and
+verified (a rename over it: the endpoint never serves half a file), and the bad
+one is kept in ``state_dir/quarantine/<client>/``. What a replica merely lacks
+is then copied by the ordinary sync. Keyless throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO
+
+from triplicate.actions.quarantine import Damaged, keep_aside
+from triplicate.actions.recover import Unusable, open_copy
+from triplicate.actions.sync import SyncReport, sync_client
+from triplicate.config.model import Config
+from triplicate.engine.mirror import Progress
+from triplicate.engine.repair import (Copy, CopyCheck, check_copy, fetch, good_sources, in_write_order, listing,
+                                      read_config)
+from triplicate.errors import CannotRun
+from triplicate.execute import ScopedPool
+from triplicate.state.locks import client_locks
+from triplicate.state.audit import AuditState, Verification
+from triplicate.state.db import PRIMARY
+from triplicate.state.quarantine import QuarantineEntry, QuarantineState
+from triplicate.state.replication import ReplicationState
+from triplicate.storage import Backend, FileType, Handle, StorageError, open_primary
+from triplicate.storage.local import LocalBackend
+
+NO_GOOD_COPY = "no good copy anywhere"
+
+
+@dataclass
+class CopyReport:
+    """One copy (the primary or a location): what hashing it found, or why it was left out."""
+
+    verified_files: int = 0
+    verified_bytes: int = 0
+    bad_files: int = 0
+    in_progress: int = 0
+    problem: str | None = None  # left out: unreachable, another repository...
+    note: str | None = None  # left out, but nothing wrong (no repository there yet)
+
+    def to_json(self) -> dict[str, object]:
+        return {"verified_files": self.verified_files, "verified_bytes": self.verified_bytes,
+                "bad_files": self.bad_files, "not_judged_in_progress": self.in_progress,
+                "problem": self.problem, "note": self.note}
+
+
+@dataclass
+class FileHeal:
+    """One file bad at one copy or more: where, and what became of each bad copy."""
+
+    file: str
+    bad_at: dict[str, str]  # copy -> "corrupt" | "unreadable"
+    healed_from: dict[str, str] = field(default_factory=dict)  # copy -> the copy its good file came from
+    not_healed: dict[str, str] = field(default_factory=dict)  # copy -> why
+    quarantined: str | None = None  # where the primary's bad file was kept
+
+    @property
+    def lost(self) -> bool:
+        """No copy anywhere hashes to the name: the file is lost."""
+        return any(reason == NO_GOOD_COPY for reason in self.not_healed.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {"file": self.file, "bad_at": self.bad_at, "healed_from": self.healed_from,
+                "not_healed": self.not_healed, "lost": self.lost, "quarantined": self.quarantined}
+
+
+@dataclass
+class HealReport:
+    client: str
+    dry_run: bool
+    copies: dict[str, CopyReport] = field(default_factory=dict)
+    files: list[FileHeal] = field(default_factory=list)
+    sync: SyncReport | None = None
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every copy was checked, every bad file healed (or, dry, healable), and the sync completed."""
+        return (not self.interrupted and all(copy.problem is None for copy in self.copies.values())
+                and all(not entry.not_healed for entry in self.files)
+                and (self.sync is None or self.sync.complete))
+
+    def to_json(self) -> dict[str, object]:
+        return {"client": self.client, "dry_run": self.dry_run, "ok": self.ok, "interrupted": self.interrupted,
+                "copies": {name: copy.to_json() for name, copy in self.copies.items()},
+                "files": [entry.to_json() for entry in self.files],
+                "lost": [entry.file for entry in self.files if entry.lost],
+                "sync": None if self.sync is None else self.sync.to_json()}
+
+
+def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
+                progress: Callable[[str], Progress] | None = None) -> HealReport:
+    """Hash every copy of ``client``'s repository and repair each bad file from a good copy.
+
+    With ``dry_run`` nothing is written and no lock is taken: the report says what
+    would be healed from where. Otherwise the client's replication locks are held
+    while healing, then a sync copies what the locations lack. Raises UsageError for
+    an unknown client, CannotRun when the primary repository cannot be read.
+    """
+    locations = list(config.client(client).replicate_to)
+    primary = open_primary(config, client)
+    try:
+        primary.prepare(create=False)
+        primary_config = read_config(primary)
+    except StorageError as error:
+        raise CannotRun(f"client '{client}': {error}; rebuild it from its locations with "
+                        f"'triplicate recover {client}'") from None
+    if primary_config is None:
+        raise CannotRun(f"client '{client}': the primary repository has no config file; rebuild it from its "
+                        f"locations with 'triplicate recover {client}'")
+    report = HealReport(client, dry_run)
+    with ExitStack() as stack:
+        stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
+        copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        checks = _check_copies(config, client, copies, report, stop, progress)
+        tasks = _plan(copies, checks, report)
+        if not dry_run and not report.interrupted:
+            _repair(config, client, tasks, copies, stop, report)
+            _record_stamps(config, client, copies, checks, report)
+    usable = [name for name in locations if name in report.copies and report.copies[name].problem is None]
+    if not dry_run and not report.interrupted and usable:
+        report.sync = sync_client(config, client, usable, trigger="heal")
+    return report
+
+
+def _open_copies(config: Config, client: str, locations: list[str], primary: Backend, primary_config: bytes,
+                 report: HealReport, stack: ExitStack) -> list[Copy]:
+    """The primary and every location that holds this repository, listed; the others are reported."""
+    try:
+        copies = [Copy(PRIMARY, primary, listing(primary))]
+    except StorageError as error:
+        raise CannotRun(f"client '{client}': {error}") from None
+    report.copies[PRIMARY] = CopyReport()
+    for name in locations:
+        report.copies[name] = entry = CopyReport()
+        opened = open_copy(config, client, name, stack)
+        if isinstance(opened, Unusable):
+            if opened.empty:
+                entry.note = f"{opened.reason}: the sync makes it; not used meanwhile"
+            else:
+                entry.problem = opened.reason
+        elif opened[0] != primary_config:
+            entry.problem = ("holds a different restic repository (its config differs from the primary's): "
+                             "never used as a source nor repaired")
+        else:
+            copies.append(opened[1])
+    return copies
+
+
+def _check_copies(config: Config, client: str, copies: list[Copy], report: HealReport,
+                  stop: threading.Event | None, progress: Callable[[str], Progress] | None) -> dict[str, CopyCheck]:
+    """Hash every file of every copy at once (one thread per copy)."""
+    grace = config.server.in_progress_grace
+    with ReplicationState.opened(config.server.state_dir) as replication:
+        known = replication.source_corrupt_files(client)
+
+    def check(copy: Copy) -> CopyCheck:
+        primary = copy.name == PRIMARY
+        known_bad = frozenset(Handle(file_type, name) for file_type, names in copy.files.items()
+                              for name in names if primary and Handle(file_type, name).relative_path() in known)
+        # Only the primary is written by others (the client's endpoint): a location's files are
+        # written by triplicate alone, under the lock held now, so no mismatch there is "in progress".
+        return check_copy(copy, workers=copy.backend.connections, grace=grace if primary else 0.0,
+                          known_bad=known_bad, stop=stop, progress=progress(copy.name) if progress else None)
+
+    with ScopedPool(max_workers=max(1, len(copies)), thread_name_prefix="heal-check") as pool:
+        checks = dict(zip((copy.name for copy in copies), pool.map(check, copies)))
+    for name, outcome in checks.items():
+        entry = report.copies[name]
+        entry.verified_files, entry.verified_bytes = outcome.verified_files, outcome.verified_bytes
+        entry.bad_files, entry.in_progress = len(outcome.bad), outcome.in_progress
+        report.interrupted = report.interrupted or outcome.interrupted
+    return checks
+
+
+@dataclass(frozen=True)
+class _Task:
+    handle: Handle
+    target: Copy
+    sources: list[Copy]
+    entry: FileHeal
+
+
+def _plan(copies: list[Copy], checks: dict[str, CopyCheck], report: HealReport) -> list[_Task]:
+    """One task per bad copy of a file that a good copy elsewhere can replace; the rest reported."""
+    bad_handles = sorted({handle for check in checks.values() for handle in check.bad},
+                         key=lambda handle: handle.relative_path())
+    tasks = []
+    for handle in bad_handles:
+        entry = FileHeal(handle.relative_path(), {copy.name: checks[copy.name].bad[handle] for copy in copies
+                                                  if handle in checks[copy.name].bad})
+        report.files.append(entry)
+        for copy in copies:
+            if handle not in checks[copy.name].bad:
+                continue
+            sources = good_sources(handle, copies, checks, copy.name)
+            if sources:
+                tasks.append(_Task(handle, copy, sources, entry))
+                if report.dry_run:
+                    entry.healed_from[copy.name] = sources[0].name
+            else:
+                entry.not_healed[copy.name] = NO_GOOD_COPY
+    return tasks
+
+
+def _repair(config: Config, client: str, tasks: list[_Task], copies: list[Copy], stop: threading.Event | None,
+            report: HealReport) -> None:
+    """Replace each bad copy from its first good source, in restic's write order."""
+    lock = threading.Lock()
+    quarantine = QuarantineState(config.server.state_dir)
+
+    def work(task: _Task) -> None:
+        kept: list[QuarantineEntry] = []
+        try:
+            fetched = fetch(task.handle, task.sources, _saver(config, client, task, kept))
+        except StorageError as error:
+            with lock:
+                task.entry.not_healed[task.target.name] = str(error)
+            return
+        with lock:
+            if fetched.source is None:
+                problems = "; ".join(f"{name}: {problem}" for name, problem in fetched.problems.items())
+                task.entry.not_healed[task.target.name] = f"every good copy failed while copied ({problems})"
+                return
+            task.entry.healed_from[task.target.name] = fetched.source
+            for entry in kept:
+                quarantine.record(replace(entry, reason=f"heal: replaced by the copy at {fetched.source}"))
+                task.entry.quarantined = entry.kept_at
+
+    try:
+        workers = max(copy.backend.connections for copy in copies)
+        report.interrupted = not in_write_order(tasks, lambda task: task.handle, work, workers, stop)
+    finally:
+        quarantine.close()
+
+
+def _saver(config: Config, client: str, task: _Task, kept: list[QuarantineEntry]) -> Callable[[BinaryIO], int]:
+    """How the good copy is written at the task's target; at the primary, the bad one is kept first."""
+    backend = task.target.backend
+    if task.target.name != PRIMARY:
+        return lambda reader: backend.save(task.handle, reader)
+    assert isinstance(backend, LocalBackend)  # the primary is always a local folder
+    original = backend.root / task.handle.relative_path()
+
+    def before_rename(partial: str) -> None:
+        # Verified, complete and fsynced: keep the bad file aside, then the rename replaces it.
+        status = os.stat(original)
+        if os.geteuid() == 0:
+            os.chown(partial, status.st_uid, status.st_gid)
+        os.chmod(partial, status.st_mode & 0o7777)
+        damage = Damaged(task.handle, None)
+        kept.append(keep_aside(config, client, damage, "heal", move=False))
+
+    return lambda reader: backend.save(task.handle, reader, before_rename=before_rename)
+
+
+def _record_stamps(config: Config, client: str, copies: list[Copy], checks: dict[str, CopyCheck],
+                   report: HealReport) -> None:
+    """Tell the audit what heal found at each location, and which files are good again."""
+    now = time.time()
+    healed = {(name, entry.file) for entry in report.files for name in entry.healed_from}
+    with AuditState.opened(config.server.state_dir) as audits:
+        for copy in copies:
+            if copy.name == PRIMARY:
+                continue
+            stamps = [stamp if (copy.name, Handle(FileType(stamp.type), stamp.name).relative_path()) not in healed
+                      else Verification(stamp.type, stamp.name, now, True) for stamp in checks[copy.name].stamps]
+            audits.record_verifications(client, copy.name, stamps)
+
