@@ -24,6 +24,7 @@ COMMANDS = {
     "init": "triplicate.cli.init:init",
     "restore-check": "triplicate.cli.restore_check:restore_check",
     "retention": "triplicate.cli.retention:retention",
+    "serve": "triplicate.cli.serve:serve",
     "status": "triplicate.cli.status:status",
     "supervise": "triplicate.cli.supervise:supervise",
     "sync": "triplicate.cli.sync:sync",

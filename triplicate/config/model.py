@@ -96,6 +96,12 @@ class ServerSettings(Section):
     user: str | None = None
     tls_cert: AbsolutePath | None = None
     tls_key: AbsolutePath | None = None
+    # the REST endpoint (docs/server.md): which program, one process per client or one for all
+    endpoint: Literal["per-client", "shared"] = "per-client"
+    endpoint_program: Literal["triplicate", "rclone"] = "triplicate"
+    endpoint_idle_timeout: Annotated[Duration, Field(gt=0)] = 60.0
+    tls_client_ca: AbsolutePath | None = None
+    quota: Size | None = None
     # one watcher per client, or one for all (many clients: docs/server.md, "Sizing")
     syncd: Literal["per-client", "shared"] = "per-client"
     # replication defaults, overridable per client or location
@@ -223,6 +229,7 @@ class ClientSettings(Section):
     enabled: StrictBool = True
     replicate_to: list[str] = []
     port: int | None = Field(default=None, ge=1, le=65535)
+    quota: Size | None = None
     poll_interval: Annotated[Duration, Field(gt=0)] | None = None
     on_change: Command | None = None
     max_lag: Duration | None = None
