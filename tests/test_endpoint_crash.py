@@ -1,0 +1,57 @@
+"""kill -9 of the endpoint at random moments of a ``restic backup``: never a final name that is not whole."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import write_files
+from .endpoint_support import Endpoint, final_files, misnamed_files, partial_files
+from .server_support import Site, restic_environment
+
+pytestmark = pytest.mark.slow
+
+KILLS = 20
+
+
+def test_kill_9_during_backups_never_leaves_a_file_that_is_not_its_name(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=2)
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb")}
+    url = str(site.clients["alpha"]["url"])
+    repository = site.root / "repos" / "alpha"
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    assert site.restic(url, "init").returncode == 0
+    seed = random.randrange(1 << 30)
+    chance = random.Random(seed)
+    interrupted = 0
+    for round_ in range(KILLS):
+        write_files(site.root / "data" / str(round_), "fresh", count=3, size=4 << 20)
+        backup = subprocess.Popen(["restic", "--no-cache", "backup", "-q", str(site.root / "data")],
+                                  env=restic_environment(url, site.restic_password),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chance.uniform(0.5, 1.5))  # the fault's timing, not a synchronisation
+        endpoint.stop(signal.SIGKILL)
+        interrupted += backup.poll() is None
+        backup.kill()
+        backup.wait()
+        assert misnamed_files(repository) == [], f"seed {seed}, round {round_}"
+        endpoint.start()  # and the restart removes what the killed uploads left
+        assert partial_files(repository) == [], f"seed {seed}, round {round_}"
+    assert interrupted >= KILLS // 2, f"only {interrupted} kills hit a running backup (seed {seed})"
+    # The repository is sound: a last backup completes and checks with every byte read.
+    backup = site.restic(url, "backup", "-q", str(site.root / "data"), timeout=120)
+    assert backup.returncode == 0, backup.stderr
+    assert site.restic(url, "unlock", "--remove-all").returncode == 0  # the killed backups' locks
+    check = site.restic(url, "check", "--read-data", timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(site.restic(url, "snapshots", "--json").stdout)
+    assert misnamed_files(repository) == [] and len(final_files(repository)) > KILLS
+    endpoint.stop()
