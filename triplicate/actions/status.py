@@ -68,6 +68,8 @@ def services_section(context: StatusContext) -> Section:
     folders = {"supervisor": layout.client_dir(name)}
     folders.update({service: layout.service_dir(name, service) for service in SERVICES
                     if layout.service_dir(name, service).is_dir()})  # no port: no REST endpoint
+    if context.config.server.endpoint == "shared" and context.config.clients[name].port is not None:
+        folders["rest (shared)"] = layout.shared_rest
     if context.config.server.syncd == "shared":
         folders["syncd (shared)"] = layout.shared_syncd
     for service, folder in folders.items():
@@ -76,7 +78,7 @@ def services_section(context: StatusContext) -> Section:
                              "for_seconds": _rounded(state.seconds(context.now))})
         if enabled and not state.running:
             section.problems.append(f"{service}: {state.state} (enabled: should run)")
-        elif not enabled and state.state not in ("unsupervised", "absent") and folder != layout.shared_syncd:
+        elif not enabled and state.state not in ("unsupervised", "absent") and folder not in (layout.shared_syncd, layout.shared_rest):
             section.problems.append(f"{service}: still supervised although the client is disabled")
     return section
 

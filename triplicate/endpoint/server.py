@@ -25,53 +25,14 @@ from triplicate.endpoint.announce import Announcer, socket_path
 from triplicate.endpoint.app import ClientEndpoint, make_app, server_ssl_context
 from triplicate.endpoint.auth import Htpasswd
 from triplicate.endpoint.repository import Repository
-from triplicate.errors import CannotRun, TriplicateError, UsageError
-from triplicate.service.layout import Layout
+from triplicate.endpoint.settings import ListenerSettings, wanted_listeners
+from triplicate.errors import CannotRun, TriplicateError
 from triplicate.state.endpoint import EndpointState
 
 log = logging.getLogger("triplicate.endpoint")
 
 FLUSH_EVERY = 5.0  # seconds between writes of the counts to the state database
 RECOUNT_EVERY = 600.0  # seconds between walks of a repository for its size (retention deletes files)
-
-
-@dataclass(frozen=True)
-class ListenerSettings:
-    """What one client's listener is opened with; a change (other than the quota) reopens it."""
-
-    client: str
-    host: str
-    port: int
-    repository: Path
-    htpasswd: Path
-    tls_cert: Path | None
-    tls_key: Path | None
-    tls_client_ca: Path | None
-    idle_timeout: float
-    quota: int | None
-
-
-def listener_settings(config: Config, client: str) -> ListenerSettings:
-    """The listener of ``client`` as ``config`` has it; raises UsageError when the client has no port."""
-    settings = config.client(client)
-    if settings.port is None:
-        raise UsageError(f"client '{client}' has no port: it has no REST endpoint")
-    server = config.server
-    quota = config.effective(client, "quota")
-    return ListenerSettings(
-        client=client, host=server.listen_host, port=settings.port, repository=config.primary_dir(client),
-        htpasswd=Layout(server.state_dir).htpasswd(client), tls_cert=server.tls_cert, tls_key=server.tls_key,
-        tls_client_ca=server.tls_client_ca, idle_timeout=server.endpoint_idle_timeout,
-        quota=quota if isinstance(quota, int) else None,
-    )
-
-
-def wanted_listeners(config: Config, names: tuple[str, ...]) -> dict[str, ListenerSettings]:
-    """The listeners to run: the clients named, or every enabled client with a port."""
-    if names:
-        return {name: listener_settings(config, name) for name in names}
-    return {name: listener_settings(config, name) for name, client in sorted(config.clients.items())
-            if client.enabled and client.port is not None}
 
 
 @dataclass
