@@ -315,3 +315,29 @@ def test_only_a_clients_own_credentials_reach_its_repository(endpoint: Endpoint,
     # Failed logins are logged in one stable line (fail2ban) naming the client tried and the source.
     assert "authentication failed: endpoint=alpha user=beta from=127.0.0.1" in endpoint.log()
     assert "authentication failed: endpoint=alpha user=- from=127.0.0.1" in endpoint.log()
+
+
+def test_status_shows_what_the_endpoint_counted(endpoint: Endpoint, alpha_repository: Path) -> None:
+    site = endpoint.site
+
+    def counted(client: str) -> dict[str, object]:
+        rows = site.cli("status", client, "--json").json()["clients"][0]["endpoint"]
+        return rows[0] if rows else {}
+
+    # (the endpoint writes its counts to the state database every few seconds)
+    wait_for(lambda: counted("alpha").get("failed_logins", 0) >= 3, 15, "alpha's counts in the state database")
+    alpha = counted("alpha")
+    on_disk = sum(path.stat().st_size for path in final_files(alpha_repository))
+    assert alpha["repository_bytes"] == on_disk
+    assert alpha["files"] >= len(final_files(alpha_repository))  # (and the locks, deleted since)
+    assert alpha["received_bytes"] >= on_disk  # type: ignore[operator]
+    assert alpha["newest_snapshot_age_seconds"] is not None
+    assert {"hash", "exists", "bad_request", "timeout", "short_body"} <= set(alpha["rejected"])  # type: ignore[arg-type]
+    requests = alpha["requests"]
+    assert isinstance(requests, dict) and requests["POST 200"] >= 10 and requests["GET 401"] >= 1
+    wait_for(lambda: counted("beta").get("rejected", {}).get("quota") == 1, 15, "beta's quota refusal")
+    beta = counted("beta")
+    assert beta["quota_bytes"] == 1_000_000 and beta["repository_bytes"] == 600_000
+    assert beta["rejected"]["forbidden"] >= 5  # type: ignore[index]  (beta asking for alpha's repository)
+    text = site.cli("status", "beta")
+    assert "endpoint" in text.out and "1.0 MB" in text.out, text.out  # (code 1: nothing is supervised here)

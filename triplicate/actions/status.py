@@ -190,8 +190,32 @@ def retention_section(context: StatusContext) -> Section:
     return section
 
 
+def endpoint_section(context: StatusContext) -> Section:
+    """What the REST endpoint counted: bytes and files received, requests, refusals, the newest snapshot."""
+    from triplicate.state.endpoint import EndpointState
+
+    section = Section("endpoint", "endpoint", [])
+    with EndpointState.opened(context.config.server.state_dir, create=False) as state:
+        counts = state.counts(context.client)
+    if counts.updated is None:
+        return section
+    quota = context.config.effective(context.client, "quota")
+    newest = counts.newest_snapshot
+    section.rows.append({
+        "received_bytes": counts.counters.get("bytes_received", 0),
+        "files": counts.counters.get("files_received", 0),
+        "newest_snapshot_age_seconds": _rounded(None if newest is None else context.now - newest),
+        "repository_bytes": counts.repository_bytes, "quota_bytes": quota,
+        "failed_logins": counts.counters.get("auth_failures", 0),
+        "rejected": counts.rejected(), "requests": counts.requests(),
+    })
+    if isinstance(quota, int) and counts.repository_bytes is not None and counts.repository_bytes >= 0.95 * quota:
+        section.problems.append(f"repository at {counts.repository_bytes * 100 // max(quota, 1)}% of its quota")
+    return section
+
+
 COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
-                               retention_section]
+                               retention_section, endpoint_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

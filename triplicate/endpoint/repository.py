@@ -117,11 +117,16 @@ class Repository:
     def remove_lock(self, name: str) -> bool:
         """Delete a lock file; return False when there was none."""
         folder = self.root / "locks"
+        path = folder / Handle(FileType.LOCK, name).name
         try:
-            os.unlink(folder / Handle(FileType.LOCK, name).name)
+            size = path.stat().st_size
+            os.unlink(path)
         except FileNotFoundError:
             return False
         fsync_directory(folder)
+        with self._lock:
+            if self._used is not None:
+                self._used -= size
         return True
 
 
