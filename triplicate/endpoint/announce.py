@@ -1,4 +1,4 @@
-"""Telling the watcher that a file landed: one datagram on a unix socket under state_dir.
+"""Telling the watcher that a file landed: one datagram on the client's unix socket under state_dir.
 
 Best effort and never blocking: a datagram the watcher is not there to take
 (no socket, a full queue) is dropped, and the file-event watcher and the
@@ -13,12 +13,12 @@ from pathlib import Path
 
 from triplicate.storage.handle import Handle
 
-SOCKET_NAME = "announce.sock"
+SOCKET_FOLDER = "announce"
 
 
-def socket_path(state_dir: Path) -> Path:
-    """Where the watcher listens for announcements."""
-    return state_dir / SOCKET_NAME
+def socket_path(state_dir: Path, client: str) -> Path:
+    """Where the watcher serving ``client`` listens for its announcements."""
+    return state_dir / SOCKET_FOLDER / f"{client}.sock"
 
 
 def message(client: str, handle: Handle) -> bytes:
@@ -29,8 +29,8 @@ def message(client: str, handle: Handle) -> bytes:
 class Announcer:
     """Sends announcements to the watcher's socket; counts what could not be sent."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
         self.dropped = 0
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
@@ -38,7 +38,7 @@ class Announcer:
     def announce(self, client: str, handle: Handle) -> bool:
         """Send one announcement; return False (dropping it) when the watcher cannot take it now."""
         try:
-            self._socket.sendto(message(client, handle), self.path)
+            self._socket.sendto(message(client, handle), str(socket_path(self.state_dir, client)))
         except OSError:  # no watcher, its queue full, a stale socket file
             self.dropped += 1
             return False

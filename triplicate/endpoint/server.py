@@ -21,7 +21,7 @@ from aiohttp import web
 
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
-from triplicate.endpoint.announce import Announcer, socket_path
+from triplicate.endpoint.announce import Announcer
 from triplicate.endpoint.app import ClientEndpoint, make_app, server_ssl_context
 from triplicate.endpoint.auth import Htpasswd
 from triplicate.endpoint.repository import Repository
@@ -51,7 +51,7 @@ class EndpointServer:
         self.config = config
         self.names = names
         self.listeners: dict[str, Listener] = {}
-        self.announcer = Announcer(socket_path(config.server.state_dir))
+        self.announcer = Announcer(config.server.state_dir)
         self._stop = asyncio.Event()
         self._state: EndpointState | None = None
 
