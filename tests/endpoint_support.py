@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .server_support import Site, http_status, wait_for
+from .server_support import Site, wait_for
 
 
 def sha(data: bytes) -> str:
@@ -48,10 +48,10 @@ class Endpoint:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )
         log.close()
-        for client in self.clients:
+        for client in self.clients:  # (listening means ready: crashed uploads are cleaned before)
             port = self.port(client)
-            wait_for(lambda: http_status("GET", f"http://127.0.0.1:{port}/{client}/config") == 401
-                     or self.process.poll() is not None, 20, f"{client}'s endpoint")  # type: ignore[union-attr]
+            wait_for(lambda: _accepts(port) or self.process.poll() is not None, 20,  # type: ignore[union-attr]
+                     f"{client}'s endpoint")
         assert self.process.poll() is None, self.log()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -99,6 +99,15 @@ class Endpoint:
         return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: "
                 f"{authorization(client, self.password(client))}\r\nContent-Length: {length}\r\n"
                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+def _accepts(port: int) -> bool:
+    """True when something accepts a TCP connection on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def read_status(connection: socket.socket) -> int:

@@ -41,7 +41,7 @@ V2_TYPE = "application/vnd.x.restic.rest.v2"
 V1_TYPE = "application/vnd.x.restic.rest.v1"
 CHUNK = 1 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_PRINTABLE = re.compile(r"[^A-Za-z0-9._@-]")
+_PRINTABLE = re.compile(r"[^A-Za-z0-9._@:-]")
 
 CLIENT_KEY: web.AppKey[ClientEndpoint] = web.AppKey("client")
 
