@@ -49,8 +49,8 @@ class Endpoint:
         )
         log.close()
         for client in self.clients:  # (listening means ready: crashed uploads are cleaned before)
-            port = self.port(client)
-            wait_for(lambda: _accepts(port) or self.process.poll() is not None, 20,  # type: ignore[union-attr]
+            process, port = self.process, self.port(client)
+            wait_for(lambda: _accepts(port) or process.poll() is not None, 20,  # noqa: B023 (called at once)
                      f"{client}'s endpoint")
         assert self.process.poll() is None, self.log()
 
@@ -64,7 +64,7 @@ class Endpoint:
         return self.log_path.read_text(errors="replace")
 
     def port(self, client: str) -> int:
-        return int(self.site.clients[client]["port"])
+        return int(str(self.site.clients[client]["port"]))
 
     def password(self, client: str) -> str:
         return str(self.site.clients[client]["password"])

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,8 +282,12 @@ def test_concurrent_uploads_of_one_name_one_wins_the_other_is_403(endpoint: Endp
             connection.sendall(endpoint.upload_head("alpha", path, len(body)) + body[:100_000])
         wait_for(lambda: len(partial_files(alpha_repository)) == 2, 10, "both uploads to be in flight")
         statuses: list[int] = []
-        threads = [threading.Thread(target=lambda c=c: (c.sendall(body[100_000:]), statuses.append(read_status(c))))
-                   for c in (first, second)]
+
+        def finish(connection: socket.socket) -> None:
+            connection.sendall(body[100_000:])
+            statuses.append(read_status(connection))
+
+        threads = [threading.Thread(target=finish, args=(connection,)) for connection in (first, second)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -343,7 +349,7 @@ def test_only_a_clients_own_credentials_reach_its_repository(endpoint: Endpoint,
 def test_status_shows_what_the_endpoint_counted(endpoint: Endpoint, alpha_repository: Path) -> None:
     site = endpoint.site
 
-    def counted(client: str) -> dict[str, object]:
+    def counted(client: str) -> dict[str, Any]:
         rows = site.cli("status", client, "--json").json()["clients"][0]["endpoint"]
         return rows[0] if rows else {}
 
@@ -353,14 +359,14 @@ def test_status_shows_what_the_endpoint_counted(endpoint: Endpoint, alpha_reposi
     on_disk = sum(path.stat().st_size for path in final_files(alpha_repository))
     assert alpha["repository_bytes"] == on_disk
     assert alpha["files"] >= len(final_files(alpha_repository))  # (and the locks, deleted since)
-    assert alpha["received_bytes"] >= on_disk  # type: ignore[operator]
+    assert alpha["received_bytes"] >= on_disk
     assert alpha["newest_snapshot_age_seconds"] is not None
-    assert {"hash", "exists", "bad_request", "timeout", "short_body"} <= set(alpha["rejected"])  # type: ignore[arg-type]
+    assert {"hash", "exists", "bad_request", "timeout", "short_body"} <= set(alpha["rejected"])
     requests = alpha["requests"]
     assert isinstance(requests, dict) and requests["POST 200"] >= 10 and requests["GET 401"] >= 1
     wait_for(lambda: counted("beta").get("rejected", {}).get("quota") == 1, 15, "beta's quota refusal")
     beta = counted("beta")
     assert beta["quota_bytes"] == 1_000_000 and beta["repository_bytes"] == 600_000
-    assert beta["rejected"]["forbidden"] >= 5  # type: ignore[index]  (beta asking for alpha's repository)
+    assert beta["rejected"]["forbidden"] >= 5  # (beta asking for alpha's repository)
     text = site.cli("status", "beta")
     assert "endpoint" in text.out and "1.0 MB" in text.out, text.out  # (code 1: nothing is supervised here)

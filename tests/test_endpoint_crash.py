@@ -47,8 +47,8 @@ def test_kill_9_during_backups_never_leaves_a_file_that_is_not_its_name(tmp_path
         assert partial_files(repository) == [], f"seed {seed}, round {round_}"
     assert interrupted >= KILLS // 2, f"only {interrupted} kills hit a running backup (seed {seed})"
     # The repository is sound: a last backup completes and checks with every byte read.
-    backup = site.restic(url, "backup", "-q", str(site.root / "data"), timeout=120)
-    assert backup.returncode == 0, backup.stderr
+    last = site.restic(url, "backup", "-q", str(site.root / "data"), timeout=120)
+    assert last.returncode == 0, last.stderr
     assert site.restic(url, "unlock", "--remove-all").returncode == 0  # the killed backups' locks
     check = site.restic(url, "check", "--read-data", timeout=120)
     assert check.returncode == 0, check.stderr

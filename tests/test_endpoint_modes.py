@@ -45,7 +45,7 @@ def test_one_shared_endpoint_serves_every_client_and_follows_enable_disable_and_
         assert site.cli("client", "disable", "east").code == 0
         wait_for(lambda: http_status("GET", f"http://127.0.0.1:{site.clients['east']['port']}/") == 0, 10,
                  "east's listener to close")
-        assert processes_mentioning(*site.markers("east", int(site.clients["east"]["port"]))) == []
+        assert processes_mentioning(*site.markers("east", int(str(site.clients["east"]["port"])))) == []
         assert runsv_pid(unit) == pid and _answers(site, "west")  # reloaded, not restarted
         status = site.cli("status", "--json").json()
         services = {row["service"]: row["state"] for row in status["clients"][1]["services"]}

@@ -78,7 +78,8 @@ def services_section(context: StatusContext) -> Section:
                              "for_seconds": _rounded(state.seconds(context.now))})
         if enabled and not state.running:
             section.problems.append(f"{service}: {state.state} (enabled: should run)")
-        elif not enabled and state.state not in ("unsupervised", "absent") and folder not in (layout.shared_syncd, layout.shared_rest):
+        elif not enabled and state.state not in ("unsupervised", "absent") and \
+                folder not in (layout.shared_syncd, layout.shared_rest):
             section.problems.append(f"{service}: still supervised although the client is disabled")
     return section
 

@@ -249,7 +249,7 @@ async def _receive(request: web.Request, client: ClientEndpoint, upload: Upload,
     while upload.size < length:
         try:
             chunk = await asyncio.wait_for(content.readany(), client.idle_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _refuse(client, web.HTTPRequestTimeout, shown,
                           f"no data for {client.idle_timeout:g}s after {upload.size} of {length} bytes",
                           "timeout") from None

@@ -72,7 +72,7 @@ class EndpointServer:
             while not self._stop.is_set():
                 try:
                     await asyncio.wait_for(self._stop.wait(), FLUSH_EVERY)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 await self.flush()
                 if not self.names:

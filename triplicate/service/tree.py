@@ -21,8 +21,14 @@ from triplicate.errors import ConfigError
 from triplicate.fsutil import atomic_write
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, SHARED_LOGS, Layout
-from triplicate.service.scripts import (Programs, ServiceFile, SharedFiles, client_files, shared_rest_files,
-                                       shared_syncd_files)
+from triplicate.service.scripts import (
+    Programs,
+    ServiceFile,
+    SharedFiles,
+    client_files,
+    shared_rest_files,
+    shared_syncd_files,
+)
 
 STOP_TIMEOUT = 15.0
 
