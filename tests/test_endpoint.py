@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 
 from .conftest import write_files
 from .endpoint_support import Endpoint, final_files, misnamed_files, partial_files, read_status, sha
-from .server_support import Site, restic_environment, wait_for
+from .server_support import Site, free_port_range, restic_environment, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +123,10 @@ def test_the_watcher_is_told_of_a_new_snapshot_without_file_events(endpoint: End
     site = endpoint.site
     log_path = site.root / "syncd.log"
     with open(log_path, "wb") as log:
+        metrics_port = free_port_range(1)[0]
         watcher = subprocess.Popen([sys.executable, "-m", "triplicate", "-c", str(site.config_path), "syncd",
-                                    "alpha", "--no-events"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                    "alpha", "--no-events", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+                                   stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         replica = site.root / "usb" / "alpha" / "snapshots"
         wait_for(lambda: replica.is_dir() and len(os.listdir(replica)) == 2, 30, "the first two snapshots in usb")
@@ -132,10 +135,18 @@ def test_the_watcher_is_told_of_a_new_snapshot_without_file_events(endpoint: End
         wait_for(lambda: len(os.listdir(replica)) == 3, 10, "the third snapshot, announced by the endpoint")
         assert time.monotonic() - done < 5  # no file events, no rescan for an hour: only the announcement
         assert "[announce]" in log_path.read_text()
+        # The daemon's metrics show what the endpoint counted.
+        wait_for(lambda: 'triplicate_endpoint_received_files_total{client="alpha"}' in _metrics(metrics_port), 15,
+                 "the endpoint's counts in the daemon's metrics")
+        assert 'triplicate_endpoint_requests_total{client="alpha",method="POST",status="200"}' in _metrics(metrics_port)
     finally:
         watcher.terminate()
         watcher.wait(timeout=30)
     assert not (site.root / "state" / "announce" / "alpha.sock").exists()  # removed at the stop
+
+
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
 def test_listings_v1_and_v2_and_loads_with_ranges(endpoint: Endpoint, alpha_repository: Path) -> None:
