@@ -80,8 +80,13 @@ class Repository:
     def used(self) -> int:
         """Bytes held in final files (walked once, then kept up to date by the uploads)."""
         with self._lock:
+            if self._used is not None:
+                return self._used
+        # Walked without the lock, which the event loop takes to end an upload.
+        total = sum(info.size for file_type in FileType for info in self.backend.list(file_type))
+        with self._lock:
             if self._used is None:
-                self._used = sum(info.size for file_type in FileType for info in self.backend.list(file_type))
+                self._used = total
             return self._used
 
     def reserve(self, size: int) -> None:
