@@ -381,3 +381,14 @@ def test_status_shows_what_the_endpoint_counted(endpoint: Endpoint, alpha_reposi
     assert beta["rejected"]["forbidden"] >= 5  # (beta asking for alpha's repository)
     text = site.cli("status", "beta")
     assert "endpoint" in text.out and "1.0 MB" in text.out, text.out  # (code 1: nothing is supervised here)
+
+
+def test_serve_refuses_unknown_clients_and_a_taken_port(endpoint: Endpoint) -> None:
+    site = endpoint.site
+    unknown = site.cli("serve", "nobody")
+    assert unknown.code == 2 and "unknown client 'nobody'" in unknown.err
+    # alpha's port is the module's endpoint's: a second one cannot listen there (exit 3, runit retries).
+    second = subprocess.run([sys.executable, "-m", "triplicate", "-c", str(site.config_path), "serve", "alpha"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 3 and "could not open the endpoint of alpha" in second.stderr
+    assert "Traceback" not in second.stderr
