@@ -89,3 +89,28 @@ def _status(endpoint: Endpoint, client: str, ca: Path, certificate: Path | None)
         return None
     finally:
         connection.close()
+
+
+def test_plain_tls_serves_restic_and_refuses_plain_http(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=1)
+    certificate, key = server_certificate(site.root)
+    site.config_path.write_text(site.config_path.read_text().replace(
+        "[server]\n", f'[server]\ntls_cert = "{certificate}"\ntls_key = "{key}"\n'))
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb")}
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    try:
+        url = str(site.clients["alpha"]["url"])
+        assert url.startswith("rest:https://")
+        assert site.restic(url, "--cacert", str(certificate), "init").returncode == 0
+        backup = site.restic(url, "--cacert", str(certificate), "backup", "-q", str(site.config_path))
+        assert backup.returncode == 0, backup.stderr
+        check = site.restic(url, "--cacert", str(certificate), "check", "--read-data")
+        assert check.returncode == 0, check.stderr
+        # Any certificate, or none, is fine without tls_client_ca; the password is what counts.
+        assert _status(endpoint, "alpha", certificate, None) == 200
+        plain = site.restic(url.replace("https://", "http://"), "snapshots", timeout=120)
+        assert plain.returncode != 0
+    finally:
+        endpoint.stop()
