@@ -154,9 +154,13 @@ def announcement_latency(uploads: int) -> int:
         listener = AnnouncementListener(on_snapshot)
         ready = threading.Event()
 
+        def bind() -> None:
+            listener.set_clients(root / "state", ["c0000"])
+            ready.set()
+
         def run_loop() -> None:
             asyncio.set_event_loop(loop)
-            loop.call_soon(lambda: (listener.set_clients(root / "state", ["c0000"]), ready.set()))
+            loop.call_soon(bind)
             loop.run_forever()
 
         thread = threading.Thread(target=run_loop, daemon=True)
