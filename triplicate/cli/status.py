@@ -82,7 +82,7 @@ def _cell(column: str, value: Any) -> str:
     if column.endswith("_bytes"):
         return format_bytes(value)
     if isinstance(value, dict):
-        value = ", ".join(f"{key}: {count}" for key, count in value.items()) or "-"
+        value = "\n".join(f"{key}: {count}" for key, count in value.items()) or "-"  # one per line
     if isinstance(value, bool):
         value = "yes" if value else "no"
     text = escape(str(value))
