@@ -102,13 +102,16 @@ def idle_clients_memory(count: int) -> int:
         listening = sum(1 for port in range(low, low + count) if not _port_free(port))
         process.terminate()
         process.wait()
-        single, single_log = _serve(config, "c0000")
-        _wait_serving(single, single_log)
+        singles = [_serve(config, f"c{index:04d}") for index in range(PROCESSES)]
+        for single, single_log in singles:
+            _wait_serving(single, single_log)
         time.sleep(2)
-        one = _rss_kb(single.pid)
-        single.terminate()
-        single.wait()
-        rclone_kb = _rclone_rss(root, low)
+        one = _rss_kb(singles[0][0].pid)
+        ours_pss = sum(_pss_kb(single.pid) for single, _ in singles) // PROCESSES
+        for single, _ in singles:
+            single.terminate()
+            single.wait()
+        rclone_kb, rclone_pss = _rclone_rss(root)
         print("\n## Memory of the endpoint, idle (kB of RSS)\n")
         print("| process | clients | RSS kB | per client kB |")
         print("|---|---:|---:|---:|")
@@ -116,6 +119,8 @@ def idle_clients_memory(count: int) -> int:
               f"{shared} | {(shared - one) / max(count - 1, 1):.0f} (above the first) |")
         print(f"| triplicate serve CLIENT (per-client mode) | 1 | {one} | {one} |")
         print(f"| rclone serve restic (one per client) | 1 | {rclone_kb} | {rclone_kb} |")
+        print(f"\nProportional set size (shared pages split between processes), {PROCESSES} processes of each: "
+              f"triplicate serve CLIENT {ours_pss} kB per process, rclone serve restic {rclone_pss} kB per process")
         print(f"\n{count} clients: shared {shared / 1024:.0f} MB in all; per-client mode "
               f"{one * count / 1024 / 1024:.1f} GB; rclone {rclone_kb * count / 1024 / 1024:.1f} GB")
     finally:
@@ -123,17 +128,30 @@ def idle_clients_memory(count: int) -> int:
     return 0
 
 
-def _rclone_rss(root: Path, low: int) -> int:
-    rclone = subprocess.Popen(
+PROCESSES = 5  # per-client processes started at once, for the proportional set size
+
+
+def _pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _rclone_rss(root: Path) -> tuple[int, int]:
+    """RSS of one ``rclone serve restic`` and the mean PSS of PROCESSES of them, in kB."""
+    processes = [subprocess.Popen(
         ["rclone", "--config", "/dev/null", "serve", "restic", "--append-only", "--private-repos",
-         "--cache-objects=false", "--htpasswd", str(root / "state" / "htpasswd" / "c0000"),
+         "--cache-objects=false", "--htpasswd", str(root / "state" / "htpasswd" / f"c{index:04d}"),
          "--addr", f"127.0.0.1:{_free_ports(1)}", str(root / "repos")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for index in range(PROCESSES)]
     time.sleep(3)
-    rss = _rss_kb(rclone.pid)
-    rclone.terminate()
-    rclone.wait()
-    return rss
+    rss = _rss_kb(processes[0].pid)
+    pss = sum(_pss_kb(process.pid) for process in processes) // PROCESSES
+    for process in processes:
+        process.terminate()
+        process.wait()
+    return rss, pss
 
 
 def announcement_latency(uploads: int) -> int:
