@@ -222,6 +222,16 @@ def test_append_only_no_overwrite_no_delete_and_create_changes_nothing(endpoint:
     assert not (alpha_repository / "locks" / sha(lock)).exists()
 
 
+def test_methods_the_protocol_does_not_have_are_405(endpoint: Endpoint, alpha_repository: Path) -> None:
+    before = sorted(str(p) for p in alpha_repository.rglob("*"))
+    for method, path in (("GET", "/alpha/"), ("POST", "/alpha/"), ("PUT", "/alpha/config"),
+                         ("POST", "/alpha/keys/"), ("DELETE", "/alpha/keys/"), ("PATCH", "/alpha/keys/" + "0" * 64)):
+        body = b"x" if method in ("POST", "PUT", "PATCH") else None
+        assert endpoint.request("alpha", method, path, body=body).status == 405, (method, path)
+    assert sorted(str(p) for p in alpha_repository.rglob("*")) == before
+    assert endpoint.request("alpha", "GET", "/alpha/keys/").status == 200  # and it goes on serving
+
+
 def test_a_hash_mismatch_is_400_and_leaves_nothing(endpoint: Endpoint, alpha_repository: Path) -> None:
     body = os.urandom(100_000)
     name = sha(b"something else")

@@ -82,6 +82,12 @@ def failed_login_line(client: str, user: str | None, address: str) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _MethodNotAllowed(web.HTTPClientError):
+    """405, without the list of allowed methods aiohttp's own class requires (it depends on the path)."""
+
+    status_code = 405
+
+
 @web.middleware
 async def _count_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     client = request.app[CLIENT_KEY]
@@ -117,19 +123,19 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if target.file_type is None:
         if method == "POST" and request.query.get("create") == "true":
             return await _create(client)
-        raise _refuse(client, web.HTTPForbidden if method == "DELETE" else web.HTTPMethodNotAllowed,
+        raise _refuse(client, web.HTTPForbidden if method == "DELETE" else _MethodNotAllowed,
                       "/", f"{method} on the repository is not allowed")
     if target.name is None:
         if method == "GET":
             return await _list(request, client, target.file_type)
-        raise _refuse(client, web.HTTPMethodNotAllowed, target.describe(), f"{method} on a folder")
+        raise _refuse(client, _MethodNotAllowed, target.describe(), f"{method} on a folder")
     if method in ("GET", "HEAD"):
         return _load(client, target)
     if method == "POST":
         return await _save(request, client, target)
     if method == "DELETE":
         return await _delete(client, target)
-    raise _refuse(client, web.HTTPMethodNotAllowed, target.describe(), f"method {method} not allowed")
+    raise _refuse(client, _MethodNotAllowed, target.describe(), f"method {method} not allowed")
 
 
 async def _authenticate(request: web.Request, client: ClientEndpoint) -> None:
