@@ -275,6 +275,16 @@ def test_never_more_than_content_length_is_written(endpoint: Endpoint, alpha_rep
     assert partial_files(alpha_repository) == []
 
 
+def test_an_upload_without_content_length_is_411(endpoint: Endpoint, alpha_repository: Path) -> None:
+    body = b"chunked body"
+    head = endpoint.upload_head("alpha", f"/alpha/index/{sha(body)}", 0).replace(
+        b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    with endpoint.raw("alpha") as connection:
+        connection.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        assert read_status(connection) == 411
+    assert not (alpha_repository / "index" / sha(body)).exists()
+
+
 def test_a_slow_client_is_cut_off_after_the_idle_timeout(endpoint: Endpoint, alpha_repository: Path) -> None:
     body = os.urandom(10_000)
     name = sha(body)
