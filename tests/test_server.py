@@ -1,4 +1,4 @@
-"""The backup server for real: runsvdir, rclone's REST endpoints, restic clients, syncd, on 127.0.0.1.
+"""The backup server for real: runsvdir, the REST endpoints, restic clients, syncd, on 127.0.0.1.
 
 One supervised site per module (starting it costs seconds); each test leaves the
 clients as it found them: enabled and running.
@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.processes import is_alive, processes_mentioning, real_uid
 from tests.support.repository import restic_env, write_files
-from tests.support.server import Site, http_status
+from tests.support.server import Site, http_status, runsv_pid
 from tests.support.wait import wait_until
 from triplicate.service.scripts import triplicate_command
 
@@ -238,14 +238,20 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
     root.chmod(0o755)
     site = Site(root / "site", ports=2)
     try:
-        site.config_path.write_text(site.config_path.read_text().replace("[server]\n", '[server]\nuser = "nobody"\n'))
+        # Our endpoint where that user may run our Python (a venv under a private home folder
+        # may not be), else rclone's.
+        runnable = subprocess.run(["chpst", "-u", "nobody", *triplicate_command(), "--version"],
+                                  capture_output=True).returncode == 0
+        program = "" if runnable else 'endpoint_program = "rclone"\n'
+        site.config_path.write_text(site.config_path.read_text().replace(
+            "[server]\n", f'[server]\nuser = "nobody"\n{program}'))
         for location in ("usb", "nas"):
             os.chown(site.root / location, nobody.pw_uid, nobody.pw_gid)
         assert site.cli("init").code == 0
         added = site.add_client("delta", "usb")
         site.start_supervision()
-        # (the pid is the run script's, which becomes chpst, which becomes rclone as nobody)
-        wait_until(lambda: real_uid(site.service_pid("delta", "rest")) == nobody.pw_uid, 15, "rclone as nobody")
+        # (the pid is the run script's, which becomes chpst, which becomes the endpoint as nobody)
+        wait_until(lambda: real_uid(site.service_pid("delta", "rest")) == nobody.pw_uid, 15, "the endpoint as nobody")
         wait_until(lambda: http_status("GET", _base(added["url"]) + "delta/config") == 401, 10, "the endpoint")
         assert site.restic(str(added["url"]), "init").returncode == 0
         backup = site.restic(str(added["url"]), "backup", "-q", str(site.root / "triplicate.toml"))
@@ -254,8 +260,7 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
         assert len(snapshots) == 1 and snapshots[0].stat().st_uid == nobody.pw_uid
         # The watcher too, where this machine lets that user run our Python (a venv under a
         # private home folder does not).
-        command = [*triplicate_command(), "--version"]
-        if subprocess.run(["chpst", "-u", "nobody", *command], capture_output=True).returncode == 0:
+        if runnable:
             replica = site.root / "usb" / "delta" / "snapshots" / snapshots[0].name
             wait_until(replica.is_file, 20, "the snapshot in usb, copied by a watcher running as nobody")
             wait_until(lambda: real_uid(site.service_pid("delta", "syncd")) == nobody.pw_uid, 5, "syncd as nobody")
@@ -299,11 +304,3 @@ def test_one_shared_watcher_serves_every_client_and_follows_enable_and_disable(t
         assert status["ok"] is True  # a disabled east beside a running shared watcher is fine
     finally:
         assert shared.stop_supervision() == []
-
-
-def runsv_pid(folder: Path) -> int | None:
-    """The pid of a running service, as its runsv reports it."""
-    from triplicate.service.runit import service_state
-
-    state = service_state(folder)
-    return state.pid if state.running else None

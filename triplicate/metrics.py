@@ -141,6 +141,7 @@ class ChecksCollector(Collector):
                 restore.add_metric([client, location], when)
         yield restore
         yield from _drill_metrics(self._state_dir, served)
+        yield from endpoint_metric_families(self._state_dir, sorted(served))
 
 
 def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
@@ -160,6 +161,42 @@ def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
             passed.add_metric([client], 1.0 if record.ok else 0.0)
     yield seconds
     yield passed
+
+
+def endpoint_metric_families(state_dir: Path, clients: list[str]) -> Iterator[Metric]:
+    """What the REST endpoint counted per client (docs/server.md, "Counts")."""
+    from triplicate.state.endpoint import EndpointState
+
+    received = CounterMetricFamily("triplicate_endpoint_received_bytes", "Bytes of files received and kept.",
+                                   labels=["client"])
+    files = CounterMetricFamily("triplicate_endpoint_received_files", "Files received and kept.", labels=["client"])
+    logins = CounterMetricFamily("triplicate_endpoint_failed_logins", "Requests refused with 401.",
+                                 labels=["client"])
+    requests = CounterMetricFamily("triplicate_endpoint_requests", "Requests by method and status.",
+                                   labels=["client", "method", "status"])
+    rejected = CounterMetricFamily("triplicate_endpoint_rejected_uploads", "Refused requests by reason.",
+                                   labels=["client", "reason"])
+    newest = GaugeMetricFamily("triplicate_endpoint_newest_snapshot_timestamp_seconds",
+                               "When the newest snapshot file landed (Unix time).", labels=["client"])
+    size = GaugeMetricFamily("triplicate_endpoint_repository_bytes", "The repository's size.", labels=["client"])
+    with EndpointState.opened(state_dir) as state:
+        for client in clients:
+            counts = state.counts(client)
+            if counts.updated is None:
+                continue
+            received.add_metric([client], counts.counters.get("bytes_received", 0))
+            files.add_metric([client], counts.counters.get("files_received", 0))
+            logins.add_metric([client], counts.counters.get("auth_failures", 0))
+            for key, value in counts.requests().items():
+                method, _, status = key.partition(" ")
+                requests.add_metric([client, method, status], value)
+            for reason, value in counts.rejected().items():
+                rejected.add_metric([client, reason], value)
+            if counts.newest_snapshot is not None:
+                newest.add_metric([client], counts.newest_snapshot)
+            if counts.repository_bytes is not None:
+                size.add_metric([client], counts.repository_bytes)
+    yield from (received, files, logins, requests, rejected, newest, size)
 
 
 def serve(listen: str, *collectors: Collector) -> Any:

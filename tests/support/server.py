@@ -137,3 +137,11 @@ class Site:
         layout = self.layout
         return (str(layout.client_dir(client)), str(layout.htpasswd(client)), str(layout.log_root / client),
                 f"127.0.0.1:{port}")
+
+
+def runsv_pid(folder: Path) -> int | None:
+    """The pid of a running service, as its runsv reports it."""
+    from triplicate.service.runit import service_state
+
+    state = service_state(folder)
+    return state.pid if state.running else None

@@ -218,9 +218,12 @@ def list_clients(config: Config) -> list[ClientEntry]:
 
 
 def _reload_watcher(config: Config, changed_at: float) -> None:
-    """A shared watcher learns of a changed client set by reloading its configuration (HUP)."""
+    """A shared watcher or endpoint learns of a changed client set by reloading its configuration (HUP)."""
+    layout = Layout(config.server.state_dir)
     if config.server.syncd == "shared":
-        reload_shared_syncd(Layout(config.server.state_dir), changed_at)
+        reload_shared_syncd(layout, changed_at)
+    if config.server.endpoint == "shared":
+        reload_shared_syncd(layout, changed_at, layout.shared_rest)
 
 
 def _port_answers(config: Config, name: str) -> bool:

@@ -68,6 +68,8 @@ def services_section(context: StatusContext) -> StatusSection:
     folders = {"supervisor": layout.client_dir(name)}
     folders.update({service: layout.service_dir(name, service) for service in SERVICES
                     if layout.service_dir(name, service).is_dir()})  # no port: no REST endpoint
+    if context.config.server.endpoint == "shared" and context.config.clients[name].port is not None:
+        folders["rest (shared)"] = layout.shared_rest
     if context.config.server.syncd == "shared":
         folders["syncd (shared)"] = layout.shared_syncd
     for service, folder in folders.items():
@@ -76,7 +78,8 @@ def services_section(context: StatusContext) -> StatusSection:
                              "for_seconds": _rounded(state.seconds(context.now))})
         if enabled and not state.running:
             section.problems.append(f"{service}: {state.state} (enabled: should run)")
-        elif not enabled and state.state not in ("unsupervised", "absent") and folder != layout.shared_syncd:
+        elif not enabled and state.state not in ("unsupervised", "absent") and \
+                folder not in (layout.shared_syncd, layout.shared_rest):
             section.problems.append(f"{service}: still supervised although the client is disabled")
     for orphan in runit.orphans(layout.client_dir(name)):
         section.problems.append(
@@ -238,8 +241,32 @@ def recover_drill_section(context: StatusContext) -> StatusSection:
     return section
 
 
+def endpoint_section(context: StatusContext) -> StatusSection:
+    """What the REST endpoint counted: bytes and files received, requests, refusals, the newest snapshot."""
+    from triplicate.state.endpoint import EndpointState
+
+    section = StatusSection("endpoint", "endpoint", [])
+    with EndpointState.opened(context.config.server.state_dir, create=False) as state:
+        counts = state.counts(context.client)
+    if counts.updated is None:
+        return section
+    quota = context.config.settings(context.client).quota
+    newest = counts.newest_snapshot
+    section.rows.append({
+        "received_bytes": counts.counters.get("bytes_received", 0),
+        "files": counts.counters.get("files_received", 0),
+        "newest_snapshot_age_seconds": _rounded(None if newest is None else context.now - newest),
+        "repository_bytes": counts.repository_bytes, "quota_bytes": quota,
+        "failed_logins": counts.counters.get("auth_failures", 0),
+        "rejected": counts.rejected(), "requests": counts.requests(),
+    })
+    if isinstance(quota, int) and counts.repository_bytes is not None and counts.repository_bytes >= 0.95 * quota:
+        section.problems.append(f"repository at {counts.repository_bytes * 100 // max(quota, 1)}% of its quota")
+    return section
+
+
 COLLECTORS: list[Collector] = [services_section, locations_section, audit_section, restore_check_section,
-                               retention_section, recover_drill_section, scheduled_section]
+                               retention_section, recover_drill_section, endpoint_section, scheduled_section]
 
 
 def collect_status(config: Config, names: list[str] | None = None, now: float | None = None) -> list[ClientStatus]:

@@ -27,6 +27,7 @@ COMMANDS = {
     "recover": "triplicate.cli.recover:recover",
     "restore-check": "triplicate.cli.restore_check:restore_check",
     "retention": "triplicate.cli.retention:retention",
+    "serve": "triplicate.cli.serve:serve",
     "status": "triplicate.cli.status:status",
     "supervise": "triplicate.cli.supervise:supervise",
     "sync": "triplicate.cli.sync:sync",

@@ -31,10 +31,12 @@ def client() -> None:
 @click.option("--no-enable", is_flag=True, help="Write everything but do not start it.")
 @click.option("--save-password", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the plain password to FILE (mode 0600; it must not exist).")
+@click.option("--issue-cert", is_flag=True, help="Also issue a client certificate (subject: NAME) from the "
+              "server's CA in state_dir/tls/, for mutual TLS (server.tls_client_ca).")
 @click.option("--json", "as_json", is_flag=True, help="Print {name, url, user, password, port}.")
 @click.pass_obj
 def add(app: AppContext, name: str, locations: tuple[str, ...], port: int | None, no_enable: bool,
-        save_password: Path | None, as_json: bool) -> None:
+        save_password: Path | None, issue_cert: bool, as_json: bool) -> None:
     """Add client NAME: repository folder, credentials, port, configuration, services.
 
     Prints the repository URL with the client's password: it is shown this once
@@ -44,10 +46,17 @@ def add(app: AppContext, name: str, locations: tuple[str, ...], port: int | None
 
     added = add_client(app.config_path, name, list(locations), enable=not no_enable, port=port,
                        save_password=save_password.absolute() if save_password else None)
+    certificate = None
+    if issue_cert:
+        from triplicate.endpoint.certificates import issue_client_certificate
+
+        certificate = issue_client_certificate(app.config.server.state_dir, name)
     if as_json:
-        print_json(added.to_json())
+        print_json({**added.to_json(), **({"certificate": str(certificate)} if certificate else {})})
         return
     show_added(added)
+    if certificate is not None:
+        console().print(f"Client certificate and key (restic --tls-client-cert): {certificate}", markup=False)
 
 
 def show_added(added: AddedClient) -> None:

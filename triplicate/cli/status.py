@@ -78,12 +78,16 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 def _cell(column: str, value: Any) -> str:
     from rich.markup import escape
 
-    from triplicate.units import format_duration
+    from triplicate.units import format_bytes, format_duration
 
     if value is None:
         return "-"
     if column.endswith("_seconds"):
         return format_duration(value)
+    if column.endswith("_bytes"):
+        return format_bytes(value)
+    if isinstance(value, dict):
+        value = "\n".join(f"{key}: {count}" for key, count in value.items()) or "-"  # one per line
     if isinstance(value, bool):
         value = "yes" if value else "no"
     text = escape(str(value))

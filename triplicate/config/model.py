@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 
-from pydantic import BaseModel, Field, StrictBool, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from triplicate.config.types import (
     AbsolutePath, Command, Duration, LocationSettings, Percent, PortRange, Section, Size,
@@ -66,6 +66,12 @@ class ServerSettings(Section):
     user: str | None = None
     tls_cert: AbsolutePath | None = None
     tls_key: AbsolutePath | None = None
+    # the REST endpoint (docs/server.md): which program, one process per client or one for all
+    endpoint: Literal["per-client", "shared"] = "per-client"
+    endpoint_program: Literal["triplicate", "rclone"] = "triplicate"
+    endpoint_idle_timeout: Annotated[Duration, Field(gt=0)] = 60.0
+    tls_client_ca: AbsolutePath | None = None
+    quota: Size | None = None
     # one watcher per client, or one for all (many clients: docs/server.md, "Sizing")
     syncd: Literal["per-client", "shared"] = "per-client"
     # replication defaults, overridable per client or location
@@ -110,6 +116,7 @@ class ClientSection(Section):
     enabled: StrictBool = True
     replicate_to: list[str] = []
     port: int | None = Field(default=None, ge=1, le=65535)
+    quota: Size | None = None
     poll_interval: Annotated[Duration, Field(gt=0)] | None = None
     on_change: Command | None = None
     max_lag: Duration | None = None
@@ -174,6 +181,7 @@ class Config(Section):
             audit_verify_percent=either(section.audit_verify_percent, server.audit_verify_percent),
             retention=either(section.retention, server.retention),
             recover_drill_every=either(section.recover_drill_every, server.recover_drill_every),
+            quota=either(section.quota, server.quota),
         )
 
 
@@ -195,6 +203,7 @@ class ClientSettings:
     audit_verify_percent: float
     retention: RetentionSettings | None
     recover_drill_every: float | None
+    quota: int | None
 
     @property
     def has_key(self) -> bool:

@@ -29,6 +29,7 @@ from triplicate.config.model import Config
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.scheduler import Job, Scheduler
+from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import MirrorOptions
 from triplicate.errors import CannotRun, TriplicateError
@@ -144,6 +145,7 @@ class Daemon:
         if self.events:
             self.watcher = SnapshotWatcher(self.examine)
             self._watch_task = self._loop.create_task(self.watcher.run(), name="watcher")
+        self.announcements = AnnouncementListener(self.examine)  # the endpoint's word that a snapshot landed
         self._apply(self.config)
         log.info("syncd started (pid %d): %d client(s), detection by %s, rescan every %s%s",
                  os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
@@ -173,6 +175,7 @@ class Daemon:
         log.info("stopping: %d run(s) in progress finish their current file", len(running))
         if self.watcher is not None:
             self.watcher.stop()
+        self.announcements.close()
         pending: list[asyncio.Future[Any]] = list(self.scheduler.stop()) if self.scheduler else []
         for state in self.clients.values():
             if state.recheck is not None:
@@ -283,6 +286,7 @@ class Daemon:
             for name in added:
                 self.examine(name, "start")
         self.scheduler.schedule(config, served)
+        self.announcements.set_clients(config.server.state_dir, served)
 
     def _forget_client(self, state: ClientState) -> None:
         for runner in state.runners.values():

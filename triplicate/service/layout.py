@@ -8,6 +8,8 @@
     <state_dir>/log/<client>/<service>/current            svlogd's log of each service
     <state_dir>/service/_syncd -> ../shared/syncd         with server.syncd = "shared": one watcher for all
     <state_dir>/log/_shared/syncd/current                 its log
+    <state_dir>/service/_rest -> ../shared/rest           with server.endpoint = "shared": one endpoint for all
+    <state_dir>/log/_shared/rest/current                  its log
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ SERVICES = ("rest", "syncd")
 # The shared watcher's names start with '_', which no client name does (and runsvdir
 # ignores only names with a dot).
 SHARED_LINK = "_syncd"
+SHARED_REST_LINK = "_rest"
 SHARED_LOGS = "_shared"
 
 
@@ -67,10 +70,19 @@ class Layout:
     def shared_link(self) -> Path:
         return self.top / SHARED_LINK
 
+    @property
+    def shared_rest(self) -> Path:
+        """The shared endpoint's service folder (server.endpoint = "shared")."""
+        return self.state_dir / "shared" / "rest"
+
+    @property
+    def shared_rest_link(self) -> Path:
+        return self.top / SHARED_REST_LINK
+
     def all_supervised_dirs(self, clients: list[str]) -> list[Path]:
-        """Every folder a runsv may supervise: each client's, and the shared watcher's."""
+        """Every folder a runsv may supervise: each client's, and the shared watcher's and endpoint's."""
         folders = [folder for client in clients for folder in self.supervised_dirs(client)]
-        return [*folders, self.shared_syncd, self.shared_syncd / "log"]
+        return [*folders, self.shared_syncd, self.shared_syncd / "log", self.shared_rest, self.shared_rest / "log"]
 
     def supervised_dirs(self, client: str) -> list[Path]:
         """Every folder a runsv of this client may supervise: the client, its services, their logs."""

@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,14 +86,22 @@ def client_files(config: Config, config_path: Path, client: str, programs: Progr
         Path("control/t"): ServiceFile(header + 'exec kill -HUP "$(cat supervise/pid)"\n'),
     }
     commands: dict[str, list[str]] = {}
+    comments: dict[str, str] = {}
     if config.server.syncd == "per-client":
         commands["syncd"] = [*programs.triplicate, "-c", str(config_path), "syncd", client]
-    if config.clients[client].port is not None:
-        commands["rest"] = rest_command(config, client, programs)
+    if config.clients[client].port is not None and config.server.endpoint == "per-client":
+        commands["rest"] = rest_command(config, config_path, client, programs)
+        if config.server.endpoint_program == "triplicate":
+            from triplicate.endpoint.settings import listener_settings, stamp
+
+            comments["rest"] = stamp(listener_settings(config, client))
     for service, argv in sorted(commands.items()):
         files.update(_service_files(Path("services") / service, argv, layout.log_dir(client, service), header,
-                                    programs, run_as))
+                                    programs, run_as, comments.get(service, "")))
     return files
+
+
+SharedFiles = Callable[[Config, Path, Programs, str | None], dict[Path, ServiceFile]]
 
 
 def shared_syncd_files(config: Config, config_path: Path, programs: Programs,
@@ -103,23 +112,35 @@ def shared_syncd_files(config: Config, config_path: Path, programs: Programs,
                           layout.log_dir(SHARED_LOGS, "syncd"), HEADER.format(config=config_path), programs, run_as)
 
 
+def shared_rest_files(config: Config, config_path: Path, programs: Programs,
+                      run_as: str | None) -> dict[Path, ServiceFile]:
+    """The shared endpoint's files (relative to its folder): one listener per enabled client."""
+    layout = Layout(config.server.state_dir)
+    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "serve"],
+                          layout.log_dir(SHARED_LOGS, "rest"), HEADER.format(config=config_path), programs, run_as)
+
+
 def _service_files(folder: Path, argv: list[str], log_dir: Path, header: str, programs: Programs,
-                   run_as: str | None) -> dict[Path, ServiceFile]:
-    """A service's run script and its log service (svlogd into ``log_dir``), as ``run_as``."""
+                   run_as: str | None, comment: str = "") -> dict[Path, ServiceFile]:
+    """A service's run script (``comment`` after its header) and its log service (svlogd into
+    ``log_dir``), as ``run_as``."""
     prefix = [programs.chpst, "-u", run_as] if run_as else []
     log_argv = [programs.svlogd, "-tt", str(log_dir)]
     return {
-        folder / "run": ServiceFile(header + "exec 2>&1\nexec " + shlex.join(prefix + argv) + "\n"),
+        folder / "run": ServiceFile(header + comment + "exec 2>&1\nexec " + shlex.join(prefix + argv) + "\n"),
         folder / "log/run": ServiceFile(header + "exec " + shlex.join(prefix + log_argv) + "\n"),
     }
 
 
-def rest_command(config: Config, client: str, programs: Programs) -> list[str]:
-    """``rclone serve restic`` for one client: append-only, its own port and credentials.
+def rest_command(config: Config, config_path: Path, client: str, programs: Programs) -> list[str]:
+    """The client's REST endpoint: ``triplicate serve CLIENT``, or with server.endpoint_program =
+    "rclone", ``rclone serve restic``: append-only, its own port and credentials.
 
     --private-repos limits each user to the folder of its own name, so with the
     client's name as its user the client sees only ``<repos_dir>/<client>/``.
     """
+    if config.server.endpoint_program == "triplicate":
+        return [*programs.triplicate, "-c", str(config_path), "serve", client]
     server = config.server
     layout = Layout(server.state_dir)
     argv = [

@@ -48,10 +48,11 @@ def run_supervision(config: Config, config_path: Path) -> None:
                 runit.supervisors_below(layout.client_dir(name)):
             print(f"triplicate: stopping {name}'s services left by an earlier supervisor", file=sys.stderr)
             stop_client(layout, name, unlink=False)
-    shared = [layout.shared_syncd, layout.shared_syncd / "log"]
-    if any(runit.runsv_running(folder) for folder in shared) or runit.supervisors_below(layout.shared_syncd):
-        print("triplicate: stopping the shared watcher left by an earlier supervisor", file=sys.stderr)
-        stop_unit(layout.shared_syncd, None, shared)
+    for unit, what in ((layout.shared_syncd, "watcher"), (layout.shared_rest, "endpoint")):
+        shared = [unit, unit / "log"]
+        if any(runit.runsv_running(folder) for folder in shared) or runit.supervisors_below(unit):
+            print(f"triplicate: stopping the shared {what} left by an earlier supervisor", file=sys.stderr)
+            stop_unit(unit, None, shared)
     execute.replace_process([programs.runsvdir, str(layout.top)])
 
 

@@ -21,7 +21,14 @@ from triplicate.errors import ConfigError
 from triplicate.fsutil import atomic_write
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, SHARED_LOGS, Layout
-from triplicate.service.scripts import Programs, ServiceFile, client_files, shared_syncd_files
+from triplicate.service.scripts import (
+    Programs,
+    ServiceFile,
+    SharedFiles,
+    client_files,
+    shared_rest_files,
+    shared_syncd_files,
+)
 
 STOP_TIMEOUT = 15.0
 
@@ -50,6 +57,17 @@ def service_problems(config: Config) -> list[str]:
         owners.setdefault(client.port, name)
     if (config.server.tls_cert is None) != (config.server.tls_key is None):
         problems.append("server.tls_cert, server.tls_key: set both or neither")
+    if config.server.tls_client_ca is not None and config.server.tls_cert is None:
+        problems.append("server.tls_client_ca: needs server.tls_cert and server.tls_key")
+    if config.server.endpoint_program == "rclone":
+        if config.server.endpoint == "shared":
+            problems.append('server.endpoint = "shared": needs endpoint_program = "triplicate" (rclone serves '
+                            'one client per process)')
+        keys = [f"clients.{name}.quota" for name, client in sorted(config.clients.items()) if client.quota]
+        keys += ["server.quota"] * (config.server.quota is not None) + \
+            ["server.tls_client_ca"] * (config.server.tls_client_ca is not None)
+        if keys:
+            problems.append(f'{", ".join(keys)}: needs endpoint_program = "triplicate" (rclone has no such setting)')
     if config.server.user is not None:
         try:
             pwd.getpwnam(config.server.user)
@@ -130,20 +148,31 @@ def reconcile(config: Config, config_path: Path, programs: Programs | None = Non
         (layout.client_dir(name) / "services").mkdir(exist_ok=True)  # runsvdir needs it, even empty
         _activate(layout.client_dir(name), layout.link(name), client.enabled, changed, report, name)
 
-    shared = config.server.syncd == "shared"
+    for service, folder, link, shared, make_files in (
+        ("syncd", layout.shared_syncd, layout.shared_link, config.server.syncd == "shared", shared_syncd_files),
+        ("rest", layout.shared_rest, layout.shared_rest_link, config.server.endpoint == "shared", shared_rest_files),
+    ):
+        _reconcile_shared(config, config_path, programs, owner, report, service, folder, link, shared, make_files)
+    return report
+
+
+def _reconcile_shared(config: Config, config_path: Path, programs: Programs, owner: tuple[int, int] | None,
+                      report: ReconcileReport, service: str, folder: Path, link: Path, shared: bool,
+                      make_files: SharedFiles) -> None:
+    """The shared watcher's or endpoint's unit: written and linked while some client is enabled."""
+    layout = Layout(config.server.state_dir)
     if shared:
-        files = shared_syncd_files(config, config_path, programs, run_as(config))
-        changed = _write_files(layout.shared_syncd, files, report)
-        _make_log_folder(layout.log_dir(SHARED_LOGS, "syncd"), owner, report)
+        files = make_files(config, config_path, programs, run_as(config))
+        changed = _write_files(folder, files, report)
+        _make_log_folder(layout.log_dir(SHARED_LOGS, service), owner, report)
     else:
         changed = []
     wanted = shared and any(client.enabled for client in config.clients.values())
-    if wanted or layout.shared_link.is_symlink() or runit.runsv_running(layout.shared_syncd):
-        _activate(layout.shared_syncd, layout.shared_link, wanted, changed, report, "the shared watcher")
-    if not shared and layout.shared_syncd.exists():
-        shutil.rmtree(layout.shared_syncd)
-        report.changes.append(f"removed {layout.shared_syncd}")
-    return report
+    if wanted or link.is_symlink() or runit.runsv_running(folder):
+        _activate(folder, link, wanted, changed, report, f"the shared {service}")
+    if not shared and folder.exists():
+        shutil.rmtree(folder)
+        report.changes.append(f"removed {folder}")
 
 
 def _activate(folder: Path, link: Path, enabled: bool, changed: list[Path], report: ReconcileReport,
@@ -270,19 +299,23 @@ def start_wait(layout: Layout, name: str, timeout: float = STOP_TIMEOUT) -> bool
     folders = [folder for folder in layout.supervised_dirs(name) if folder.is_dir()]
     if (layout.shared_link).is_symlink():
         folders.append(layout.shared_syncd)
+    if layout.shared_rest_link.is_symlink():
+        folders.append(layout.shared_rest)
     return runit.wait_until(lambda: all(runit.runsv_running(folder) for folder in folders), timeout)
 
 
-def reload_shared_syncd(layout: Layout, changed_at: float) -> bool:
-    """HUP the shared watcher when it started before the configuration changed; return whether sent.
+def reload_shared_syncd(layout: Layout, changed_at: float, folder: Path | None = None) -> bool:
+    """HUP the shared watcher (or the shared unit in ``folder``) when it started before the
+    configuration changed; return whether sent.
 
     A watcher started less than a second ago may not handle HUP yet (Python installs
     its handler at start): wait for that second first.
     """
-    state = runit.service_state(layout.shared_syncd)
+    folder = folder or layout.shared_syncd
+    state = runit.service_state(folder)
     if not state.running or state.since is None or state.since >= changed_at:
         return False
     since = state.since
     runit.wait_until(lambda: time.time() - since >= 1.0, 1.5)
-    runit.sv("hup", layout.shared_syncd)
+    runit.sv("hup", folder)
     return True

@@ -1,0 +1,1 @@
+"""triplicate's own restic REST endpoint: verifying, durable, append-only (docs/server.md)."""
