@@ -29,6 +29,7 @@ COMMANDS = {
     "sync": "triplicate.cli.sync:sync",
     "syncd": "triplicate.cli.syncd:syncd",
     "systemd-unit": "triplicate.cli.systemd_unit:systemd_unit",
+    "web": "triplicate.cli.web:web",
 }
 
 EPILOG = """Exit status: 0 success; 1 the work ran and something failed; 2 bad arguments or

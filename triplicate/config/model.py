@@ -247,11 +247,29 @@ class NotifySettings(Section):
     after_failures: int = Field(default=3, ge=1)
 
 
+def _bcrypt_hash(value: str) -> str:
+    if not re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", value):
+        raise ValueError("expected a bcrypt hash such as the one 'htpasswd -nBC 12 USER' prints after the ':'")
+    return value
+
+
+BcryptHash = Annotated[str, AfterValidator(_bcrypt_hash)]
+
+
+class WebSettings(Section):
+    """The dashboard, JSON API and /metrics (docs/web.md); off unless ``listen`` is set."""
+
+    listen: str | None = None
+    # user name -> bcrypt hash; empty: no login, allowed only on a loopback address
+    users: dict[str, BcryptHash] = {}
+
+
 class Config(Section):
     server: ServerSettings = ServerSettings()
     locations: dict[str, Location] = {}
     clients: dict[str, ClientSettings] = {}
     notify: NotifySettings = NotifySettings()
+    web: WebSettings = WebSettings()
 
     def client(self, name: str) -> ClientSettings:
         """The client's settings; raises UsageError naming the client when unknown."""

@@ -8,6 +8,8 @@
     <state_dir>/log/<client>/<service>/current            svlogd's log of each service
     <state_dir>/service/_syncd -> ../shared/syncd         with server.syncd = "shared": one watcher for all
     <state_dir>/log/_shared/syncd/current                 its log
+    <state_dir>/service/_web -> ../shared/web             with [web] listen: the web service (docs/web.md)
+    <state_dir>/log/_shared/web/current                   its log
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SERVICES = ("rest", "syncd")
 # ignores only names with a dot).
 SHARED_LINK = "_syncd"
 SHARED_LOGS = "_shared"
+WEB_LINK = "_web"
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,19 @@ class Layout:
     def shared_link(self) -> Path:
         return self.top / SHARED_LINK
 
+    @property
+    def web(self) -> Path:
+        """The web service's folder ([web] listen set)."""
+        return self.state_dir / "shared" / "web"
+
+    @property
+    def web_link(self) -> Path:
+        return self.top / WEB_LINK
+
     def all_supervised_dirs(self, clients: list[str]) -> list[Path]:
-        """Every folder a runsv may supervise: each client's, and the shared watcher's."""
+        """Every folder a runsv may supervise: each client's, the shared watcher's and the web service's."""
         folders = [folder for client in clients for folder in self.supervised_dirs(client)]
-        return [*folders, self.shared_syncd, self.shared_syncd / "log"]
+        return [*folders, self.shared_syncd, self.shared_syncd / "log", self.web, self.web / "log"]
 
     def supervised_dirs(self, client: str) -> list[Path]:
         """Every folder a runsv of this client may supervise: the client, its services, their logs."""

@@ -103,6 +103,14 @@ def shared_syncd_files(config: Config, config_path: Path, programs: Programs,
                           layout.log_dir(SHARED_LOGS, "syncd"), HEADER.format(config=config_path), programs, run_as)
 
 
+def web_files(config: Config, config_path: Path, programs: Programs,
+              run_as: str | None) -> dict[Path, ServiceFile]:
+    """The web service's files (relative to its folder): ``triplicate web`` for the whole server."""
+    layout = Layout(config.server.state_dir)
+    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "web"],
+                          layout.log_dir(SHARED_LOGS, "web"), HEADER.format(config=config_path), programs, run_as)
+
+
 def _service_files(folder: Path, argv: list[str], log_dir: Path, header: str, programs: Programs,
                    run_as: str | None) -> dict[Path, ServiceFile]:
     """A service's run script and its log service (svlogd into ``log_dir``), as ``run_as``."""

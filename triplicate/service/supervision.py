@@ -47,10 +47,11 @@ def run_supervision(config: Config, config_path: Path) -> None:
         if any(runit.runsv_running(folder) for folder in layout.supervised_dirs(name)):
             print(f"triplicate: stopping {name}'s services left by an earlier supervisor", file=sys.stderr)
             stop_client(layout, name, unlink=False)
-    shared = [layout.shared_syncd, layout.shared_syncd / "log"]
-    if any(runit.runsv_running(folder) for folder in shared):
-        print("triplicate: stopping the shared watcher left by an earlier supervisor", file=sys.stderr)
-        stop_unit(layout.shared_syncd, None, shared)
+    for folder, what in ((layout.shared_syncd, "shared watcher"), (layout.web, "web service")):
+        unit = [folder, folder / "log"]
+        if any(runit.runsv_running(supervised) for supervised in unit):
+            print(f"triplicate: stopping the {what} left by an earlier supervisor", file=sys.stderr)
+            stop_unit(folder, None, unit)
     execute.replace_process([programs.runsvdir, str(layout.top)])
 
 

@@ -22,6 +22,7 @@ from triplicate.fsutil import atomic_write
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, SHARED_LOGS, Layout
 from triplicate.service.scripts import Programs, ServiceFile, client_files, shared_syncd_files
+from triplicate.service.scripts import web_files
 
 STOP_TIMEOUT = 15.0
 
@@ -63,8 +64,10 @@ def service_problems(config: Config) -> list[str]:
 
 
 def check_service_settings(config: Config, source: str) -> None:
-    """Raise ConfigError listing :func:`service_problems`, if any."""
-    problems = service_problems(config)
+    """Raise ConfigError listing :func:`service_problems` and the web service's, if any."""
+    from triplicate.web.access import web_problems
+
+    problems = service_problems(config) + web_problems(config)
     if problems:
         raise ConfigError(problems, source)
 
@@ -147,7 +150,23 @@ def reconcile(config: Config, config_path: Path, programs: Programs | None = Non
     if not shared and layout.shared_syncd.exists():
         shutil.rmtree(layout.shared_syncd)
         report.changes.append(f"removed {layout.shared_syncd}")
+    _reconcile_web(config, config_path, programs, layout, owner, report)
     return report
+
+
+def _reconcile_web(config: Config, config_path: Path, programs: Programs, layout: Layout,
+                   owner: tuple[int, int] | None, report: ReconcileReport) -> None:
+    """The web service: written and linked with [web] listen, stopped and removed without."""
+    wanted = config.web.listen is not None
+    changed: list[Path] = []
+    if wanted:
+        changed = _write_files(layout.web, web_files(config, config_path, programs, run_as(config)), report)
+        _make_log_folder(layout.log_dir(SHARED_LOGS, "web"), owner, report)
+    if wanted or layout.web_link.is_symlink() or runit.runsv_running(layout.web):
+        _activate(layout.web, layout.web_link, wanted, changed, report, "the web service")
+    if not wanted and layout.web.exists():
+        shutil.rmtree(layout.web)
+        report.changes.append(f"removed {layout.web}")
 
 
 def _activate(folder: Path, link: Path, enabled: bool, changed: list[Path], report: ReconcileReport,
