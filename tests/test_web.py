@@ -65,6 +65,14 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         status, body, _ = web.get("/api/v1/runs?limit=0")
         assert status == 400 and json.loads(body)["error"].startswith("limit:")
 
+        # Cached answers never hide a change: fixing the location shows at the next request.
+        assert 'triplicate_location_up{client="web02",location="usb"} 0.0' in web.get("/metrics")[1].decode()
+        (server.root / "usb" / "web02").unlink()
+        assert server.cli("sync", "web02").code == 0
+        fixed = {client["name"]: client for client in web.json("/api/v1/clients")["clients"]}["web02"]
+        assert fixed["state"] == "ok" and fixed["locations"]["usb"]["lag_seconds"] == 0
+        assert 'triplicate_location_up{client="web02",location="usb"} 1.0' in web.get("/metrics")[1].decode()
+
         spec = web.json("/api/v1/openapi.json")
         assert spec["openapi"].startswith("3.")
         for path in ("/api/v1/clients", "/api/v1/clients/{name}", "/api/v1/locations", "/api/v1/runs",

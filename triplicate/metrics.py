@@ -220,12 +220,13 @@ class BuildCollector(Collector):
         yield info
 
 
-def registry(*collectors: Collector, process: bool = True) -> CollectorRegistry:
-    """A registry of ``collectors``, the build info and (with ``process``) process_* of this process."""
+def registry(*collectors: Collector, process: bool = True, build: bool = True) -> CollectorRegistry:
+    """A registry of ``collectors``, (with ``build``) the build info and (with ``process``)
+    process_* of this process."""
     from prometheus_client import ProcessCollector
 
     result = CollectorRegistry(auto_describe=False)
-    for collector in (*collectors, BuildCollector()):
+    for collector in (*collectors, *([BuildCollector()] if build else [])):
         result.register(collector)
     if process:
         ProcessCollector(registry=result)

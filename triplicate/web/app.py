@@ -32,21 +32,37 @@ from triplicate.metrics import (
 from triplicate.web import data, pages
 from triplicate.web.access import Logins, check_web_settings
 from triplicate.web.api import HISTORY_KINDS, openapi
+from triplicate.web.cache import Cached, DatabaseVersion
 
 log = logging.getLogger("triplicate.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# How long an answer computed from the database is reused when nothing was committed
+# meanwhile (docs/web.md, "Performance"): the staleness of a lag or an age, at most.
+PAGE_MAX_AGE = 10.0
+METRICS_MAX_AGE = 30.0
+
+
 class Live:
-    """The configuration in use; SIGHUP replaces it (aiohttp freezes the app's own items)."""
+    """The configuration in use (SIGHUP replaces it; aiohttp freezes the app's own items)
+    and the answers cached for it."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.version = DatabaseVersion(config.server.state_dir)
+        self.pages = Cached(self.version, PAGE_MAX_AGE)
+        self.metrics = Cached(self.version, METRICS_MAX_AGE)
+
+    def overview(self) -> dict[str, Any]:
+        config = self.config
+        result: dict[str, Any] = self.pages.get(("overview", id(config)), lambda: data.overview(config))
+        return result
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
 LOGINS: web.AppKey[Logins] = web.AppKey("logins", Logins)
-REGISTRY: web.AppKey[Any] = web.AppKey("registry", object)
+REGISTRIES: web.AppKey[Any] = web.AppKey("registries", object)
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -80,9 +96,9 @@ async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
 
 
 async def dashboard(request: web.Request) -> web.Response:
-    config = request.app[LIVE].config
-    overview = await _in_thread(data.overview, config)
-    return web.Response(text=pages.dashboard(data.server_info(config), overview), content_type="text/html")
+    live = request.app[LIVE]
+    overview = await _in_thread(live.overview)
+    return web.Response(text=pages.dashboard(data.server_info(live.config), overview), content_type="text/html")
 
 
 async def client_page(request: web.Request) -> web.Response:
@@ -96,7 +112,11 @@ async def style(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = await _in_thread(exposition, request.app[REGISTRY])
+    """The state's metrics (cached, see METRICS_MAX_AGE) followed by this process's own, always fresh."""
+    live = request.app[LIVE]
+    state, process = request.app[REGISTRIES]
+    cached = await _in_thread(live.metrics.get, ("metrics", id(live.config)), partial(exposition, state))
+    body = cached + await _in_thread(exposition, process)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -105,7 +125,7 @@ async def api_server(request: web.Request) -> web.Response:
 
 
 async def api_clients(request: web.Request) -> web.Response:
-    return _json(await _in_thread(data.overview, request.app[LIVE].config))
+    return _json(await _in_thread(request.app[LIVE].overview))
 
 
 async def api_client(request: web.Request) -> web.Response:
@@ -145,7 +165,9 @@ def build_app(config: Config) -> web.Application:
         return sorted(name for name, client in app[LIVE].config.clients.items() if client.enabled)
 
     state_dir = config.server.state_dir
-    app[REGISTRY] = registry(ReplicationCollector(state_dir, pairs), ChecksCollector(state_dir, clients))
+    app[REGISTRIES] = (registry(ReplicationCollector(state_dir, pairs), ChecksCollector(state_dir, clients),
+                                process=False),
+                       registry(process=True, build=False))
     app.router.add_get("/", dashboard)
     app.router.add_get("/client/{name}", client_page)
     app.router.add_get("/static/style.css", style)
@@ -201,6 +223,7 @@ async def serve(config: Config, config_path: Path, reload: Callable[[], Config])
             log.error("reload: keeping the running configuration: %s", error)
             return
         app[LIVE].config = fresh  # the address, users and TLS take effect at the next start
+        app[LIVE].version.close()
         log.info("reloaded %s", config_path)
 
     for signal_number in (signal.SIGTERM, signal.SIGINT):

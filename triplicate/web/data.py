@@ -76,12 +76,12 @@ def locations(config: Config) -> dict[str, Any]:
     return {"version": API_VERSION, "locations": result}
 
 
-def overview(config: Config, now: float | None = None) -> dict[str, Any]:
+def overview(config: Config, now: float | None = None, names: list[str] | None = None) -> dict[str, Any]:
     """Every client with each of its locations judged (the dashboard's grid and ``/api/v1/clients``).
 
     A location's ``state``: "ok", "never" (no run yet), "late" (lag over max_lag, or the
     primary's newest snapshot older than expect_backup_every) or "failed" (its last run
-    failed, or its last audit found it CRITICAL or UNKNOWN).
+    failed, or its last audit found it CRITICAL or UNKNOWN). ``names``: only these clients.
     """
     now = time.time() if now is None else now
     with opened(config) as stores:
@@ -90,7 +90,7 @@ def overview(config: Config, now: float | None = None) -> dict[str, Any]:
         audits = stores.audit.last_audits()
         restore = _last_restore_checks(stores.restore)
         clients = []
-        for name, settings in sorted(config.clients.items()):
+        for name in names or sorted(config.clients):
             clients.append(_client(config, name, now, stores, rows, newest.get(name), audits.get(name),
                                    restore.get(name, {})))
     return {"version": API_VERSION, "time": round(now, 3), "clients": clients}
@@ -172,7 +172,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
     """
     config.client(name)
     now = time.time() if now is None else now
-    summary = next(client for client in overview(config, now)["clients"] if client["name"] == name)
+    summary = overview(config, now, [name])["clients"][0]
     since = now - days * DAY
     with opened(config) as stores:
         audit = stores.audit.last_audit(name)
