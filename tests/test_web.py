@@ -7,6 +7,8 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -85,7 +87,8 @@ def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp
     with web_service(server, port) as web:
         status, body, headers = web.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60,
+                             check=False)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     text = body.decode()
     assert _metric(text, "triplicate_location_up", client="web02", location="usb") == 0
@@ -106,7 +109,8 @@ def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp
 
 def test_the_example_alert_rules_pass_promtool(tmp_path: Path) -> None:
     rules = DOCS / "prometheus-alerts.yml"
-    checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True,
+                             timeout=60, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
     text = rules.read_text()
@@ -177,8 +181,8 @@ def test_logins_and_tls_with_the_servers_certificate(server: Server, tmp_path: P
             assert status == 200, path
             assert b"password" not in body.replace(b"password_", b""), path  # no secret, not even a path
             assert str(server.password_file).encode() not in body, path
-    with pytest.raises(Exception):  # plain HTTP is not served
-        web.get("/")
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not served
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
 
 
 def test_web_refuses_an_open_address_without_users_and_an_unset_listen(server: Server) -> None:

@@ -172,6 +172,7 @@ def dump_dom(url: str) -> str:
     """The page's DOM after load, from ``chromium --headless --dump-dom`` (a separate, real browser)."""
     with tempfile.TemporaryDirectory(prefix="triplicate-chromium-") as profile:
         result = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                                capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": profile})
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": profile},
+                                check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

@@ -53,11 +53,14 @@ def _subset(ctx: click.Context, param: click.Parameter, value: str | None) -> st
 @click.option("--read-data-subset", metavar="SUBSET", callback=_subset,
               help="With --restic-check: restic's --read-data-subset (n/t, x% or a size). Implies --restic-check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--nagios", is_flag=True, help="Print as a Nagios/Icinga plugin: one status line with perfdata "
+              "(worst first), then one line per problem.")
 @click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Also write the results as a node_exporter textfile (replaced atomically).")
 @click.pass_obj
 def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...], verify_percent: float,
-          restic_check: bool, read_data_subset: str | None, as_json: bool, prometheus_file: Path | None) -> None:
+          restic_check: bool, read_data_subset: str | None, as_json: bool, nagios: bool,
+          prometheus_file: Path | None) -> None:
     """Check that every snapshot of each CLIENT (default: all) is at each of its locations,
     fresh and intact.
 
@@ -69,9 +72,12 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
     from triplicate.actions.audit import AuditOptions, run_audit
     from triplicate.errors import UsageError
 
+    if as_json and nagios:
+        click.echo("triplicate: --json and --nagios: choose one", err=True)
+        sys.exit(EXIT_UNKNOWN)
     try:
         config = app.config
-        with progress_bars(enabled=not as_json) as bars:
+        with progress_bars(enabled=not (as_json or nagios)) as bars:
             options = AuditOptions(
                 verify_percent=verify_percent, restic_check=restic_check, read_data_subset=read_data_subset,
                 progress=(lambda client, location: _BarProgress(bars, f"verify {client} at {location}"))
@@ -79,6 +85,8 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
             )
             report = run_audit(config, clients, locations, options)
     except UsageError as error:  # bad configuration or arguments: UNKNOWN, not CRITICAL
+        if nagios:  # a plugin's output is its standard output's first line
+            click.echo(f"TRIPLICATE UNKNOWN - {str(error).splitlines()[0]}")
         click.echo(f"triplicate: {error}", err=True)
         sys.exit(EXIT_UNKNOWN)
     data = report.to_json()
@@ -86,6 +94,13 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
         _write_prometheus(prometheus_file, data["clients"])
     if as_json:
         print_json(data)
+    elif nagios:
+        from triplicate.actions.audit_report import nagios_text
+
+        grace = config.server.in_progress_grace
+        thresholds = {name: (grace, float(config.effective(name, "max_lag")))  # type: ignore[arg-type]
+                      for name in report.clients}
+        click.echo(nagios_text(report, thresholds), nl=False)
     else:
         _print_tables(report)
     sys.exit(report.status.exit_code)
