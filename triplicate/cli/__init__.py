@@ -20,6 +20,7 @@ from triplicate.errors import EXIT_USAGE, TriplicateError
 COMMANDS = {
     "audit": "triplicate.cli.audit:audit",
     "client": "triplicate.cli.client:client",
+    "config": "triplicate.cli.config:config",
     "demo": "triplicate.cli.demo:demo",
     "init": "triplicate.cli.init:init",
     "restore-check": "triplicate.cli.restore_check:restore_check",
