@@ -188,7 +188,7 @@ class ReplicationState(Store):
         return max(0.0, now - row[0]) if row and row[0] is not None else 0.0
 
     @locked
-    def location_metrics(self, now: float) -> dict[tuple[str, str], dict[str, Any]]:
+    def location_metrics(self, now: float, client: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """Per (client, location) that has run at least once: the numbers metrics export.
 
         Keys of each value: last_success (0 when never), consecutive_failures,
@@ -197,7 +197,7 @@ class ReplicationState(Store):
         newest (the arrival on the server of the newest snapshot the location holds,
         None when it holds none), last_attempt, last_error and first_run (when its
         first recorded run started).
-        One query for every pair, so a scrape of a thousand clients stays cheap.
+        One query for every pair (or ``client``'s), so a scrape of a thousand clients stays cheap.
         """
         rows = self.connection.execute(
             "SELECT ls.client, ls.location, ls.last_success, ls.consecutive_failures,"
@@ -215,8 +215,8 @@ class ReplicationState(Store):
             "  AND p.gone_since IS NULL AND NOT EXISTS (SELECT 1 FROM snapshots r"
             "   WHERE r.client=p.client AND r.location=ls.location AND r.snapshot_id=p.snapshot_id"
             "   AND r.gone_since IS NULL)) AS oldest_missing"
-            " FROM location_state ls",
-            (PRIMARY, PRIMARY),
+            " FROM location_state ls WHERE ? IS NULL OR ls.client=?",
+            (PRIMARY, PRIMARY, client, client),
         ).fetchall()
         return {
             (row["client"], row["location"]): {

@@ -84,11 +84,16 @@ def overview(config: Config, now: float | None = None, names: list[str] | None =
     failed, or its last audit found it CRITICAL or UNKNOWN). ``names``: only these clients.
     """
     now = time.time() if now is None else now
+    one = names[0] if names is not None and len(names) == 1 else None
     with opened(config) as stores:
-        rows = stores.replication.location_metrics(now)
+        rows = stores.replication.location_metrics(now, one)
         newest = stores.replication.newest_primary_snapshots()
-        audits = stores.audit.last_audits()
-        restore = _last_restore_checks(stores.restore)
+        if one is None:
+            audits = stores.audit.last_audits()
+        else:
+            record = stores.audit.last_audit(one)
+            audits = {} if record is None else {one: record}
+        restore = _last_restore_checks(stores.restore, one)
         clients = []
         for name in names or sorted(config.clients):
             clients.append(_client(config, name, now, stores, rows, newest.get(name), audits.get(name),
@@ -152,12 +157,13 @@ def _location(row: dict[str, Any] | None, now: float, max_lag: float) -> dict[st
     }
 
 
-def _last_restore_checks(state: RestoreCheckState) -> dict[str, dict[str, dict[str, Any]]]:
-    """client -> location -> the newest restore check (ok, time), in one query."""
+def _last_restore_checks(state: RestoreCheckState, client: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """client -> location -> the newest restore check (ok, time), in one query (of ``client``'s, or all)."""
     with state._lock:
         rows = state.connection.execute(
-            "SELECT client, location, ok, time FROM restore_checks AS r WHERE id = (SELECT id FROM restore_checks"
-            " WHERE client=r.client AND location=r.location ORDER BY time DESC, id DESC LIMIT 1)"
+            "SELECT client, location, ok, time FROM restore_checks AS r WHERE (? IS NULL OR client=?) AND id ="
+            " (SELECT id FROM restore_checks WHERE client=r.client AND location=r.location"
+            " ORDER BY time DESC, id DESC LIMIT 1)", (client, client),
         ).fetchall()
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
