@@ -234,6 +234,8 @@ class ClientSettings(Section):
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
+    # healthchecks.io-style ping URL: /start, success, /fail (docs/daemon.md, "Heartbeats")
+    heartbeat_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:

@@ -17,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from triplicate.config.model import Config
+from triplicate.daemon import heartbeat
 from triplicate.daemon.scheduler import Job
 from triplicate.errors import TriplicateError
 
 log = logging.getLogger("triplicate.daemon")
 
 WEEK = 7 * 86400.0
-Notify = Callable[[str, str], None]
+# send(title, body, kind): kind is apprise's type, "failure", "warning", "success" or "info".
+Notify = Callable[..., None]
 
 
 def has_key(config: Config, client: str) -> bool:
@@ -61,19 +63,25 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
     (the daemon stopping) ends an audit's verification early.
     """
 
-    async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], None]) -> None:
+    async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], bool]) -> None:
+        heartbeat.ping(get_config(), client, "start", f"{name} started")
+        ok = False
         try:
-            await asyncio.to_thread(work, get_config(), client, send)
+            ok = await asyncio.to_thread(work, get_config(), client, send)
             if name == "audit" and _found_corrupt_replica_files(get_config(), client):
                 resync(client)
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
-            send(f"triplicate: {name} of {client} could not run", str(error))
+            send(f"triplicate: {name} of {client} could not run", str(error), "warning")
         except Exception:  # a scheduled check must never take the daemon down
             log.exception("%s %s failed unexpectedly", name, client)
+        heartbeat.ping(get_config(), client, "success" if ok else "fail", f"{name} {'passed' if ok else 'failed'}")
+
+    async def freshness(client: str) -> None:
+        await asyncio.to_thread(heartbeat.check_freshness, get_config(), client)
 
     def job(name: str, interval: Callable[[Config, str], float | None],
-            work: Callable[[Config, str, Notify], None]) -> Job:
+            work: Callable[[Config, str, Notify], bool]) -> Job:
         async def action(client: str) -> None:
             await in_thread(name, client, work)
 
@@ -83,11 +91,13 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
         job("audit", audit_interval, functools.partial(scheduled_audit, stop=stop)),
         job("restore-check", restore_check_interval, scheduled_restore_check),
         job("retention", retention_interval, scheduled_retention),
+        Job("backup-freshness", heartbeat.freshness_interval, freshness, persist=False),
     ]
 
 
-def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> None:
-    """Audit one client with its own verify percentage; notify each change of status."""
+def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> bool:
+    """Audit one client with its own verify percentage; notify each change of status.
+    Return whether nothing is lost or unreadable (OK or WARNING)."""
     from triplicate.actions.audit import AuditOptions, run_audit, status_changes
     from triplicate.state.audit import last_audits
 
@@ -97,7 +107,9 @@ def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.E
     for change in status_changes(previous, report):
         where = f"{change.client} at {change.location}" if change.location else change.client
         send(f"triplicate: audit of {where} is {change.after}",
-             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}")
+             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}",
+             {"OK": "success", "WARNING": "warning"}.get(str(change.after), "failure"))
+    return report.status.value in ("OK", "WARNING")
 
 
 def _found_corrupt_replica_files(config: Config, client: str) -> bool:
@@ -107,8 +119,8 @@ def _found_corrupt_replica_files(config: Config, client: str) -> bool:
     return record is not None and any(result.report.get("corrupt_files") for result in record.locations.values())
 
 
-def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
-    """Restore-check every location of one client; notify failures and recoveries."""
+def scheduled_restore_check(config: Config, client: str, send: Notify) -> bool:
+    """Restore-check every location of one client; notify failures and recoveries; return whether all passed."""
     from triplicate.actions.restore_check import run_restore_check, select_locations
     from triplicate.state.restore_check import RestoreCheckState
 
@@ -120,23 +132,27 @@ def scheduled_restore_check(config: Config, client: str, send: Notify) -> None:
         was = before.get(location)
         if not result.ok and was is not False:
             reasons = "; ".join(f"{failure.path}: {failure.reason}" for failure in result.failures[:5])
-            send(f"triplicate: restore check of {client} at {location} FAILED", reasons or "failed")
+            send(f"triplicate: restore check of {client} at {location} FAILED", reasons or "failed", "failure")
         elif result.ok and was is False:
             send(f"triplicate: restore check of {client} at {location} passes again",
-                 f"{result.files_checked} files restored and checked.")
+                 f"{result.files_checked} files restored and checked.", "success")
+    return bool(report.ok)
 
 
-def scheduled_retention(config: Config, client: str, send: Notify) -> None:
-    """Apply one client's retention policy; notify what was removed, or why it was not."""
+def scheduled_retention(config: Config, client: str, send: Notify) -> bool:
+    """Apply one client's retention policy; notify what was removed, or why it was not; return
+    whether it ran."""
     from triplicate.actions.retention import run_retention
     from triplicate.units import format_bytes
 
     report = run_retention(config, client)
     if report.refused or report.error:
         log.warning("retention %s: %s", client, report.refused or report.error)
-        send(f"triplicate: retention of {client} did not run", str(report.refused or report.error))
-    elif report.removed:
+        send(f"triplicate: retention of {client} did not run", str(report.refused or report.error), "warning")
+        return False
+    if report.removed:
         log.info("retention %s: removed %d snapshot(s)", client, len(report.removed))
         send(f"triplicate: retention removed {len(report.removed)} snapshot(s) of {client}",
              "Removed: " + ", ".join(verdict.id[:8] for verdict in report.removed)
-             + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""))
+             + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""), "info")
+    return True
