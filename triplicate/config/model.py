@@ -98,6 +98,8 @@ class ServerSettings(Section):
     tls_key: AbsolutePath | None = None
     # one watcher per client, or one for all (many clients: docs/server.md, "Sizing")
     syncd: Literal["per-client", "shared"] = "per-client"
+    # where the services log: svlogd files under state_dir/log, or journald (docs/server.md, "Logs")
+    log: Literal["files", "journald"] = "files"
     # replication defaults, overridable per client or location
     workers: int = Field(default=4, ge=1, le=64)
     in_progress_grace: Duration = 300.0

@@ -21,8 +21,7 @@ from triplicate.errors import ConfigError
 from triplicate.fsutil import atomic_write
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, SHARED_LOGS, Layout
-from triplicate.service.scripts import Programs, ServiceFile, client_files, shared_syncd_files
-from triplicate.service.scripts import web_files
+from triplicate.service.scripts import Programs, ServiceFile, client_files, shared_syncd_files, web_files
 
 STOP_TIMEOUT = 15.0
 
