@@ -69,7 +69,7 @@ class ReplicationCollector(Collector):
             rows = self._state.location_metrics(now)
             pairs = self._pairs()
             families = _families()
-            newest_primary = self._state.newest_primary_snapshots()
+            primary = self._state.primary_snapshots()
             for client, location in pairs:
                 row = rows.get((client, location)) or _never_ran(self._state, client, location, now)
                 labels = [client, location]
@@ -88,9 +88,10 @@ class ReplicationCollector(Collector):
                 if self._queue_length is not None:
                     families["queue"].add_metric(labels, self._queue_length(client, location))
             for client in sorted({client for client, _ in pairs}):
-                families["primary"].add_metric([client], len(self._state.known_snapshots(client, PRIMARY)))
-                if client in newest_primary:
-                    families["newest"].add_metric([client, PRIMARY], newest_primary[client])
+                count, newest = primary.get(client, (0, None))
+                families["primary"].add_metric([client], count)
+                if newest is not None:
+                    families["newest"].add_metric([client, PRIMARY], newest)
         if self._queue_length is None:
             del families["queue"]
         yield from families.values()
@@ -195,14 +196,14 @@ class ChecksCollector(Collector):
             "When the location's last restore check finished, passed or not (Unix time).", labels=LABELS)
         with RestoreCheckState.opened(self._state_dir, create=False) as state:
             successes = state.last_successes()
-            last = {client: state.last_restore_checks(client) for client in sorted(served)}
+            last = state.last_results()
         for (client, location), when in sorted(successes.items()):
             if client in served:
                 restore.add_metric([client, location], when)
-        for client, records in last.items():
-            for location, record in records.items():
-                last_ok.add_metric([client, location], float(record.ok))
-                last_time.add_metric([client, location], record.time)
+        for (client, location), (ok, when) in sorted(last.items()):
+            if client in served:
+                last_ok.add_metric([client, location], float(ok))
+                last_time.add_metric([client, location], when)
         yield from (restore, last_ok, last_time)
 
 

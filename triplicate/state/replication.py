@@ -239,11 +239,16 @@ class ReplicationState(Store):
     @locked
     def newest_primary_snapshots(self) -> dict[str, float]:
         """Client -> arrival of the newest snapshot present in its primary (clients with one)."""
+        return {client: newest for client, (_count, newest) in self.primary_snapshots().items()}
+
+    @locked
+    def primary_snapshots(self) -> dict[str, tuple[int, float]]:
+        """Client -> (snapshots present in its primary, arrival of the newest), in one query."""
         rows = self.connection.execute(
-            "SELECT client, MAX(first_seen) FROM snapshots WHERE location=? AND gone_since IS NULL"
+            "SELECT client, COUNT(*), MAX(first_seen) FROM snapshots WHERE location=? AND gone_since IS NULL"
             " GROUP BY client", (PRIMARY,),
         ).fetchall()
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     @locked
     def arrivals(self, client: str, since: float) -> dict[str, dict[str, float]]:

@@ -87,7 +87,7 @@ def overview(config: Config, now: float | None = None, names: list[str] | None =
     one = names[0] if names is not None and len(names) == 1 else None
     with opened(config) as stores:
         rows = stores.replication.location_metrics(now, one)
-        newest = stores.replication.newest_primary_snapshots()
+        primary = stores.replication.primary_snapshots()
         if one is None:
             audits = stores.audit.last_audits()
         else:
@@ -96,12 +96,13 @@ def overview(config: Config, now: float | None = None, names: list[str] | None =
         restore = _last_restore_checks(stores.restore, one)
         clients = []
         for name in names or sorted(config.clients):
-            clients.append(_client(config, name, now, stores, rows, newest.get(name), audits.get(name),
+            count, newest = primary.get(name, (0, None))
+            clients.append(_client(config, name, now, count, rows, newest, audits.get(name),
                                    restore.get(name, {})))
     return {"version": API_VERSION, "time": round(now, 3), "clients": clients}
 
 
-def _client(config: Config, name: str, now: float, stores: Stores, rows: dict[tuple[str, str], dict[str, Any]],
+def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tuple[str, str], dict[str, Any]],
             newest: float | None, audit: Any, restore: dict[str, dict[str, Any]]) -> dict[str, Any]:
     settings = config.clients[name]
     expect = config.effective(name, "expect_backup_every")
@@ -115,7 +116,7 @@ def _client(config: Config, name: str, now: float, stores: Stores, rows: dict[tu
         if location == PRIMARY:
             entry: dict[str, Any] = {
                 "state": "late" if backups_late else ("ok" if newest is not None else "never"),
-                "newest_snapshot": newest, "snapshots": len(stores.replication.known_snapshots(name, PRIMARY)),
+                "newest_snapshot": newest, "snapshots": snapshots,
             }
         else:
             entry = _location(rows.get((name, location)), now, max_lag)
@@ -158,16 +159,11 @@ def _location(row: dict[str, Any] | None, now: float, max_lag: float) -> dict[st
 
 
 def _last_restore_checks(state: RestoreCheckState, client: str | None) -> dict[str, dict[str, dict[str, Any]]]:
-    """client -> location -> the newest restore check (ok, time), in one query (of ``client``'s, or all)."""
-    with state._lock:
-        rows = state.connection.execute(
-            "SELECT client, location, ok, time FROM restore_checks AS r WHERE (? IS NULL OR client=?) AND id ="
-            " (SELECT id FROM restore_checks WHERE client=r.client AND location=r.location"
-            " ORDER BY time DESC, id DESC LIMIT 1)", (client, client),
-        ).fetchall()
+    """client -> location -> the newest restore check (ok, time), of ``client`` or of all."""
     result: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        result.setdefault(row["client"], {})[row["location"]] = {"ok": bool(row["ok"]), "time": row["time"]}
+    for (name, location), (ok, when) in state.last_results().items():
+        if client is None or name == client:
+            result.setdefault(name, {})[location] = {"ok": ok, "time": when}
     return result
 
 
