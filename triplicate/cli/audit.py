@@ -87,6 +87,10 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
     except UsageError as error:  # bad configuration or arguments: UNKNOWN, not CRITICAL
         if nagios:  # a plugin's output is its standard output's first line
             click.echo(f"TRIPLICATE UNKNOWN - {str(error).splitlines()[0]}")
+        elif as_json:
+            from triplicate.cli.output import print_json_error
+
+            print_json_error(str(error), EXIT_UNKNOWN)
         click.echo(f"triplicate: {error}", err=True)
         sys.exit(EXIT_UNKNOWN)
     data = report.to_json()
