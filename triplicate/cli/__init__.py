@@ -23,6 +23,7 @@ COMMANDS = {
     "config": "triplicate.cli.config:config",
     "demo": "triplicate.cli.demo:demo",
     "init": "triplicate.cli.init:init",
+    "man": "triplicate.cli.man:man",
     "restore-check": "triplicate.cli.restore_check:restore_check",
     "retention": "triplicate.cli.retention:retention",
     "status": "triplicate.cli.status:status",
