@@ -111,13 +111,17 @@ async def style(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_body(app: web.Application) -> bytes:
     """The state's metrics (cached, see METRICS_MAX_AGE) followed by this process's own, always fresh."""
-    live = request.app[LIVE]
-    state, process = request.app[REGISTRIES]
-    cached = await _in_thread(live.metrics.get, ("metrics", id(live.config)), partial(exposition, state))
-    body = cached + await _in_thread(exposition, process)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    live = app[LIVE]
+    state, process = app[REGISTRIES]
+    cached: bytes = await _in_thread(live.metrics.get, ("metrics", id(live.config)), partial(exposition, state))
+    return cached + await _in_thread(exposition, process)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=await metrics_body(request.app),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def api_server(request: web.Request) -> web.Response:
@@ -229,9 +233,12 @@ async def serve(config: Config, config_path: Path, reload: Callable[[], Config])
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stopped.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # The first visitor should not pay for the first grid and scrape of a large server.
+    warm = asyncio.gather(asyncio.to_thread(app[LIVE].overview), metrics_body(app), return_exceptions=True)
     scheme = "https" if site._ssl_context is not None else "http"
     log.warning("web: serving on %s://%s (%d clients)", scheme, config.web.listen, len(config.clients))
     try:
         await stopped.wait()
     finally:
+        warm.cancel()
         await runner.cleanup()

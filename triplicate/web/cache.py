@@ -44,23 +44,45 @@ class DatabaseVersion:
 
 
 class Cached:
-    """One value per key, recomputed when the database version or key changes, or after ``max_age`` s."""
+    """One value per key, recomputed when the database version or key changes, or after ``max_age`` s.
+
+    A value that is only old (the database did not change) is still answered at once
+    while a background thread computes the fresh one; a value the database changed
+    under is computed before answering, so a change always shows at the next request.
+    """
 
     def __init__(self, version: DatabaseVersion, max_age: float) -> None:
         self._version = version
         self._max_age = max_age
         self._entries: dict[Hashable, tuple[tuple[int, int], float, Any]] = {}
+        self._refreshing: set[Hashable] = set()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The value for ``key``: the stored one while still valid, else ``compute()`` (stored)."""
         version = self._version.current()
-        now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0] == version and now - entry[1] < self._max_age:
+            if entry is not None and entry[0] == version:
+                if time.monotonic() - entry[1] >= self._max_age and key not in self._refreshing:
+                    self._refreshing.add(key)
+                    threading.Thread(target=self._refresh, args=(key, compute, version), daemon=True).start()
                 return entry[2]
+        return self._store(key, compute, version)
+
+    def _store(self, key: Hashable, compute: Callable[[], Any], version: tuple[int, int]) -> Any:
+        started = time.monotonic()
         value = compute()
         with self._lock:
-            self._entries[key] = (version, now, value)
+            self._entries[key] = (version, started, value)
         return value
+
+    def _refresh(self, key: Hashable, compute: Callable[[], Any], version: tuple[int, int]) -> None:
+        try:
+            self._store(key, compute, version)
+        except Exception:  # the next request computes it in the foreground and reports the error
+            with self._lock:
+                self._entries.pop(key, None)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
