@@ -52,6 +52,8 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         assert detail["name"] == "web01" and len(detail["charts"]["arrivals"]) == 1
         assert set(detail["charts"]["latency"]) == {"usb", "nas"}
         assert {run["location"] for run in detail["runs"]} == {"usb", "nas"}
+        assert detail["endpoint"]["services"]["syncd"]["state"] == "absent"  # never reconciled here
+        assert detail["endpoint"]["url"] is None  # no port in this configuration: no REST endpoint
 
         runs = web.json("/api/v1/runs?client=web02")["runs"]
         assert {(run["location"], run["ok"]) for run in runs} == {("usb", False), ("nas", True)}

@@ -190,7 +190,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
         for location, found in arrivals.items() if location != PRIMARY
     }
     return {
-        **summary, "version": API_VERSION,
+        **summary, "version": API_VERSION, "endpoint": endpoint(config, name, now),
         "last_audit": None if audit is None else {
             "status": audit.status, "reason": audit.reason, "started": audit.started, "finished": audit.finished,
             "locations": {location: {"status": result.status, "reason": result.reason}
@@ -201,6 +201,27 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
         "charts": {"since": since, "arrivals": sorted(primary.values()), "latency": latency,
                    "bytes_per_day": daily},
     }
+
+
+def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
+    """The client's REST endpoint and watcher: URL (never the password), port, each service's
+    runit state and for how long it has been in it."""
+    from triplicate.actions.clients import repository_url
+    from triplicate.service import runit
+    from triplicate.service.layout import Layout
+
+    layout = Layout(config.server.state_dir)
+    port = config.clients[name].port
+    folders = {"rest": layout.service_dir(name, "rest"), "syncd": layout.service_dir(name, "syncd")}
+    if config.server.syncd == "shared":
+        folders["syncd"] = layout.shared_syncd
+    services = {}
+    for service, folder in folders.items():
+        state = runit.service_state(folder)
+        seconds = state.seconds(now)
+        services[service] = {"state": state.state, "for_seconds": None if seconds is None else round(seconds, 1)}
+    return {"url": repository_url(config, name) if port is not None else None, "port": port,
+            "services": services}
 
 
 def _bytes_per_day(state: ReplicationState, client: str, since: float) -> dict[str, list[list[float]]]:

@@ -118,7 +118,7 @@ def client_page(detail: dict[str, Any]) -> str:
         '<th>lag</th><th>last success</th><th>copied</th><th>audit</th><th>restore check</th><th>error</th>'
         f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         f'<h2>last 30 days</h2><div class="charts">{arrivals}{latency}{daily}</div>'
-        + _checks(detail, now) + _runs(detail["runs"], now)
+        + _endpoint(detail["endpoint"]) + _checks(detail, now) + _runs(detail["runs"], now)
     )
     return _page(name, body)
 
@@ -126,6 +126,15 @@ def client_page(detail: dict[str, Any]) -> str:
 def _hour(when: float) -> float:
     moment = time.gmtime(when)
     return moment.tm_hour + moment.tm_min / 60
+
+
+def _endpoint(endpoint: dict[str, Any]) -> str:
+    services = "".join(
+        f"<li>{escape(name)}: <b>{escape(service['state'])}</b>"
+        + (f" for {format_duration(service['for_seconds'])}" if service["for_seconds"] is not None else "") + "</li>"
+        for name, service in endpoint["services"].items())
+    url = escape(endpoint["url"]) if endpoint["url"] else "no REST endpoint (no port)"
+    return f"<h2>endpoint</h2><ul><li>repository: <code>{url}</code></li>{services}</ul>"
 
 
 def _checks(detail: dict[str, Any], now: float) -> str:
