@@ -6,9 +6,10 @@ Measured on a real ``triplicate web`` process, against the real alternatives in 
 2. scraped: the same with a GET /metrics every second (a Prometheus scrape).
    Against: the daemon's exporter (prometheus-client's own HTTP server over the
    same collectors, ``syncd --metrics-listen``) answering the same scrape.
-3. pages: GET / (the grid of every client) and GET /client/NAME, --requests
-   times each. Against: ``triplicate status --json`` (the CLI's view of every
-   client), the way to see the same state without the web service.
+3. pages: GET / (the grid of every client), the same right after a run was
+   recorded (nothing cached can answer), GET /client/NAME and /api/v1/clients,
+   --requests times each. Against: ``triplicate status --json`` (the CLI's view
+   of every client), the way to see the same state without the web service.
 
 The state database is filled through the state modules (no restic needed):
 --snapshots snapshots a client, one a day, at the primary and two locations, a
@@ -144,6 +145,21 @@ def timed(url: str, requests: int) -> dict[str, float]:
             "bytes": samples[0][1]}
 
 
+def after_change(state_dir: Path, url: str, requests: int) -> dict[str, float]:
+    """GET ``url`` right after a replication run was recorded (the cache cannot answer): the worst case."""
+    replication = ReplicationState(state_dir)
+    times = []
+    try:
+        for index in range(requests):
+            now = time.time()
+            replication.record_run(RunRecord(f"client{index:04d}", "nas", "event", now, now, True, 0, 0, 0, [], None))
+            times.append(get(url)[0])
+    finally:
+        replication.close()
+    times.sort()
+    return {"p50_s": statistics.median(times), "p95_s": times[int(0.95 * (len(times) - 1))]}
+
+
 def exporter_scrape(config_path: Path, requests: int) -> dict[str, float]:
     """The daemon's exporter (prometheus-client's HTTP server) over the same collectors, scraped."""
     from triplicate.config.load import load_config
@@ -187,6 +203,7 @@ def main() -> None:
             results["metrics"] = timed(base + "/metrics", arguments.requests)
             results["exporter_metrics"] = exporter_scrape(config_path, arguments.requests)
             results["dashboard"] = timed(base + "/", arguments.requests)
+            results["dashboard_after_a_change"] = after_change(root / "state", base + "/", arguments.requests)
             results["client_page"] = timed(base + "/client/client0000", arguments.requests)
             results["api_clients"] = timed(base + "/api/v1/clients", arguments.requests)
             status_times = []

@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # How long an answer computed from the database is reused when nothing was committed
 # meanwhile (docs/web.md, "Performance"): the staleness of a lag or an age, at most.
 PAGE_MAX_AGE = 10.0
-METRICS_MAX_AGE = 60.0
+METRICS_MAX_AGE = 120.0
 
 
 class Live:
