@@ -12,6 +12,7 @@ import click
 from triplicate.cli import AppContext
 from triplicate.cli.output import console, print_json, progress_bars
 from triplicate.errors import EXIT_UNKNOWN
+from triplicate.state.db import PRIMARY
 
 EPILOG = """Exit status (the monitoring-plugin convention): 0 OK; 1 WARNING (a backup or a
 replica is late); 2 CRITICAL (a snapshot or file is missing or corrupt, or backups
@@ -155,7 +156,7 @@ def _print_tables(report: Any) -> None:
         own = worst(finding.status for finding in audit.findings)
         age = audit.newest_snapshot_age_seconds
         newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"
-        table.add_row("(primary)", f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "",
+        table.add_row(PRIMARY, f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "",
                       escape(summary(audit.findings) or _notes(audit.findings) or newest))
         for name, location in audit.locations.items():
             present = ("" if location.snapshots is None
