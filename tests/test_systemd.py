@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +110,10 @@ def test_reload_starts_the_web_service_and_hups_the_watchers(site: Site) -> None
     assert result.code == 0, result.err
     assert "enabled the web service" in result.err and f"reloaded {syncd}" in result.err
     wait_for(lambda: port_open(port), 30, "the web service under runit")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/clients", timeout=20) as response:
+        assert [client["name"] for client in json.load(response)["clients"]] == ["web01"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as response:
+        assert b"triplicate_build_info" in response.read()
     log = site.layout.log_dir("web01", "syncd") / "current"
     wait_for(lambda: log.exists() and "reload: configuration applied" in log.read_text(), 30, "the watcher's reload")
     assert site.service_pid("web01", "syncd") == pid  # reloaded, not restarted
