@@ -150,9 +150,18 @@ def test_the_dashboard_in_a_real_browser(server: Server, tmp_path: Path) -> None
             assert page["charts"] == 3
             assert page["dots"] == 3  # one arrival, and its latency at usb and at nas
             assert page["bars"] == 2 and page["width"] > 100  # bytes per day, per location; drawn
+            for path in ("/", "/client/web02"):  # on a phone: nothing wider than the screen but the tables' scroll
+                phone = chromium.visit(web.base + path, {
+                    "page": "document.documentElement.scrollWidth <= window.innerWidth",
+                    "text": "parseFloat(getComputedStyle(document.body).fontSize)",
+                    "chart": "(document.querySelector('svg.chart') || {getBoundingClientRect: () => ({width: 1})})"
+                             ".getBoundingClientRect().width <= window.innerWidth",
+                }, screenshot=tmp_path / "phone.png", phone=True)
+                assert phone == {"page": True, "text": 15, "chart": True}, (path, phone)
         except BaseException:
             _save_screenshot("web-dashboard.png", shot)
             _save_screenshot("web-client.png", tmp_path / "client.png")
+            _save_screenshot("web-phone.png", tmp_path / "phone.png")
             raise
         dom = dump_dom(web.base + "/")  # the exact command an operator can run
         assert 'data-cell="web02/usb" data-state="failed"' in dom

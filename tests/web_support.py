@@ -114,11 +114,14 @@ class Browser:
             self.process.kill()
             self.process.wait()
 
-    def visit(self, url: str, expressions: dict[str, str], screenshot: Path | None = None) -> dict[str, Any]:
-        """Load ``url``, then evaluate each JavaScript expression; return name -> value (and save a PNG)."""
-        return asyncio.run(self._visit(url, expressions, screenshot))
+    def visit(self, url: str, expressions: dict[str, str], screenshot: Path | None = None,
+              phone: bool = False) -> dict[str, Any]:
+        """Load ``url`` (with ``phone``, in a 390 px wide mobile viewport), then evaluate each JavaScript
+        expression; return name -> value (and save a PNG)."""
+        return asyncio.run(self._visit(url, expressions, screenshot, phone))
 
-    async def _visit(self, url: str, expressions: dict[str, str], screenshot: Path | None) -> dict[str, Any]:
+    async def _visit(self, url: str, expressions: dict[str, str], screenshot: Path | None,
+                     phone: bool) -> dict[str, Any]:
         import aiohttp
 
         async with aiohttp.ClientSession() as session:
@@ -139,6 +142,9 @@ class Browser:
                             loaded.set()
 
                 loaded = asyncio.Event()
+                if phone:
+                    await call("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2,
+                               mobile=True)
                 await call("Page.enable")
                 await call("Page.navigate", url=url)
                 deadline = time.monotonic() + 30

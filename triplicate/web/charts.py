@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from html import escape
 
 WIDTH, HEIGHT = 640.0, 220.0
-LEFT, RIGHT, TOP, BOTTOM = 56.0, 12.0, 12.0, 28.0
+LEFT, RIGHT, TOP, BOTTOM = 56.0, 16.0, 26.0, 28.0
 PALETTE = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#4a5568")
 
 
@@ -47,10 +47,12 @@ def chart(title: str, series: dict[str, Sequence[Sequence[float]]], x_range: tup
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
                      f'<text class="axis" x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">'
                      f"{escape(str(formatter(tick)))}</text>")
-    for tick in _ticks(*x_range):
+    x_ticks = _ticks(*x_range)
+    for index, tick in enumerate(x_ticks):
         x = tick * x_scale + x_offset
-        parts.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{_date(tick)}</text>')
-    parts.append(f'<text class="axis" x="4" y="{TOP + 8}">{escape(y_label)}</text>')
+        anchor = "end" if index == len(x_ticks) - 1 else "start" if index == 0 else "middle"
+        parts.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{_date(tick)}</text>')
+    parts.append(f'<text class="axis" x="4" y="12">{escape(y_label)}</text>')
     bar_width = max(2.0, 86400 * x_scale * 0.8 / max(1, len(series)))
     for index, (name, points) in enumerate(series.items()):
         colour = PALETTE[index % len(PALETTE)]

@@ -107,8 +107,8 @@ def client_page(detail: dict[str, Any]) -> str:
     x_range = (charts["since"], now)
     arrivals = chart("snapshot arrivals", {"primary": [[when, _hour(when)] for when in charts["arrivals"]]},
                      x_range, "hour of day (UTC)")
-    latency = chart("replication latency", charts["latency"], x_range, "seconds after arrival",
-                    format_y=lambda value: format_duration(value))
+    latency = chart("replication latency", charts["latency"], x_range, "after the arrival on the server",
+                    format_y=_seconds)
     daily = chart("bytes copied per day", charts["bytes_per_day"], x_range, "bytes",
                   format_y=lambda value: format_bytes(value), kind="bars")
     body = (
@@ -121,6 +121,11 @@ def client_page(detail: dict[str, Any]) -> str:
         + _endpoint(detail["endpoint"]) + _checks(detail, now) + _runs(detail["runs"], now)
     )
     return _page(name, body)
+
+
+def _seconds(value: float) -> str:
+    """A latency for an axis: tenths of a second below 10 s, else a duration."""
+    return f"{value:.1f}s" if value < 10 else format_duration(value)
 
 
 def _hour(when: float) -> float:
