@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -179,6 +180,10 @@ def systemd_unit(config: Config, config_path: Path) -> str:
     )
 
 
+def _up_for_a_second(since: float) -> bool:
+    return time.time() - since >= 1.0
+
+
 def _unit_path(path: str) -> str:
     """A path as a unit file's word: spaces and backslashes escaped as systemd expects."""
     return path.replace("\\", "\\x5c").replace(" ", "\\x20")
@@ -198,8 +203,7 @@ def reload_supervision(config: Config, config_path: Path) -> list[str]:
         if state is None or not state.running:
             continue
         if state.since is not None:  # Python installs its HUP handler at start: give it that second
-            since = state.since
-            runit.wait_until(lambda since=since: time.time() - since >= 1.0, 1.5)
+            runit.wait_until(functools.partial(_up_for_a_second, state.since), 1.5)
         runit.sv("hup", folder)
         done.append(f"reloaded {folder}")
     return done
