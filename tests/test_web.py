@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -20,7 +22,7 @@ from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
 
 from .conftest import Server
-from .server_support import free_port_range
+from .server_support import free_port_range, wait_for
 from .web_support import browser, dump_dom, three_clients, web_service
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -184,9 +186,9 @@ def test_logins_and_tls_with_the_servers_certificate(server: Server, tmp_path: P
     with web_service(server, port, scheme="https") as web:
         status, _, headers = web.get("/api/v1/clients", context=trusted)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
-        wrong = {"Authorization": "Basic " + __import__("base64").b64encode(b"admin:nope").decode()}
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode()}
         assert web.get("/metrics", wrong, context=trusted)[0] == 401
-        right = {"Authorization": "Basic " + __import__("base64").b64encode(b"admin:s3cret pass").decode()}
+        right = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret pass").decode()}
         for path in ("/", "/client/web02", "/metrics", "/api/v1/clients", "/api/v1/locations"):
             status, body, _ = web.get(path, right, context=trusted)
             assert status == 200, path
@@ -223,3 +225,25 @@ def test_the_service_tree_runs_the_web_service_when_listen_is_set(server: Server
     server.config_path.write_text(base)
     report = reconcile(load_config(server.config_path), server.config_path, programs)
     assert not layout.web.exists() and not layout.web_link.is_symlink()
+
+
+def test_sighup_reloads_clients_and_users(server: Server) -> None:
+    port = three_clients(server, web=f'users = {{ admin = "{_bcrypt("first")}" }}\n')
+    login = {"Authorization": "Basic " + base64.b64encode(b"admin:first").decode()}
+    with web_service(server, port) as web:
+        assert web.get("/api/v1/server", login)[0] == 200
+        text = server.config_path.read_text().replace(_first_hash(server), _bcrypt("second"))
+        server.config_path.write_text(text + '\n[clients.web04]\nreplicate_to = ["usb"]\n')
+        web.process.send_signal(signal.SIGHUP)
+        second = {"Authorization": "Basic " + base64.b64encode(b"admin:second").decode()}
+        wait_for(lambda: web.get("/api/v1/server", second)[0] == 200, 20, "the new password to be accepted")
+        assert web.get("/api/v1/server", login)[0] == 401
+        _, body, _ = web.get("/api/v1/clients", second)
+        assert [client["name"] for client in json.loads(body)["clients"]][-1] == "web04"
+        server.config_path.write_text("[server\n")  # a broken file is refused, the running one kept
+        web.process.send_signal(signal.SIGHUP)
+        assert web.get("/api/v1/server", second)[0] == 200 and web.process.poll() is None
+
+
+def _first_hash(server: Server) -> str:
+    return server.config_path.read_text().split('admin = "', 1)[1].split('"', 1)[0]

@@ -50,6 +50,7 @@ class Live:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.logins = Logins(config.web.users)
         self.version = DatabaseVersion(config.server.state_dir)
         self.pages = Cached(self.version, PAGE_MAX_AGE)
         self.metrics = Cached(self.version, METRICS_MAX_AGE)
@@ -61,7 +62,6 @@ class Live:
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
-LOGINS: web.AppKey[Logins] = web.AppKey("logins", Logins)
 REGISTRIES: web.AppKey[Any] = web.AppKey("registries", object)
 
 
@@ -72,7 +72,7 @@ def _json(value: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Login when ``[web] users`` is set; one-line JSON errors; headers that keep pages private."""
-    logins = request.app[LOGINS]
+    logins = request.app[LIVE].logins
     if logins.required:
         user = await asyncio.to_thread(logins.check, request.headers.get("Authorization"))
         if user is None:
@@ -158,7 +158,6 @@ def build_app(config: Config) -> web.Application:
     """The application for ``config`` (routes, login, metrics registry)."""
     app = web.Application(middlewares=[_guard])
     app[LIVE] = Live(config)
-    app[LOGINS] = Logins(config.web.users)
 
     def pairs() -> list[tuple[str, str]]:
         current = app[LIVE].config
@@ -226,8 +225,9 @@ async def serve(config: Config, config_path: Path, reload: Callable[[], Config])
         except TriplicateError as error:
             log.error("reload: keeping the running configuration: %s", error)
             return
-        app[LIVE].config = fresh  # the address, users and TLS take effect at the next start
-        app[LIVE].version.close()
+        live = app[LIVE]
+        live.config, live.logins = fresh, Logins(fresh.web.users)  # the address and TLS: at the next start
+        live.version.close()
         log.info("reloaded %s", config_path)
 
     for signal_number in (signal.SIGTERM, signal.SIGINT):
