@@ -30,6 +30,13 @@ class PingReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 pings.append((self.path, body))
+                self._answer()
+
+            def do_GET(self) -> None:
+                pings.append((self.path, ""))
+                self._answer()
+
+            def _answer(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -129,3 +136,16 @@ def test_a_client_without_a_recent_backup_pings_fail(server: Server, daemons: li
                                   for path, body in list(receiver.pings)), TIMEOUT, "a fail ping for the old backup")
     body = next(body for path, body in receiver.pings if "expect_backup_every" in body)
     assert body.startswith("newest backup 1h") and "more than expect_backup_every (20s)" in body
+
+
+def test_an_uptime_kuma_push_url_gets_up_and_down(server: Server, daemons: list[DaemonProcess],  # noqa: F811
+                                                   receiver: PingReceiver) -> None:
+    push = f"http://127.0.0.1:{receiver.server.server_address[1]}/api/push/AbC123"
+    server.replica("nas").write_text("a file where the client's folder should be")
+    configure(server, client_keys=f'heartbeat_url = "{push}"', server_keys='retry_max_backoff = "1s"')
+    daemon = start(daemons, server)
+    daemon.wait_until(lambda: receiver.pings, TIMEOUT, "the push")
+    path = receiver.paths()[0]
+    assert path.startswith("/api/push/AbC123?status=down&msg=nas%3A+"), path  # no /start: Kuma has none
+    server.replica("nas").unlink()
+    daemon.wait_until(lambda: any("status=up" in path for path in receiver.paths()), TIMEOUT, "the up push")

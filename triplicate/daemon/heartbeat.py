@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,14 +34,32 @@ _lock = threading.Lock()
 _replicating: set[str] = set()  # clients whose replication pinged /start and not yet its end
 
 
-def url_for(base: str, signal: Signal) -> str:
-    """The URL to ping: ``base`` for success, ``base/start`` or ``base/fail``."""
+def is_push_monitor(base: str) -> bool:
+    """Whether ``base`` is an Uptime Kuma push URL (``.../api/push/<token>``), which takes
+    ``?status=up|down&msg=...`` instead of /start and /fail."""
+    return "/api/push/" in urllib.parse.urlsplit(base).path
+
+
+def url_for(base: str, signal: Signal, body: str = "") -> str | None:
+    """The URL to ping: ``base`` for success, ``base/start`` or ``base/fail``; for an Uptime Kuma
+    push URL ``base?status=up|down&msg=body`` (None for start, which it has no word for)."""
+    if is_push_monitor(base):
+        if signal == "start":
+            return None
+        query = urllib.parse.urlencode({"status": "up" if signal == "success" else "down", "msg": body[:200]})
+        return f"{base.split('?', 1)[0]}?{query}"
     return base if signal == "success" else f"{base.rstrip('/')}/{signal}"
 
 
 def ping_now(base: str, signal: Signal, body: str = "") -> bool:
-    """POST ``body`` to the ping URL of ``signal``; return whether the service answered 2xx."""
-    request = urllib.request.Request(url_for(base, signal), data=body.encode()[:10_000], method="POST",
+    """POST ``body`` to the ping URL of ``signal`` (GET for a push monitor); return whether the
+    service answered 2xx (True when there is nothing to ping)."""
+    url = url_for(base, signal, body)
+    if url is None:
+        return True
+    push = is_push_monitor(base)
+    request = urllib.request.Request(url, data=None if push else body.encode()[:10_000],
+                                     method="GET" if push else "POST",
                                      headers={"Content-Type": "text/plain; charset=utf-8",
                                               "User-Agent": "triplicate"})
     try:
