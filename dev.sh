@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEBIAN_PACKAGES=(restic rclone runit openssh-server openssh-client rsync python3-venv)
+DEBIAN_PACKAGES=(restic rclone runit openssh-server openssh-client rsync python3-venv prometheus chromium)
 
 install_debian_packages() {
     local missing=()

@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.support.server",
     "tests.support.syncd",
     "tests.support.remote",
+    "tests.support.web",
 ]
 
 # This machine's kind sets AWS_CA_BUNDLE, which makes rclone 1.60's S3 client fail

@@ -66,7 +66,7 @@ def test_client_add_writes_everything_it_needs_and_keeps_the_files_comments(site
     result = site.cli("client", "add", "web01", "--replicate-to", "usb", "--replicate-to", "nas", "--json")
     assert result.code == 0, result.err
     added = result.json()
-    assert set(added) == {"name", "url", "user", "password", "port"}
+    assert set(added) == {"version", "name", "url", "user", "password", "port"}
     port, password = added["port"], added["password"]
     assert port == site.low and added["user"] == "web01"
     assert added["url"] == f"rest:http://web01:{password}@127.0.0.1:{port}/web01/"
@@ -181,7 +181,7 @@ def test_remove_keeps_the_repository_unless_purged_and_never_touches_replicas(si
     assert not (site.root / "repos" / "db01").exists()
     for name in ("web01", "db01"):
         assert (site.root / "usb" / name / "config").read_text() == "replica"
-    assert site.cli("client", "list", "--json").json() == []
+    assert site.cli("client", "list", "--json").json() == {"version": 1, "clients": []}
     # Adding web01 again finds its kept repository.
     again = site.cli("client", "add", "web01", "--replicate-to", "usb")
     assert again.code == 0 and "existed already" in again.out
@@ -190,7 +190,7 @@ def test_remove_keeps_the_repository_unless_purged_and_never_touches_replicas(si
 def test_list_shows_urls_without_passwords(site: Site) -> None:
     added = site.add_client("web01", "usb", "nas")
     site.cli("client", "add", "db01", "--no-enable")
-    listed = site.cli("client", "list", "--json").json()
+    listed = site.cli("client", "list", "--json").json()["clients"]
     assert listed == [
         {"name": "db01", "enabled": False, "port": site.low + 1, "replicate_to": [],
          "url": f"rest:http://db01@127.0.0.1:{site.low + 1}/db01/"},

@@ -153,7 +153,8 @@ def test_a_wrong_key_or_no_key_cannot_run(server: Server) -> None:
     wrong = server.cli("restore-check", "web01", "--json")
     assert wrong.code == 3
     assert "cannot open any repository with the configured key" in wrong.err
-    assert wrong.out == "" and "Traceback" not in wrong.err
+    assert "Traceback" not in wrong.err  # with --json the error is also one JSON object (docs/json.md)
+    assert wrong.json()["exit_code"] == 3 and "configured key" in wrong.json()["error"]
 
     server.write_config(server.config_path.read_text().replace(
         f'password_file = "{server.password_file}"', ""))

@@ -1,8 +1,11 @@
-"""Prometheus metrics for the daemon, computed from the state database on every scrape.
+"""Prometheus metrics, computed from the state database on every scrape: the one rendering
+shared by the daemon (``syncd --metrics-listen``) and the web service (``/metrics``).
 
 The database is the single source (a restart loses nothing, and ``status``
 reads the same numbers); only the queue length is the daemon's own, live.
-Served with prometheus-client on ``--metrics-listen ADDR:PORT``.
+Every gauge an operator alerts on is live: timestamps (not ages frozen at the
+last audit), and a location whose last run failed is down (``location_up`` 0)
+with a lag that keeps growing from its last success, never 0.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ from triplicate.state.replication import ReplicationState
 LABELS = ["client", "location"]
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9101"``, ``"[::1]:9101"`` or ``":9101"`` -> (host, port); raises UsageError."""
+def parse_listen(text: str, what: str = "--metrics-listen") -> tuple[str, int]:
+    """``"127.0.0.1:9101"``, ``"[::1]:9101"`` or ``":9101"`` -> (host, port); raises UsageError
+    naming ``what`` (the option or key the address came from)."""
     host, separator, port = text.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     try:
@@ -36,7 +41,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         if host != "localhost":
             ipaddress.ip_address(host)
     except ValueError:
-        raise UsageError(f"--metrics-listen {text!r}: expected ADDR:PORT such as 127.0.0.1:9101") from None
+        raise UsageError(f"{what} {text!r}: expected ADDR:PORT such as 127.0.0.1:9101") from None
     return host, number
 
 
@@ -44,12 +49,12 @@ class ReplicationCollector(Collector):
     """Per (client, location) numbers from the state database, plus live queue lengths.
 
     ``pairs`` returns the (client, location) pairs the daemon serves now;
-    ``queue_length`` the live number of runs in progress or waiting for one.
-    Called from the HTTP server's threads.
+    ``queue_length`` the live number of runs in progress or waiting for one (the
+    daemon's own; the web service has none). Called from the HTTP server's threads.
     """
 
     def __init__(self, state_dir: Path, pairs: Callable[[], list[tuple[str, str]]],
-                 queue_length: Callable[[str, str], int]) -> None:
+                 queue_length: Callable[[str, str], int] | None = None) -> None:
         self._state_dir = state_dir
         self._pairs = pairs
         self._queue_length = queue_length
@@ -64,20 +69,60 @@ class ReplicationCollector(Collector):
             rows = self._state.location_metrics(now)
             pairs = self._pairs()
             families = _families()
+            primary = self._state.primary_snapshots()
             for client, location in pairs:
                 row = rows.get((client, location)) or _never_ran(self._state, client, location, now)
                 labels = [client, location]
+                view = location_view(row, now)
                 families["last_success"].add_metric(labels, row["last_success"])
                 families["snapshots"].add_metric(labels, row["snapshots"])
                 families["bytes"].add_metric(labels, row["bytes_copied_total"])
                 families["files"].add_metric(labels, row["files_copied_total"])
                 families["failures"].add_metric(labels, row["failed_runs"])
                 families["consecutive"].add_metric(labels, row["consecutive_failures"])
-                families["lag"].add_metric(labels, row["lag"])
-                families["queue"].add_metric(labels, self._queue_length(client, location))
+                families["lag"].add_metric(labels, view.lag)
+                if view.up is not None:
+                    families["up"].add_metric(labels, float(view.up))
+                if row.get("newest") is not None:
+                    families["newest"].add_metric(labels, row["newest"])
+                if self._queue_length is not None:
+                    families["queue"].add_metric(labels, self._queue_length(client, location))
             for client in sorted({client for client, _ in pairs}):
-                families["primary"].add_metric([client], len(self._state.known_snapshots(client, PRIMARY)))
+                count, newest = primary.get(client, (0, None))
+                families["primary"].add_metric([client], count)
+                if newest is not None:
+                    families["newest"].add_metric([client, PRIMARY], newest)
+        if self._queue_length is None:
+            del families["queue"]
         yield from families.values()
+
+
+@dataclass(frozen=True)
+class LocationView:
+    """What a location's numbers mean to an operator: up (None: never ran) and an honest lag."""
+
+    up: bool | None
+    lag: float
+    error: str | None
+
+
+def location_view(row: Mapping[str, Any], now: float) -> LocationView:
+    """Judge one row of :meth:`ReplicationState.location_metrics` at ``now``.
+
+    A location whose last run failed is down, and its lag is at least the time since
+    it was last known to hold everything (its last success, else its first run): an
+    unreadable location never reports lag 0.
+    """
+    attempt = row.get("last_attempt")
+    if attempt is None:
+        return LocationView(None, float(row["lag"]), None)
+    success = row["last_success"] or None
+    up = success is not None and success >= attempt
+    lag = float(row["lag"])
+    if not up:
+        since = success if success is not None else (row.get("first_run") or attempt)
+        lag = max(lag, now - since)
+    return LocationView(up, lag, None if up else row.get("last_error"))
 
 
 def _families() -> dict[str, Any]:
@@ -98,7 +143,15 @@ def _families() -> dict[str, Any]:
             "triplicate_consecutive_failures", "Failed runs since the last success.", labels=LABELS),
         "lag": GaugeMetricFamily(
             "triplicate_replication_lag_seconds",
-            "Age of the oldest primary snapshot the location lacks (0: up to date).", labels=LABELS),
+            "Age of the oldest primary snapshot the location lacks (0: up to date); while the location "
+            "is down, at least the time since its last success.", labels=LABELS),
+        "up": GaugeMetricFamily(
+            "triplicate_location_up",
+            "1 when the last replication run to the location succeeded, 0 when it failed.", labels=LABELS),
+        "newest": GaugeMetricFamily(
+            "triplicate_newest_snapshot_timestamp_seconds",
+            "Arrival on the server (Unix time) of the newest snapshot the location holds at its last "
+            "listing; location '@primary' is the client's own repository.", labels=LABELS),
         "queue": GaugeMetricFamily(
             "triplicate_queue_length", "Replication runs in progress or queued.", labels=LABELS),
         "primary": GaugeMetricFamily(
@@ -107,11 +160,12 @@ def _families() -> dict[str, Any]:
     }
 
 
-def _never_ran(state: ReplicationState, client: str, location: str, now: float) -> dict[str, float]:
+def _never_ran(state: ReplicationState, client: str, location: str, now: float) -> dict[str, Any]:
     return {
         "last_success": 0.0, "snapshots": len(state.known_snapshots(client, location)),
         "bytes_copied_total": 0, "files_copied_total": 0, "failed_runs": 0, "consecutive_failures": 0,
-        "lag": state.replication_lag(client, location, now),
+        "lag": state.replication_lag(client, location, now), "newest": None, "last_attempt": None,
+        "last_error": None, "first_run": None,
     }
 
 
@@ -134,12 +188,23 @@ class ChecksCollector(Collector):
         restore = GaugeMetricFamily(
             "triplicate_restore_check_last_success_timestamp_seconds",
             "When a restore check from the location last passed (Unix time).", labels=LABELS)
-        with RestoreCheckState.opened(self._state_dir) as state:
+        last_ok = GaugeMetricFamily(
+            "triplicate_restore_check_ok",
+            "1 when the location's last restore check passed, 0 when it failed.", labels=LABELS)
+        last_time = GaugeMetricFamily(
+            "triplicate_restore_check_last_run_timestamp_seconds",
+            "When the location's last restore check finished, passed or not (Unix time).", labels=LABELS)
+        with RestoreCheckState.opened(self._state_dir, create=False) as state:
             successes = state.last_successes()
+            last = state.last_results()
         for (client, location), when in sorted(successes.items()):
             if client in served:
                 restore.add_metric([client, location], when)
-        yield restore
+        for (client, location), (ok, when) in sorted(last.items()):
+            if client in served:
+                last_ok.add_metric([client, location], float(ok))
+                last_time.add_metric([client, location], when)
+        yield from (restore, last_ok, last_time)
         yield from _drill_metrics(self._state_dir, served)
         yield from endpoint_metric_families(self._state_dir, sorted(served))
 
@@ -199,14 +264,45 @@ def endpoint_metric_families(state_dir: Path, clients: list[str]) -> Iterator[Me
     yield from (received, files, logins, requests, rejected, newest, size)
 
 
+class BuildCollector(Collector):
+    """``triplicate_build_info{version,python}`` 1: which triplicate answers."""
+
+    def collect(self) -> Iterator[Metric]:
+        import platform
+
+        from triplicate import __version__
+
+        info = GaugeMetricFamily("triplicate_build_info", "The running triplicate's version (always 1).",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info
+
+
+def registry(*collectors: Collector, process: bool = True, build: bool = True) -> CollectorRegistry:
+    """A registry of ``collectors``, (with ``build``) the build info and (with ``process``)
+    process_* of this process."""
+    from prometheus_client import ProcessCollector
+
+    result = CollectorRegistry(auto_describe=False)
+    for collector in (*collectors, *([BuildCollector()] if build else [])):
+        result.register(collector)
+    if process:
+        ProcessCollector(registry=result)
+    return result
+
+
+def exposition(source: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition (version 0.0.4) of every metric in ``source``."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(source)
+
+
 def serve(listen: str, *collectors: Collector) -> Any:
     """Serve ``collectors`` on ``listen`` (ADDR:PORT) in a daemon thread; return the server
     (``.shutdown()`` stops it). Raises UsageError for a bad address, OSError when it is taken."""
     from prometheus_client import start_http_server
 
     host, port = parse_listen(listen)
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors:
-        registry.register(collector)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry(*collectors))
     return server

@@ -163,6 +163,65 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+# --- Nagios / Icinga --------------------------------------------------------------------------
+
+PLUGIN = "TRIPLICATE"
+
+
+def _problems(report: AuditReport) -> list[tuple[Status, str]]:
+    """Every non-OK judgement as (status, "client -> location reason"), worst first."""
+    found = []
+    for name, client in report.clients.items():
+        for finding in client.findings:
+            if finding.status is not Status.OK:
+                found.append((finding.status, f"{name}: {finding.text}"))
+        for location_name, location in client.locations.items():
+            for finding in location.findings:
+                if finding.status is not Status.OK:
+                    found.append((finding.status, f"{name} -> {location_name} {finding.text}"))
+    return sorted(found, key=lambda item: -SEVERITY[item[0]])
+
+
+def nagios_text(report: AuditReport, lag_thresholds: Mapping[str, tuple[float, float]]) -> str:
+    """The monitoring-plugin output: one status line with perfdata, then one line per problem.
+
+    ``lag_thresholds`` maps a client to (warning, critical) lag in seconds, as the
+    audit judges it (in_progress_grace, max_lag). The first line names how many
+    clients are in the worst state and the worst problems first, e.g.
+    ``TRIPLICATE CRITICAL - 1 of 3 clients critical: web02 -> usb ... | web01_usb_lag=0s;300;3600 ...``.
+    """
+    status = report.status
+    total = len(report.clients)
+    counts = {level: sum(1 for client in report.clients.values() if client.status is level) for level in Status}
+    if not report.clients:
+        head = "no clients to audit"
+    elif status is Status.OK:
+        head = f"{total} of {total} clients OK"
+    else:
+        order = sorted((level for level in Status if level is not Status.OK and counts[level]),
+                       key=lambda level: -SEVERITY[level])
+        head = f"{counts[order[0]]} of {total} clients {order[0].value.lower()}" + "".join(
+            f", {counts[level]} {level.value.lower()}" for level in order[1:])
+    problems = _problems(report)
+    shown = [text for _, text in problems[:3]]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    summary_text = f": {'; '.join(shown)}{more}" if shown else ""
+    perfdata = []
+    for name, client in report.clients.items():
+        warning, critical = lag_thresholds.get(name, (0.0, 0.0))
+        for location_name, location in client.locations.items():
+            label = f"{name}_{location_name}"
+            perfdata.append(f"{label}_lag={location.lag_seconds:.0f}s;{warning:.0f};{critical:.0f};0")
+            perfdata.append(f"{label}_missing_snapshots={len(location.missing_snapshots)};;1;0")
+    first = f"{PLUGIN} {status.value} - {head}{summary_text}"
+    if perfdata:
+        first += " | " + " ".join(perfdata)
+    details = [f"{level.value}: {text}" for level, text in problems]
+    details += [f"{name}: {client.status.value}" for name, client in
+                sorted(report.clients.items(), key=lambda item: (-SEVERITY[item[1].status], item[0]))]
+    return "\n".join([first, *details]) + "\n"
+
+
 # --- Prometheus -------------------------------------------------------------------------------
 
 # Per (client, location): metric name -> (the location JSON field, help text).

@@ -20,11 +20,13 @@ from triplicate.errors import EXIT_USAGE, TriplicateError
 COMMANDS = {
     "audit": "triplicate.cli.audit:audit",
     "client": "triplicate.cli.client:client",
+    "config": "triplicate.cli.config:config",
     "demo": "triplicate.cli.demo:demo",
     "heal": "triplicate.cli.heal:heal",
     "init": "triplicate.cli.init:init",
     "quarantine": "triplicate.cli.quarantine:quarantine",
     "recover": "triplicate.cli.recover:recover",
+    "man": "triplicate.cli.man:man",
     "restore-check": "triplicate.cli.restore_check:restore_check",
     "retention": "triplicate.cli.retention:retention",
     "serve": "triplicate.cli.serve:serve",
@@ -33,6 +35,7 @@ COMMANDS = {
     "sync": "triplicate.cli.sync:sync",
     "syncd": "triplicate.cli.syncd:syncd",
     "systemd-unit": "triplicate.cli.systemd_unit:systemd_unit",
+    "web": "triplicate.cli.web:web",
 }
 
 EPILOG = """Exit status: 0 success; 1 the work ran and something failed; 2 bad arguments or
@@ -90,7 +93,21 @@ def cli(ctx: click.Context, config_option: str | None, verbose: int) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv``; return the exit status. User-facing errors are one line."""
+    """Run the CLI on ``argv``; return the exit status. User-facing errors are one line, and
+    with ``--json`` also one JSON object on standard output."""
+    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    return _run(argv, as_json)
+
+
+def _json_error(as_json: bool, message: str, code: int) -> int:
+    if as_json:
+        from triplicate.cli.output import print_json_error
+
+        print_json_error(message, code)
+    return code
+
+
+def _run(argv: list[str] | None, as_json: bool) -> int:
     try:
         result = cli.main(args=argv, standalone_mode=False, prog_name="triplicate")
         return result if isinstance(result, int) else 0
@@ -103,14 +120,14 @@ def run(argv: list[str] | None = None) -> int:
         context = getattr(error, "ctx", None)
         where = f" (see '{context.command_path} --help')" if context is not None else ""
         click.echo(f"triplicate: {error.format_message()}{where}", err=True)
-        return EXIT_USAGE if error.exit_code == 2 else error.exit_code
+        return _json_error(as_json, error.format_message(), EXIT_USAGE if error.exit_code == 2 else error.exit_code)
     except click.exceptions.Abort:
         click.echo("triplicate: aborted", err=True)
         return 130
     except TriplicateError as error:
         click.echo(f"triplicate: {error}", err=True)
         logging.getLogger("triplicate").debug("details", exc_info=True)
-        return error.exit_code
+        return _json_error(as_json, str(error), error.exit_code)
     except KeyboardInterrupt:
         click.echo("triplicate: interrupted", err=True)
         return 130

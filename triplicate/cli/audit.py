@@ -12,6 +12,7 @@ import click
 from triplicate.cli import AppContext
 from triplicate.cli.output import Bar, console, print_json, print_whole_lines, progress_bars
 from triplicate.errors import EXIT_UNKNOWN
+from triplicate.state.db import PRIMARY
 
 EPILOG = """Exit status (the monitoring-plugin convention): 0 OK; 1 WARNING (a backup or a
 replica is late); 2 CRITICAL (a snapshot or file is missing or corrupt, or backups
@@ -53,11 +54,14 @@ def _subset(ctx: click.Context, param: click.Parameter, value: str | None) -> st
 @click.option("--read-data-subset", metavar="SUBSET", callback=_subset,
               help="With --restic-check: restic's --read-data-subset (n/t, x% or a size). Implies --restic-check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--nagios", is_flag=True, help="Print as a Nagios/Icinga plugin: one status line with perfdata "
+              "(worst first), then one line per problem.")
 @click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Also write the results as a node_exporter textfile (replaced atomically).")
 @click.pass_obj
 def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...], verify_percent: float,
-          restic_check: bool, read_data_subset: str | None, as_json: bool, prometheus_file: Path | None) -> None:
+          restic_check: bool, read_data_subset: str | None, as_json: bool, nagios: bool,
+          prometheus_file: Path | None) -> None:
     """Check that every snapshot of each CLIENT (default: all) is at each of its locations,
     fresh and intact.
 
@@ -69,9 +73,12 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
     from triplicate.actions.audit import AuditOptions, run_audit
     from triplicate.errors import UsageError
 
+    if as_json and nagios:
+        click.echo("triplicate: --json and --nagios: choose one", err=True)
+        sys.exit(EXIT_UNKNOWN)
     try:
         config = app.config
-        with progress_bars(enabled=not as_json) as bars:
+        with progress_bars(enabled=not (as_json or nagios)) as bars:
             options = AuditOptions(
                 verify_percent=verify_percent, restic_check=restic_check, read_data_subset=read_data_subset,
                 progress=(lambda client, location: Bar(bars, f"verify {client} at {location}"))
@@ -79,6 +86,12 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
             )
             report = run_audit(config, clients, locations, options)
     except UsageError as error:  # bad configuration or arguments: UNKNOWN, not CRITICAL
+        if nagios:  # a plugin's output is its standard output's first line
+            click.echo(f"TRIPLICATE UNKNOWN - {str(error).splitlines()[0]}")
+        elif as_json:
+            from triplicate.cli.output import print_json_error
+
+            print_json_error(str(error), EXIT_UNKNOWN)
         click.echo(f"triplicate: {error}", err=True)
         sys.exit(EXIT_UNKNOWN)
     data = report.to_json()
@@ -86,6 +99,13 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
         _write_prometheus(prometheus_file, data["clients"])
     if as_json:
         print_json(data)
+    elif nagios:
+        from triplicate.actions.audit_report import nagios_text
+
+        grace = config.server.in_progress_grace
+        thresholds = {name: (grace, config.settings(name).max_lag)
+                      for name in report.clients}
+        click.echo(nagios_text(report, thresholds), nl=False)
     else:
         _print_tables(report)
     sys.exit(report.status.exit_code)
@@ -123,8 +143,8 @@ def _print_tables(report: Any) -> None:
         own = worst(finding.status for finding in audit.findings)
         age = audit.newest_snapshot_age_seconds
         newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"
-        table.add_row("(primary)", f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "")
-        reasons.append(f"(primary): {summary(audit.findings) or _notes(audit.findings) or newest}")
+        table.add_row(PRIMARY, f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "")
+        reasons.append(f"{PRIMARY}: {summary(audit.findings) or _notes(audit.findings) or newest}")
         for name, location in audit.locations.items():
             present = ("" if location.snapshots is None
                        else f"{audit.snapshots - len(location.missing_snapshots)}/{audit.snapshots}")

@@ -137,7 +137,7 @@ def remove(app: AppContext, name: str, purge: bool) -> None:
 
 
 @client.command(name="list", epilog="Exit status: 0; 2 bad configuration.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"version", "clients": [...]}.')
 @click.pass_obj
 def list_command(app: AppContext, as_json: bool) -> None:
     """List the clients with their port, locations and URL (without password)."""
@@ -148,7 +148,7 @@ def list_command(app: AppContext, as_json: bool) -> None:
 
     clients = list_clients(app.config)
     if as_json:
-        print_json([dataclasses.asdict(entry) for entry in clients])
+        print_json({"clients": [dataclasses.asdict(entry) for entry in clients]})
         return
     table = Table()
     for column in ("name", "enabled", "port", "replicate_to", "url"):

@@ -15,8 +15,19 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+# The version of every --json output's shape (docs/json.md); bumped when a field changes meaning.
+JSON_VERSION = 1
+
+
+def print_json(data: dict[str, Any]) -> None:
+    """Print one JSON object on standard output, ``"version"`` first (added when missing)."""
+    versioned = data if "version" in data else {"version": JSON_VERSION, **data}
+    sys.stdout.write(json.dumps(versioned, indent=2, sort_keys=False) + "\n")
+
+
+def print_json_error(message: str, exit_code: int) -> None:
+    """A failed command's JSON answer, for scripts that asked for --json: the error and the exit status."""
+    print_json({"ok": False, "error": message, "exit_code": exit_code})
 
 
 def console(stderr: bool = False) -> Console:

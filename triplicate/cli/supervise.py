@@ -14,10 +14,12 @@ from triplicate.cli import AppContext
                "runit missing.")
 @click.option("--stop", is_flag=True, help="Stop the running supervision and wait until every "
               "service has exited (a systemd unit's ExecStop).")
+@click.option("--reload", "reload_", is_flag=True, help="Reconcile the service tree with the configuration, then "
+              "HUP every watcher and the web service (a systemd unit's ExecReload).")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
               help="With --stop: seconds to wait before killing what is left [default: 60].")
 @click.pass_obj
-def supervise(app: AppContext, stop: bool, timeout: float | None) -> None:
+def supervise(app: AppContext, stop: bool, reload_: bool, timeout: float | None) -> None:
     """Run the top-level runsvdir in the foreground (what a systemd unit runs).
 
     Reconciles the service tree with the configuration first, then becomes
@@ -25,8 +27,14 @@ def supervise(app: AppContext, stop: bool, timeout: float | None) -> None:
     Stop it with 'triplicate supervise --stop' or SIGHUP (SIGTERM would orphan
     the services: runsvdir exits without stopping them).
     """
-    from triplicate.service.supervision import run_supervision, stop_supervision
+    from triplicate.service.supervision import reload_supervision, run_supervision, stop_supervision
 
+    if reload_:
+        if stop or timeout is not None:
+            raise click.UsageError("--reload goes alone")
+        for change in reload_supervision(app.config, app.config_path.absolute()):
+            click.echo(f"triplicate: {change}", err=True)
+        return
     if not stop:
         if timeout is not None:
             raise click.UsageError("--timeout goes with --stop")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 
-from pydantic import Field, StrictBool, model_validator
+from pydantic import AfterValidator, Field, StrictBool, model_validator
 
 from triplicate.config.types import (
-    AbsolutePath, Command, Duration, LocationSettings, Percent, PortRange, Section, Size,
+    AbsolutePath, Command, Duration, HttpUrl, LocationSettings, Percent, PortRange, Section, Size,
 )
 from triplicate.storage.kinds import KINDS
 from triplicate.storage.kinds.local import LocalLocation
@@ -74,6 +74,8 @@ class ServerSettings(Section):
     quota: Size | None = None
     # one watcher per client, or one for all (many clients: docs/server.md, "Sizing")
     syncd: Literal["per-client", "shared"] = "per-client"
+    # where the services log: svlogd files under state_dir/log, or journald (docs/server.md, "Logs")
+    log: Literal["files", "journald"] = "files"
     # replication defaults, overridable per client or location
     workers: int = Field(default=4, ge=1, le=64)
     in_progress_grace: Duration = 300.0
@@ -129,6 +131,8 @@ class ClientSection(Section):
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
     recover_drill_every: Duration | None = None
+    # healthchecks.io-style ping URL: /start, success, /fail (docs/daemon.md, "Heartbeats")
+    heartbeat_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSection:
@@ -142,11 +146,29 @@ class NotifySettings(Section):
     after_failures: int = Field(default=3, ge=1)
 
 
+def _bcrypt_hash(value: str) -> str:
+    if not re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", value):
+        raise ValueError("expected a bcrypt hash such as the one 'htpasswd -nBC 12 USER' prints after the ':'")
+    return value
+
+
+BcryptHash = Annotated[str, AfterValidator(_bcrypt_hash)]
+
+
+class WebSettings(Section):
+    """The dashboard, JSON API and /metrics (docs/web.md); off unless ``listen`` is set."""
+
+    listen: str | None = None
+    # user name -> bcrypt hash; empty: no login, allowed only on a loopback address
+    users: dict[str, BcryptHash] = {}
+
+
 class Config(Section):
     server: ServerSettings = ServerSettings()
     locations: dict[str, Location] = {}
     clients: dict[str, ClientSection] = {}
     notify: NotifySettings = NotifySettings()
+    web: WebSettings = WebSettings()
 
     def client(self, name: str) -> ClientSection:
         """The client's section as written; raises UsageError naming the client when unknown."""

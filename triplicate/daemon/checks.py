@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from triplicate.config.model import Config
+from triplicate.daemon import heartbeat
 from triplicate.daemon.scheduler import Job, JobFailed
 from triplicate.errors import TriplicateError
 
@@ -25,7 +26,8 @@ log = logging.getLogger("triplicate.daemon")
 WEEK = 7 * 86400.0
 # How a scheduled check that could not run is recorded (status shows these as problems).
 COULD_NOT_RUN = ("could not run", "failed unexpectedly")
-Notify = Callable[[str, str], None]
+# send(title, body, kind): kind is apprise's type, "failure", "warning", "success" or "info".
+Notify = Callable[..., None]
 
 
 def has_key(config: Config, client: str) -> bool:
@@ -68,19 +70,25 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
     """
 
     async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], str | None]) -> None:
+        heartbeat.ping(get_config(), client, "start", f"{name} started")
         try:
             problem = await asyncio.to_thread(work, get_config(), client, send)
             if name == "audit" and _found_corrupt_replica_files(get_config(), client):
                 resync(client)
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
-            send(f"triplicate: {name} of {client} could not run", str(error))
+            send(f"triplicate: {name} of {client} could not run", str(error), "warning")
             problem = f"could not run: {error}"
         except Exception as error:  # a scheduled check must never take the daemon down
             log.exception("%s %s failed unexpectedly", name, client)
             problem = f"failed unexpectedly: {type(error).__name__}: {error}"
+        heartbeat.ping(get_config(), client, "fail" if problem else "success",
+                       f"{name} {'failed: ' + problem if problem else 'passed'}")
         if problem is not None:
             raise JobFailed(problem)  # the scheduler records it (status shows it)
+
+    async def freshness(client: str) -> None:
+        await asyncio.to_thread(heartbeat.check_freshness, get_config(), client)
 
     def job(name: str, interval: Callable[[Config, str], float | None],
             work: Callable[[Config, str, Notify], str | None]) -> Job:
@@ -94,12 +102,13 @@ def check_jobs(get_config: Callable[[], Config], send: Notify,
         job("restore-check", restore_check_interval, scheduled_restore_check),
         job("retention", retention_interval, scheduled_retention),
         job("recover-drill", recover_drill_interval, functools.partial(scheduled_recover_drill, stop=stop)),
+        Job("backup-freshness", heartbeat.freshness_interval, freshness, persist=False),
     ]
 
 
 def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.Event | None = None) -> str | None:
     """Audit one client with its own verify percentage; notify each change of status.
-    Returns what is wrong (not OK), else None."""
+    Returns what is lost or unreadable (CRITICAL or UNKNOWN), else None."""
     from triplicate.actions.audit import AuditOptions, run_audit, status_changes
     from triplicate.state.audit import last_audits
 
@@ -109,9 +118,10 @@ def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.E
     for change in status_changes(previous, report):
         where = f"{change.client} at {change.location}" if change.location else change.client
         send(f"triplicate: audit of {where} is {change.after}",
-             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}")
+             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}",
+             {"OK": "success", "WARNING": "warning"}.get(str(change.after), "failure"))
     audit = report.clients.get(client)
-    if report.status.value == "OK":
+    if report.status.value in ("OK", "WARNING"):  # a late replica warns; a loss or an unreadable copy fails
         return None
     return f"{report.status.value}: {audit.reason if audit is not None else 'see triplicate audit'}"
 
@@ -137,10 +147,10 @@ def scheduled_restore_check(config: Config, client: str, send: Notify) -> str | 
         was = before.get(location)
         if not result.ok and was is not False:
             reasons = "; ".join(f"{failure.path}: {failure.reason}" for failure in result.failures[:5])
-            send(f"triplicate: restore check of {client} at {location} FAILED", reasons or "failed")
+            send(f"triplicate: restore check of {client} at {location} FAILED", reasons or "failed", "failure")
         elif result.ok and was is False:
             send(f"triplicate: restore check of {client} at {location} passes again",
-                 f"{result.files_checked} files restored and checked.")
+                 f"{result.files_checked} files restored and checked.", "success")
     failed = sorted(location for location, result in report.locations.items() if not result.ok)
     return f"failed at {', '.join(failed)}" if failed else None
 
@@ -154,13 +164,14 @@ def scheduled_retention(config: Config, client: str, send: Notify) -> str | None
     report = run_retention(config, client)
     if report.refused or report.error:
         log.warning("retention %s: %s", client, report.refused or report.error)
-        send(f"triplicate: retention of {client} did not run", str(report.refused or report.error))
-    elif report.removed:
+        send(f"triplicate: retention of {client} did not run", str(report.refused or report.error), "warning")
+        return str(report.refused or report.error)
+    if report.removed:
         log.info("retention %s: removed %d snapshot(s)", client, len(report.removed))
         send(f"triplicate: retention removed {len(report.removed)} snapshot(s) of {client}",
              "Removed: " + ", ".join(verdict.id[:8] for verdict in report.removed)
-             + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""))
-    return str(report.refused or report.error) if report.refused or report.error else None
+             + (f"; {format_bytes(report.reclaimed_bytes)} reclaimed" if report.pruned else ""), "info")
+    return None
 
 
 def scheduled_recover_drill(config: Config, client: str, send: Notify,
@@ -174,10 +185,10 @@ def scheduled_recover_drill(config: Config, client: str, send: Notify,
         return None
     log.info("recovery drill %s: %s in %.1fs", client, "passed" if report.ok else "FAILED", report.rebuild.seconds)
     if not report.ok and report.previous_ok is not False:
-        send(f"triplicate: recovery drill of {client} FAILED", _drill_problem(report))
+        send(f"triplicate: recovery drill of {client} FAILED", _drill_problem(report), "failure")
     elif report.ok and report.previous_ok is False:
         send(f"triplicate: recovery drill of {client} passes again",
-             f"Rebuilt from its locations in {report.rebuild.seconds:.0f}s.")
+             f"Rebuilt from its locations in {report.rebuild.seconds:.0f}s.", "success")
     return None if report.ok else _drill_problem(report)
 
 

@@ -26,6 +26,7 @@ from triplicate import execute
 from triplicate.actions.sync import sync_client
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
+from triplicate.daemon import heartbeat
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.scheduler import Job, Scheduler
@@ -34,7 +35,7 @@ from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import MirrorOptions
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
-from triplicate.notify import notify
+from triplicate.notify import Kind, notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
@@ -372,6 +373,7 @@ class Daemon:
         state = self.clients.get(runner.client)
         if state is not None:
             state.in_sync = None
+        heartbeat.replication_started(self.config, runner.client)
         config = self.config
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
         locations = [runner.location] if runner.location is not None else []
@@ -411,6 +413,7 @@ class Daemon:
             return
         state.latest[runner.location] = outcome
         if state.settled:
+            heartbeat.replication_settled(self.config, state.name, state.latest)
             self._maybe_run_hook(state)
 
     def resync(self, client: str) -> None:
@@ -445,22 +448,22 @@ class Daemon:
             self.send(f"triplicate: {runner.name} is failing",
                       f"{runner.failures} replication attempts in a row failed; the last error: "
                       f"{outcome.error}. Retrying with backoff (next in "
-                      f"{format_duration(runner.retry_delay)}).")
+                      f"{format_duration(runner.retry_delay)}).", "failure")
         elif outcome.ok and runner.notified:
             self._set_notified(runner, False)
             self.send(f"triplicate: {runner.name} recovered",
-                      f"Replication to {runner.location} works again ({outcome.trigger} run succeeded).")
+                      f"Replication to {runner.location} works again ({outcome.trigger} run succeeded).", "success")
 
     def _set_notified(self, runner: LocationRunner, notified: bool) -> None:
         runner.notified = notified
         if runner.location is not None and self.replication is not None:
             self.replication.set_failure_notified(runner.client, runner.location, notified)
 
-    def send(self, title: str, body: str) -> None:
+    def send(self, title: str, body: str, kind: Kind = "info") -> None:
         """Notify in the background (apprise blocks on the network); never raises."""
         if not self.config.notify.urls or self._loop is None or self.stopping:
             return
-        future = self._loop.run_in_executor(self._notifier, notify, self.config.notify, title, body)
+        future = self._loop.run_in_executor(self._notifier, notify, self.config.notify, title, body, kind)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
 
@@ -505,7 +508,7 @@ class Daemon:
             outcome = await run_on_change(list(command), event, self.config.server.hook_timeout)  # type: ignore[arg-type]
             self.daemon_state.record_hook_run(client, current, time.time(), outcome.ok)
             if not outcome.ok:
-                self.send(f"triplicate: on_change hook of {client} failed", outcome.error or "failed")
+                self.send(f"triplicate: on_change hook of {client} failed", outcome.error or "failed", "failure")
             if not (state.hook_again and state.settled):
                 return
 

@@ -10,6 +10,8 @@
     <state_dir>/log/_shared/syncd/current                 its log
     <state_dir>/service/_rest -> ../shared/rest           with server.endpoint = "shared": one endpoint for all
     <state_dir>/log/_shared/rest/current                  its log
+    <state_dir>/service/_web -> ../shared/web             with [web] listen: the web service (docs/web.md)
+    <state_dir>/log/_shared/web/current                   its log
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ SERVICES = ("rest", "syncd")
 SHARED_LINK = "_syncd"
 SHARED_REST_LINK = "_rest"
 SHARED_LOGS = "_shared"
+WEB_LINK = "_web"
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,24 @@ class Layout:
     def shared_rest_link(self) -> Path:
         return self.top / SHARED_REST_LINK
 
+    @property
+    def web(self) -> Path:
+        """The web service's folder ([web] listen set)."""
+        return self.state_dir / "shared" / "web"
+
+    @property
+    def web_link(self) -> Path:
+        return self.top / WEB_LINK
+
+    @property
+    def shared_units(self) -> list[Path]:
+        """The server-wide units: the shared watcher, the shared endpoint, the web service."""
+        return [self.shared_syncd, self.shared_rest, self.web]
+
     def all_supervised_dirs(self, clients: list[str]) -> list[Path]:
-        """Every folder a runsv may supervise: each client's, and the shared watcher's and endpoint's."""
+        """Every folder a runsv may supervise: each client's, and each server-wide unit's."""
         folders = [folder for client in clients for folder in self.supervised_dirs(client)]
-        return [*folders, self.shared_syncd, self.shared_syncd / "log", self.shared_rest, self.shared_rest / "log"]
+        return [*folders, *(folder for unit in self.shared_units for folder in (unit, unit / "log"))]
 
     def supervised_dirs(self, client: str) -> list[Path]:
         """Every folder a runsv of this client may supervise: the client, its services, their logs."""

@@ -35,6 +35,8 @@ class Programs:
     svlogd: str
     chpst: str
     triplicate: tuple[str, ...]
+    # journald's stdin-to-journal program, for server.log = "journald" (None: not installed)
+    systemd_cat: str | None = None
 
     @classmethod
     def find(cls) -> Programs:
@@ -46,7 +48,7 @@ class Programs:
             if path is None:
                 raise MissingProgram(f"{name}: program not found (install the Debian package '{package}')")
             found[name] = path
-        return cls(triplicate=triplicate_command(), **found)
+        return cls(triplicate=triplicate_command(), systemd_cat=shutil.which("systemd-cat"), **found)
 
 
 def triplicate_command() -> tuple[str, ...]:
@@ -97,7 +99,7 @@ def client_files(config: Config, config_path: Path, client: str, programs: Progr
             comments["rest"] = stamp(listener_settings(config, client))
     for service, argv in sorted(commands.items()):
         files.update(_service_files(Path("services") / service, argv, layout.log_dir(client, service), header,
-                                    programs, run_as, comments.get(service, "")))
+                                    programs, run_as, comments.get(service, ""), config.server.log))
     return files
 
 
@@ -109,7 +111,17 @@ def shared_syncd_files(config: Config, config_path: Path, programs: Programs,
     """The shared watcher's files (relative to its folder): one syncd for every enabled client."""
     layout = Layout(config.server.state_dir)
     return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "syncd"],
-                          layout.log_dir(SHARED_LOGS, "syncd"), HEADER.format(config=config_path), programs, run_as)
+                          layout.log_dir(SHARED_LOGS, "syncd"), HEADER.format(config=config_path), programs, run_as,
+                          log=config.server.log)
+
+
+def web_files(config: Config, config_path: Path, programs: Programs,
+              run_as: str | None) -> dict[Path, ServiceFile]:
+    """The web service's files (relative to its folder): ``triplicate web`` for the whole server."""
+    layout = Layout(config.server.state_dir)
+    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "web"],
+                          layout.log_dir(SHARED_LOGS, "web"), HEADER.format(config=config_path), programs, run_as,
+                          log=config.server.log)
 
 
 def shared_rest_files(config: Config, config_path: Path, programs: Programs,
@@ -117,15 +129,21 @@ def shared_rest_files(config: Config, config_path: Path, programs: Programs,
     """The shared endpoint's files (relative to its folder): one listener per enabled client."""
     layout = Layout(config.server.state_dir)
     return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "serve"],
-                          layout.log_dir(SHARED_LOGS, "rest"), HEADER.format(config=config_path), programs, run_as)
+                          layout.log_dir(SHARED_LOGS, "rest"), HEADER.format(config=config_path), programs, run_as,
+                          log=config.server.log)
 
 
 def _service_files(folder: Path, argv: list[str], log_dir: Path, header: str, programs: Programs,
-                   run_as: str | None, comment: str = "") -> dict[Path, ServiceFile]:
-    """A service's run script (``comment`` after its header) and its log service (svlogd into
-    ``log_dir``), as ``run_as``."""
+                   run_as: str | None, comment: str = "", log: str = "files") -> dict[Path, ServiceFile]:
+    """A service's run script (``comment`` after its header) and its log service, as ``run_as``:
+    svlogd into ``log_dir``, or with ``log`` "journald" systemd-cat tagged
+    ``triplicate-<client>-<service>`` (raises MissingProgram when systemd-cat is not installed)."""
     prefix = [programs.chpst, "-u", run_as] if run_as else []
     log_argv = [programs.svlogd, "-tt", str(log_dir)]
+    if log == "journald":
+        if programs.systemd_cat is None:
+            raise MissingProgram("systemd-cat: program not found (server.log = \"journald\" needs systemd)")
+        log_argv = [programs.systemd_cat, "-t", f"triplicate-{log_dir.parent.name}-{log_dir.name}"]
     return {
         folder / "run": ServiceFile(header + comment + "exec 2>&1\nexec " + shlex.join(prefix + argv) + "\n"),
         folder / "log/run": ServiceFile(header + "exec " + shlex.join(prefix + log_argv) + "\n"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +50,11 @@ def run_supervision(config: Config, config_path: Path) -> None:
                 runit.supervisors_below(layout.client_dir(name)):
             print(f"triplicate: stopping {name}'s services left by an earlier supervisor", file=sys.stderr)
             stop_client(layout, name, unlink=False)
-    for unit, what in ((layout.shared_syncd, "watcher"), (layout.shared_rest, "endpoint")):
+    for unit, what in ((layout.shared_syncd, "shared watcher"), (layout.shared_rest, "shared endpoint"),
+                       (layout.web, "web service")):
         shared = [unit, unit / "log"]
         if any(runit.runsv_running(folder) for folder in shared) or runit.supervisors_below(unit):
-            print(f"triplicate: stopping the shared {what} left by an earlier supervisor", file=sys.stderr)
+            print(f"triplicate: stopping the {what} left by an earlier supervisor", file=sys.stderr)
             stop_unit(unit, None, shared)
     execute.replace_process([programs.runsvdir, str(layout.top)])
 
@@ -88,14 +91,19 @@ SYSTEMD_UNIT = """\
 # triplicate's supervision: per-client restic REST endpoints and watchers under runit.
 # Install: triplicate -c {config} systemd-unit > /etc/systemd/system/triplicate.service
 #          systemctl daemon-reload && systemctl enable --now triplicate
+# Generated from the configuration (the writable paths, the mount points): generate it again
+# after adding a location. Check it: systemd-analyze security triplicate.service
 [Unit]
 Description=triplicate backup server (per-client REST endpoints and replication)
 After=network-online.target local-fs.target
 Wants=network-online.target
-
+{requires_mounts}
 [Service]
 Type=simple
 ExecStart={command} supervise
+# Reconcile the service tree with the edited configuration, then HUP every watcher and the
+# web service (they reload it); runsvdir itself must never get a HUP (it stops everything).
+ExecReload={command} supervise --reload
 # runsvdir stops every service on HUP; on TERM it would exit and orphan them. ExecStop
 # sends that HUP and waits until every service has exited; KillMode=mixed then kills
 # only what is left, instead of signalling every process of the group at once.
@@ -107,13 +115,103 @@ TimeoutStopSec=90
 SuccessExitStatus=111
 Restart=on-failure
 RestartSec=5
+{log}
+# Hardening (docs/server.md, "systemd"): the whole file system is read-only but for the
+# paths the configuration writes; no new privileges, no kernel or device access.
+ProtectSystem=strict
+ReadWritePaths={read_write}
+{protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+NoNewPrivileges=yes
+# root for runsvdir/runsv; chpst -u drops to server.user (SETUID/SETGID); the tree is
+# chowned to it (CHOWN, FOWNER); sv signals its processes (KILL); root reads its files
+# (DAC_*); ports below 1024 need NET_BIND_SERVICE.
+CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_KILL CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+UMask=0027
+# rclone's and restic's caches (the home folder is read-only)
+CacheDirectory=triplicate
+Environment=XDG_CACHE_HOME=/var/cache/triplicate
 
 [Install]
 WantedBy=multi-user.target
 """
 
+# Folders under which systemd's ProtectHome applies.
+HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
 
-def systemd_unit(config_path: Path) -> str:
-    """A unit file that runs ``triplicate supervise`` for the configuration at ``config_path``."""
+
+def systemd_unit(config: Config, config_path: Path) -> str:
+    """A hardened unit file that runs ``triplicate supervise`` for ``config`` (at ``config_path``).
+
+    ``ReadWritePaths=`` lists state_dir, repos_dir and every local location (a location
+    that may be absent, such as an unmounted disk, with systemd's '-' prefix);
+    ``RequiresMountsFor=`` every ``mount_point`` location; ``ProtectHome=read-only``
+    unless a writable path is under a home folder.
+    """
+    from triplicate.config.model import LocalLocation
+
     command = shlex.join([*triplicate_command(), "-c", str(config_path)])
-    return SYSTEMD_UNIT.format(config=shlex.quote(str(config_path)), command=command)
+    writable = [str(config.server.state_dir), str(config.server.repos_dir)]
+    mounts = []
+    for location in config.locations.values():
+        if isinstance(location, LocalLocation):
+            writable.append(f"-{location.path}")
+            if location.mount_point:
+                mounts.append(str(location.path))
+    paths = [Path(item.lstrip("-")) for item in writable]
+    under_home = any(path == home or home in path.parents for path in paths for home in HOMES)
+    protect_home = ("# ProtectHome is off: a writable path is under /home, /root or /run/user."
+                    if under_home else "ProtectHome=read-only")
+    return SYSTEMD_UNIT.format(
+        config=shlex.quote(str(config_path)), command=command,
+        requires_mounts="".join(f"RequiresMountsFor={_unit_path(path)}\n" for path in sorted(set(mounts))),
+        read_write=" ".join(_unit_path(item) for item in dict.fromkeys(writable)),
+        protect_home=protect_home,
+        log=("# server.log = \"journald\": the services log to systemd-cat: journalctl -t triplicate-CLIENT-SERVICE\n"
+             if config.server.log == "journald" else ""),
+    )
+
+
+def _up_for_a_second(since: float) -> bool:
+    return time.time() - since >= 1.0
+
+
+def _unit_path(path: str) -> str:
+    """A path as a unit file's word: spaces and backslashes escaped as systemd expects."""
+    return path.replace("\\", "\\x5c").replace(" ", "\\x20")
+
+
+def reload_supervision(config: Config, config_path: Path) -> list[str]:
+    """Reconcile the tree, then HUP every running watcher and the web service; return what was done.
+
+    ``systemctl reload``'s command: runsvdir itself is never signalled (a HUP stops it).
+    """
+    layout = Layout(config.server.state_dir)
+    done = list(reconcile(config, config_path).changes)
+    folders = [layout.service_dir(name, "syncd") for name in client_names(layout.clients_root)]
+    folders += [layout.shared_syncd, layout.web]
+    for folder in folders:
+        state = runit.service_state(folder) if folder.is_dir() else None
+        if state is None or not state.running:
+            continue
+        if state.since is not None:  # Python installs its HUP handler at start: give it that second
+            runit.wait_until(functools.partial(_up_for_a_second, state.since), 1.5)
+        runit.sv("hup", folder)
+        done.append(f"reloaded {folder}")
+    return done

@@ -28,6 +28,7 @@ from triplicate.service.scripts import (
     client_files,
     shared_rest_files,
     shared_syncd_files,
+    web_files,
 )
 
 STOP_TIMEOUT = 15.0
@@ -77,8 +78,10 @@ def service_problems(config: Config) -> list[str]:
 
 
 def check_service_settings(config: Config, source: str) -> None:
-    """Raise ConfigError listing :func:`service_problems`, if any."""
-    problems = service_problems(config)
+    """Raise ConfigError listing :func:`service_problems` and the web service's, if any."""
+    from triplicate.web.access import web_problems
+
+    problems = service_problems(config) + web_problems(config)
     if problems:
         raise ConfigError(problems, source)
 
@@ -153,6 +156,7 @@ def reconcile(config: Config, config_path: Path, programs: Programs | None = Non
         ("rest", layout.shared_rest, layout.shared_rest_link, config.server.endpoint == "shared", shared_rest_files),
     ):
         _reconcile_shared(config, config_path, programs, owner, report, service, folder, link, shared, make_files)
+    _reconcile_web(config, config_path, programs, layout, owner, report)
     return report
 
 
@@ -173,6 +177,21 @@ def _reconcile_shared(config: Config, config_path: Path, programs: Programs, own
     if not shared and folder.exists():
         shutil.rmtree(folder)
         report.changes.append(f"removed {folder}")
+
+
+def _reconcile_web(config: Config, config_path: Path, programs: Programs, layout: Layout,
+                   owner: tuple[int, int] | None, report: ReconcileReport) -> None:
+    """The web service: written and linked with [web] listen, stopped and removed without."""
+    wanted = config.web.listen is not None
+    changed: list[Path] = []
+    if wanted:
+        changed = _write_files(layout.web, web_files(config, config_path, programs, run_as(config)), report)
+        _make_log_folder(layout.log_dir(SHARED_LOGS, "web"), owner, report)
+    if wanted or layout.web_link.is_symlink() or runit.runsv_running(layout.web):
+        _activate(layout.web, layout.web_link, wanted, changed, report, "the web service")
+    if not wanted and layout.web.exists():
+        shutil.rmtree(layout.web)
+        report.changes.append(f"removed {layout.web}")
 
 
 def _activate(folder: Path, link: Path, enabled: bool, changed: list[Path], report: ReconcileReport,

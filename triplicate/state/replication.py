@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from triplicate.state.db import PRIMARY, Store, locked
 
@@ -187,17 +188,25 @@ class ReplicationState(Store):
         return max(0.0, now - row[0]) if row and row[0] is not None else 0.0
 
     @locked
-    def location_metrics(self, now: float) -> dict[tuple[str, str], dict[str, float]]:
+    def location_metrics(self, now: float, client: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """Per (client, location) that has run at least once: the numbers metrics export.
 
         Keys of each value: last_success (0 when never), consecutive_failures,
         failed_runs, bytes_copied_total, files_copied_total, snapshots (present at
-        the location at its last listing) and lag (seconds, as :meth:`replication_lag`).
-        One query for every pair, so a scrape of a thousand clients stays cheap.
+        the location at its last listing), lag (seconds, as :meth:`replication_lag`),
+        newest (the arrival on the server of the newest snapshot the location holds,
+        None when it holds none), last_attempt, last_error and first_run (when its
+        first recorded run started).
+        One query for every pair (or ``client``'s), so a scrape of a thousand clients stays cheap.
         """
         rows = self.connection.execute(
             "SELECT ls.client, ls.location, ls.last_success, ls.consecutive_failures,"
-            " ls.bytes_copied_total, ls.files_copied_total,"
+            " ls.bytes_copied_total, ls.files_copied_total, ls.last_attempt, ls.last_error,"
+            " (SELECT MIN(r.started) FROM runs r WHERE r.client=ls.client AND r.location=ls.location)"
+            "  AS first_run,"
+            " (SELECT MAX(COALESCE(p.first_seen, s.first_seen)) FROM snapshots s LEFT JOIN snapshots p"
+            "  ON p.client=s.client AND p.location=? AND p.snapshot_id=s.snapshot_id"
+            "  WHERE s.client=ls.client AND s.location=ls.location AND s.gone_since IS NULL) AS newest,"
             " (SELECT COUNT(*) FROM runs r WHERE r.client=ls.client AND r.location=ls.location"
             "  AND r.ok=0) AS failed_runs,"
             " (SELECT COUNT(*) FROM snapshots s WHERE s.client=ls.client AND s.location=ls.location"
@@ -206,8 +215,8 @@ class ReplicationState(Store):
             "  AND p.gone_since IS NULL AND NOT EXISTS (SELECT 1 FROM snapshots r"
             "   WHERE r.client=p.client AND r.location=ls.location AND r.snapshot_id=p.snapshot_id"
             "   AND r.gone_since IS NULL)) AS oldest_missing"
-            " FROM location_state ls",
-            (PRIMARY,),
+            " FROM location_state ls WHERE ? IS NULL OR ls.client=?",
+            (PRIMARY, PRIMARY, client, client),
         ).fetchall()
         return {
             (row["client"], row["location"]): {
@@ -218,6 +227,10 @@ class ReplicationState(Store):
                 "files_copied_total": row["files_copied_total"],
                 "snapshots": row["snapshots"],
                 "lag": 0.0 if row["oldest_missing"] is None else max(0.0, now - row["oldest_missing"]),
+                "newest": row["newest"],
+                "last_attempt": row["last_attempt"],
+                "last_error": row["last_error"],
+                "first_run": row["first_run"],
             }
             for row in rows
         }
@@ -230,6 +243,42 @@ class ReplicationState(Store):
             " WHERE client=r.client AND location=r.location)", (client,),
         ).fetchall()
         return {path for row in rows for path in json.loads(row[0])}
+
+
+    @locked
+    def newest_primary_snapshots(self) -> dict[str, float]:
+        """Client -> arrival of the newest snapshot present in its primary (clients with one)."""
+        return {client: newest for client, (_count, newest) in self.primary_snapshots().items()}
+
+    @locked
+    def primary_snapshots(self) -> dict[str, tuple[int, float]]:
+        """Client -> (snapshots present in its primary, arrival of the newest), in one query."""
+        rows = self.connection.execute(
+            "SELECT client, COUNT(*), MAX(first_seen) FROM snapshots WHERE location=? AND gone_since IS NULL"
+            " GROUP BY client", (PRIMARY,),
+        ).fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    @locked
+    def arrivals(self, client: str, since: float) -> dict[str, dict[str, float]]:
+        """Location ('@primary' too) -> {snapshot ID: first seen there} for snapshots seen since ``since``."""
+        rows = self.connection.execute(
+            "SELECT location, snapshot_id, first_seen FROM snapshots WHERE client=? AND first_seen>=?"
+            " ORDER BY first_seen", (client, since),
+        ).fetchall()
+        found: dict[str, dict[str, float]] = {}
+        for row in rows:
+            found.setdefault(row[0], {})[row[1]] = row[2]
+        return found
+
+    @locked
+    def recent_runs(self, client: str | None, since: float, limit: int) -> list[sqlite3.Row]:
+        """The newest runs started since ``since`` (of one client, or all), newest first."""
+        where, parameters = ("client=? AND ", [client]) if client is not None else ("", [])
+        return self.connection.execute(
+            f"SELECT * FROM runs WHERE {where}started>=? ORDER BY started DESC LIMIT ?",
+            [*parameters, since, limit],
+        ).fetchall()
 
 
 def _run_error(run: RunRecord) -> str | None:

@@ -79,6 +79,15 @@ class RestoreCheckState(Store):
             ).fetchall()
         return {row["location"]: _record(row) for row in rows}
 
+    def last_results(self) -> dict[tuple[str, str], tuple[bool, float]]:
+        """(client, location) -> (passed, when) of the newest check of every pair, in one query."""
+        with self._lock:
+            rows = self.connection.execute(
+                "SELECT client, location, ok, time FROM restore_checks AS r WHERE id = (SELECT id FROM"
+                " restore_checks WHERE client=r.client AND location=r.location ORDER BY time DESC, id DESC LIMIT 1)"
+            ).fetchall()
+        return {(row[0], row[1]): (bool(row[2]), row[3]) for row in rows}
+
     def last_successes(self) -> dict[tuple[str, str], float]:
         """(client, location) -> time of the newest passed check, for every pair that ever passed."""
         with self._lock:

@@ -1,0 +1,67 @@
+"""``triplicate config check``: every problem at once with its key path, exit 0/2, as text or JSON."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from tests.support.repository import Server
+
+
+def test_a_good_configuration_is_ok(server: Server) -> None:
+    result = server.cli("config", "check")
+    assert result.code == 0 and result.out.strip() == f"{server.config_path}: OK (1 clients, 2 locations)"
+    data = server.cli("config", "check", "--json").json()
+    assert data == {"version": 1, "ok": True, "config": str(server.config_path), "clients": 1, "locations": 2,
+                    "problems": []}
+
+
+def test_every_problem_of_the_file_is_listed_with_its_key(server: Server) -> None:
+    text = server.config_path.read_text().replace('replicate_to = ["usb", "nas"]',
+                                                  'replicate_to = ["usb", "offsite"]\nwokers = 3')
+    server.config_path.write_text(text + '\n[locations.tape]\ntype = "tape"\n')
+    result = server.cli("config", "check", "--json")
+    assert result.code == 2
+    problems = {(problem["key"], problem["message"]) for problem in result.json()["problems"]}
+    assert ("clients.web01.replicate_to[1]", "unknown location 'offsite'") in problems
+    assert any(key == "clients.web01.wokers" and "unknown key" in message for key, message in problems)
+    assert any(key == "locations.tape" and "unknown location type 'tape'" in message for key, message in problems)
+    text_result = server.cli("config", "check")
+    assert text_result.code == 2 and "3 problem(s)" in text_result.err
+    assert "clients.web01.replicate_to[1]: unknown location 'offsite'" in text_result.err
+
+
+def test_what_supervise_and_client_add_would_refuse_is_found_too(server: Server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        taken_port = probe.getsockname()[1]
+    text = server.config_path.read_text().replace("[server]\n", f'[server]\nports = "{taken_port}-{taken_port}"\n'
+                                                  f'tls_cert = "{server.root}/cert.pem"\nuser = "nobody-here"\n', 1)
+    text = text.replace('password_file = "', f"port = {taken_port}\npassword_file = \"")
+    text += (f'\n[clients.web02]\nport = {taken_port}\nreplicate_to = []\n'
+             f'password_file = "{server.root}/missing-key"\n[web]\nlisten = "0.0.0.0:8200"\n')
+    server.config_path.write_text(text)
+    result = server.cli("config", "check", "--json")
+    assert result.code == 2
+    problems = [f"{problem['key']}: {problem['message']}" for problem in result.json()["problems"]]
+    expected = [f"clients.web02.port: {taken_port} is already client 'web01's",
+                "server.tls_cert, server.tls_key: set both or neither",
+                "server.user: no such user 'nobody-here'",
+                "clients.web02.password_file: no such file",
+                "server.tls_cert: no such file",
+                "web.listen: '0.0.0.0:8200' is reachable from other machines"]
+    for wanted in expected:
+        assert any(problem.startswith(wanted) for problem in problems), (wanted, problems)
+    assert len(problems) == len(expected), problems
+
+
+def test_an_unreadable_or_missing_file_is_a_problem_without_key(server: Server) -> None:
+    server.config_path.write_text("[server\n")
+    result = server.cli("config", "check", "--json")
+    assert result.code == 2
+    (problem,) = result.json()["problems"]
+    assert problem["key"] is None and problem["message"].startswith("not valid TOML")
+    server.config_path.unlink()
+    result = server.cli("config", "check")
+    assert result.code == 2 and "no configuration file" in result.err
+    assert json.loads(server.cli("config", "check", "--json").out)["ok"] is False

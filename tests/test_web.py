@@ -1,0 +1,250 @@
+"""The web service for real: ``triplicate web`` as a process, HTTP on loopback, promtool, chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from triplicate.config.load import load_config
+from triplicate.service.layout import Layout
+from triplicate.service.scripts import Programs
+from triplicate.service.tree import reconcile
+
+from tests.support.repository import Server
+from tests.support.ports import free_port_range
+from tests.support.wait import wait_until
+from tests.support.web import browser, dump_dom, three_clients, web_service
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = name + "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{wanted} not exported")
+
+
+def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) -> None:
+    port = three_clients(server)
+    with web_service(server, port) as web:
+        overview = web.json("/api/v1/clients")
+        assert overview["version"] == 1
+        clients = {client["name"]: client for client in overview["clients"]}
+        assert [clients[name]["state"] for name in ("web01", "web02", "web03")] == ["ok", "failed", "ok"]
+        usb = clients["web02"]["locations"]["usb"]
+        assert usb["state"] == "failed" and usb["up"] is False and usb["error"]
+        assert usb["lag_seconds"] > 0  # an unreadable location never reports lag 0
+        assert clients["web01"]["locations"]["usb"]["up"] is True
+        assert clients["web01"]["locations"]["@primary"]["snapshots"] == 1
+
+        detail = web.json("/api/v1/clients/web01")
+        assert detail["name"] == "web01" and len(detail["charts"]["arrivals"]) == 1
+        assert set(detail["charts"]["latency"]) == {"usb", "nas"}
+        assert {run["location"] for run in detail["runs"]} == {"usb", "nas"}
+        assert detail["endpoint"]["services"]["syncd"]["state"] == "absent"  # never reconciled here
+        assert detail["endpoint"]["url"] is None  # no port in this configuration: no REST endpoint
+
+        runs = web.json("/api/v1/runs?client=web02")["runs"]
+        assert {(run["location"], run["ok"]) for run in runs} == {("usb", False), ("nas", True)}
+        assert web.json("/api/v1/audits")["audits"] == []
+        assert web.json("/api/v1/server")["locations"] == ["nas", "usb"]
+        locations = web.json("/api/v1/locations")["locations"]
+        assert locations["usb"]["clients"] == ["web01", "web02", "web03"]
+        for path in ("/api/v1/restore-checks", "/api/v1/retention-runs"):
+            assert web.json(path)["version"] == 1
+
+        status, body, _ = web.get("/api/v1/clients/nobody")
+        assert status == 404 and "unknown client 'nobody'" in json.loads(body)["error"]
+        status, body, _ = web.get("/api/v1/runs?limit=0")
+        assert status == 400 and json.loads(body)["error"].startswith("limit:")
+
+        # Cached answers never hide a change: fixing the location shows at the next request.
+        assert 'triplicate_location_up{client="web02",location="usb"} 0.0' in web.get("/metrics")[1].decode()
+        (server.root / "usb" / "web02").unlink()
+        assert server.cli("sync", "web02").code == 0
+        fixed = {client["name"]: client for client in web.json("/api/v1/clients")["clients"]}["web02"]
+        assert fixed["state"] == "ok" and fixed["locations"]["usb"]["lag_seconds"] == 0
+        assert 'triplicate_location_up{client="web02",location="usb"} 1.0' in web.get("/metrics")[1].decode()
+
+        spec = web.json("/api/v1/openapi.json")
+        assert spec["openapi"].startswith("3.")
+        for path in ("/api/v1/clients", "/api/v1/clients/{name}", "/api/v1/locations", "/api/v1/runs",
+                     "/api/v1/audits", "/api/v1/restore-checks", "/api/v1/retention-runs", "/api/v1/server"):
+            assert path in spec["paths"], path
+
+
+def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
+    port = three_clients(server)
+    with web_service(server, port) as web:
+        status, body, headers = web.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60,
+                             check=False)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    text = body.decode()
+    assert _metric(text, "triplicate_location_up", client="web02", location="usb") == 0
+    assert _metric(text, "triplicate_location_up", client="web02", location="nas") == 1
+    assert _metric(text, "triplicate_replication_lag_seconds", client="web02", location="usb") > 0
+    assert _metric(text, "triplicate_replication_lag_seconds", client="web01", location="usb") == 0
+    newest = _metric(text, "triplicate_newest_snapshot_timestamp_seconds", client="web01", location="usb")
+    assert newest == _metric(text, "triplicate_newest_snapshot_timestamp_seconds", client="web01",
+                             location="@primary")
+    assert time.time() - 600 < newest <= time.time()
+    assert 'triplicate_newest_snapshot_timestamp_seconds{client="web02",location="usb"}' not in text
+    assert _metric(text, "triplicate_last_success_timestamp_seconds", client="web01", location="nas") > 0
+    assert _metric(text, "triplicate_failures_total", client="web02", location="usb") == 1
+    assert _metric(text, "triplicate_bytes_copied_total", client="web01", location="usb") > 1_000_000
+    assert "process_resident_memory_bytes" in text
+    assert 'triplicate_build_info{python="' in text and "queue_length" not in text
+
+
+def test_the_example_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    rules = DOCS / "prometheus-alerts.yml"
+    checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+    text = rules.read_text()
+    for metric in ("triplicate_newest_snapshot_timestamp_seconds", "triplicate_location_up",
+                   "triplicate_replication_lag_seconds", "triplicate_restore_check_ok", "triplicate_audit_status"):
+        assert metric in text, metric
+
+
+def _save_screenshot(name: str, shot: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    if shot.exists():
+        shutil.copy(shot, ARTIFACTS / name)
+
+
+def test_the_dashboard_in_a_real_browser(server: Server, tmp_path: Path) -> None:
+    port = three_clients(server)
+    shot = tmp_path / "dashboard.png"
+    with web_service(server, port) as web, browser() as chromium:
+        try:
+            grid = chromium.visit(web.base + "/", {
+                "failed": "getComputedStyle(document.querySelector('[data-cell=\"web02/usb\"]')).backgroundColor",
+                "fine": "getComputedStyle(document.querySelector('[data-cell=\"web02/nas\"]')).backgroundColor",
+                "rows": "document.querySelectorAll('table.grid tbody tr').length",
+                "phone": "document.querySelector('meta[name=viewport]').content",
+            }, screenshot=shot)
+            assert grid["failed"] == "rgb(229, 62, 62)"  # --failed: red
+            assert grid["fine"] == "rgb(56, 161, 105)"  # --ok: green
+            assert grid["rows"] == 3 and "width=device-width" in grid["phone"]
+            page = chromium.visit(web.base + "/client/web01", {
+                "charts": "document.querySelectorAll('svg.chart').length",
+                "dots": "document.querySelectorAll('svg.chart circle').length",
+                "width": "document.querySelector('svg.chart').getBoundingClientRect().width",
+                "bars": "document.querySelectorAll('svg.chart rect').length",
+            }, screenshot=tmp_path / "client.png")
+            assert page["charts"] == 3
+            assert page["dots"] == 3  # one arrival, and its latency at usb and at nas
+            assert page["bars"] == 2 and page["width"] > 100  # bytes per day, per location; drawn
+            for path in ("/", "/client/web02"):  # on a phone: nothing wider than the screen but the tables' scroll
+                phone = chromium.visit(web.base + path, {
+                    "page": "document.documentElement.scrollWidth <= window.innerWidth",
+                    "text": "parseFloat(getComputedStyle(document.body).fontSize)",
+                    "chart": "(document.querySelector('svg.chart') || {getBoundingClientRect: () => ({width: 1})})"
+                             ".getBoundingClientRect().width <= window.innerWidth",
+                }, screenshot=tmp_path / "phone.png", phone=True)
+                assert phone == {"page": True, "text": 15, "chart": True}, (path, phone)
+        except BaseException:
+            _save_screenshot("web-dashboard.png", shot)
+            _save_screenshot("web-client.png", tmp_path / "client.png")
+            _save_screenshot("web-phone.png", tmp_path / "phone.png")
+            raise
+        dom = dump_dom(web.base + "/")  # the exact command an operator can run
+        assert 'data-cell="web02/usb" data-state="failed"' in dom
+
+
+def _bcrypt(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def test_logins_and_tls_with_the_servers_certificate(server: Server, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    port = three_clients(server, web=f'users = {{ admin = "{_bcrypt("s3cret pass")}" }}\n')
+    text = server.config_path.read_text().replace(
+        "[server]\n", f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n', 1)
+    server.config_path.write_text(text.replace('listen = "127.0.0.1', 'listen = "0.0.0.0'))
+    trusted = ssl.create_default_context(cafile=str(cert))
+    with web_service(server, port, scheme="https") as web:
+        status, _, headers = web.get("/api/v1/clients", context=trusted)
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode()}
+        assert web.get("/metrics", wrong, context=trusted)[0] == 401
+        right = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret pass").decode()}
+        for path in ("/", "/client/web02", "/metrics", "/api/v1/clients", "/api/v1/locations"):
+            status, body, _ = web.get(path, right, context=trusted)
+            assert status == 200, path
+            assert b"password" not in body.replace(b"password_", b""), path  # no secret, not even a path
+            assert str(server.password_file).encode() not in body, path
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not served
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+
+
+def test_web_refuses_an_open_address_without_users_and_an_unset_listen(server: Server) -> None:
+    result = server.cli("web")
+    assert result.code == 2 and "web.listen: not set" in result.err
+    port = free_port_range(1)[0]
+    server.config_path.write_text(server.config_path.read_text() + f'\n[web]\nlisten = "0.0.0.0:{port}"\n')
+    result = server.cli("web")
+    assert result.code == 2 and "reachable from other machines" in result.err
+    server.config_path.write_text(server.config_path.read_text().replace(f"0.0.0.0:{port}", "nowhere"))
+    result = server.cli("web")
+    assert result.code == 2 and "web.listen:" in result.err and "expected ADDR:PORT" in result.err
+
+
+def test_the_service_tree_runs_the_web_service_when_listen_is_set(server: Server) -> None:
+    port = free_port_range(1)[0]
+    base = server.config_path.read_text()
+    server.config_path.write_text(base + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    layout = Layout(server.root / "state")
+    programs = Programs.find()
+    report = reconcile(load_config(server.config_path), server.config_path, programs)
+    run = (layout.web / "run").read_text()
+    assert run.rstrip().endswith(f"-c {server.config_path} web")
+    assert layout.web_link.is_symlink() and (layout.web / "log" / "run").exists()
+    assert any("enabled the web service" in change for change in report.changes)
+    assert not reconcile(load_config(server.config_path), server.config_path, programs).changes
+    server.config_path.write_text(base)
+    report = reconcile(load_config(server.config_path), server.config_path, programs)
+    assert not layout.web.exists() and not layout.web_link.is_symlink()
+
+
+def test_sighup_reloads_clients_and_users(server: Server) -> None:
+    port = three_clients(server, web=f'users = {{ admin = "{_bcrypt("first")}" }}\n')
+    login = {"Authorization": "Basic " + base64.b64encode(b"admin:first").decode()}
+    with web_service(server, port) as web:
+        assert web.get("/api/v1/server", login)[0] == 200
+        text = server.config_path.read_text().replace(_first_hash(server), _bcrypt("second"))
+        server.config_path.write_text(text + '\n[clients.web04]\nreplicate_to = ["usb"]\n')
+        web.process.send_signal(signal.SIGHUP)
+        second = {"Authorization": "Basic " + base64.b64encode(b"admin:second").decode()}
+        wait_until(lambda: web.get("/api/v1/server", second)[0] == 200, 20, "the new password to be accepted")
+        assert web.get("/api/v1/server", login)[0] == 401
+        _, body, _ = web.get("/api/v1/clients", second)
+        assert [client["name"] for client in json.loads(body)["clients"]][-1] == "web04"
+        server.config_path.write_text("[server\n")  # a broken file is refused, the running one kept
+        web.process.send_signal(signal.SIGHUP)
+        assert web.get("/api/v1/server", second)[0] == 200 and web.process.poll() is None
+
+
+def _first_hash(server: Server) -> str:
+    return server.config_path.read_text().split('admin = "', 1)[1].split('"', 1)[0]
