@@ -38,6 +38,7 @@ from triplicate.storage import FileType, Handle, StorageError, open_location, re
 from triplicate.storage.backend import CorruptContent, FileInfo
 from triplicate.storage.local import LocalBackend
 from triplicate.storage.retry import RetryingBackend, TransientError
+from triplicate.storage.throttle import ThrottledBackend
 
 __all__ = ["rest_server", "s3_server", "sshd"]  # fixtures, used by name
 
@@ -508,9 +509,11 @@ def test_permanent_failures_are_not_retried_and_retries_end(tmp_path: Path) -> N
 def test_open_location_wraps_remote_kinds_in_retries(server: Server, rest_server: RestServer) -> None:
     configure(server, ["usb", "rest"], rest_server.location_toml("rest"))
     config = load_config(server.config_path)
-    assert isinstance(open_location(config, "usb", "web01"), LocalBackend)
-    remote = open_location(config, "rest", "web01")
-    assert isinstance(remote, RetryingBackend) and remote.connections == config.server.workers
+    local = open_location(config, "usb", "web01")
+    assert isinstance(local, ThrottledBackend) and isinstance(local.backend, LocalBackend)
+    remote = open_location(config, "rest", "web01")  # every kind shares its location's limits (test_throttle.py)
+    assert isinstance(remote, ThrottledBackend) and isinstance(remote.backend, RetryingBackend)
+    assert remote.connections == config.server.workers
 
 
 def test_a_dropped_ssh_connection_is_replaced_and_the_save_retried(sshd: SshServer, tmp_path: Path) -> None:

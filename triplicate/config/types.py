@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from triplicate.units import parse_duration, parse_size
+from triplicate.units import parse_bandwidth, parse_duration, parse_size
 
 
 def _duration(value: str | int | float) -> float:
@@ -54,6 +54,12 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _bandwidth(value: str) -> str:
+    parse_bandwidth(value)  # raises ValueError naming what is wrong
+    return " ".join(value.split())
+
+
+Bandwidth = Annotated[str, AfterValidator(_bandwidth)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
@@ -79,3 +85,6 @@ class LocationSettings(Section):
     # this long is then removed from the replica too (docs/retention.md). At least an
     # hour, so that a listing taken during a prune is never acted on by itself.
     propagate_deletes: Annotated[Duration, Field(ge=3600)] | None = None
+    # Bytes per second written to this location, shared by every client's copies in one
+    # process: "20MB/s", or a timetable as rclone's "08:00,5MB/s 19:00,off" (local time).
+    bwlimit: Bandwidth | None = None
