@@ -219,3 +219,12 @@ def test_a_small_new_snapshot_overtakes_another_clients_first_copy(server: Serve
     assert still_copying, "the big copy must still run when the small snapshot is done"
     assert latency < 5, f"{latency:.1f}s for a small snapshot behind a first copy"
     assert server.snapshot_ids(server.replica("usb")) == server.snapshot_ids(server.primary())
+
+
+def test_status_shows_each_locations_bwlimit(server: Server) -> None:
+    _with_location_settings(server, bwlimit="00:00,5MB/s 23:59,5MB/s")
+    assert server.cli("sync", "web01").code == 0
+    rows = {row["location"]: row for row in server.cli("status", "--json").json()["clients"][0]["locations"]}
+    assert rows["usb"]["bwlimit"] == "00:00,5MB/s 23:59,5MB/s (now 5.0 MB/s)"
+    assert rows["nas"]["bwlimit"] is None
+    assert "bwlimit" in server.cli("status").out
