@@ -77,7 +77,18 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
-_TIMETABLE_ENTRY = re.compile(r"(\d\d?):(\d\d),(.+)")
+_TIME_OF_DAY = re.compile(r"(\d\d?):(\d\d)")
+
+
+def parse_time_of_day(value: str) -> int:
+    """The minute of the day of ``"02:00"`` or ``"9:30"`` (0 to 1439).
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    match = _TIME_OF_DAY.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(f"'{value}' is not a time of day such as '02:00' (HH:MM, 00:00 to 23:59)")
+    return int(match.group(1)) * 60 + int(match.group(2))
 
 
 def parse_rate(value: str) -> int | None:
@@ -113,13 +124,14 @@ def parse_bandwidth(value: str) -> tuple[tuple[int, int | None], ...]:
         return ((0, parse_rate(entries[0])),)
     table: dict[int, int | None] = {}
     for entry in entries:
-        match = _TIMETABLE_ENTRY.fullmatch(entry)
-        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
-            raise ValueError(f"'{entry}' is not a timetable entry such as '08:00,5MB/s' (HH:MM,rate)")
-        minute = int(match.group(1)) * 60 + int(match.group(2))
+        when, _, rate = entry.partition(",")
+        try:
+            minute = parse_time_of_day(when)
+        except ValueError:
+            raise ValueError(f"'{entry}' is not a timetable entry such as '08:00,5MB/s' (HH:MM,rate)") from None
         if minute in table:
-            raise ValueError(f"'{entry}': {match.group(1)}:{match.group(2)} is given twice")
-        table[minute] = parse_rate(match.group(3))
+            raise ValueError(f"'{entry}': {when} is given twice")
+        table[minute] = parse_rate(rate)
     return tuple(sorted(table.items()))
 
 
@@ -131,3 +143,18 @@ def rate_at(timetable: tuple[tuple[int, int | None], ...], minute_of_day: int) -
             break
         current = rate
     return current
+
+
+def parse_window(value: str) -> tuple[int, int]:
+    """The (first, end) minutes of the day of a daily window ``"01:00-05:00"``; one that ends
+    before it starts runs past midnight (``"22:00-04:00"``).
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    first, separator, end = value.partition("-") if isinstance(value, str) else ("", "", "")
+    if not separator:
+        raise ValueError(f"'{value}' is not a window such as '01:00-05:00' (HH:MM-HH:MM)")
+    window = parse_time_of_day(first), parse_time_of_day(end)
+    if window[0] == window[1]:
+        raise ValueError(f"'{value}': a window cannot start and end at the same time")
+    return window

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triplicate.config.model import Config
+from triplicate.engine.schedule import Schedule
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, Layout
 from triplicate.state.db import PRIMARY
@@ -97,6 +98,7 @@ def locations_section(context: StatusContext) -> StatusSection:
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
     health = state.location_health(name)
     max_lag = config.settings(name).max_lag
+    schedule = Schedule.of(config.clients[name])  # lag is judged from when the schedule replicates
     for location in config.clients[name].replicate_to:
         present = state.known_snapshots(name, location)
         # A snapshot's age is counted from its arrival on the server (snapshot files are
@@ -113,9 +115,10 @@ def locations_section(context: StatusContext) -> StatusSection:
                              "error": error, "bwlimit": bwlimit_text(config.locations[location].bwlimit, now)})
         if result == "failed":
             section.problems.append(f"{location}: last sync failed: {error}")
-        if isinstance(max_lag, (int, float)) and lag > max_lag:
+        if isinstance(max_lag, (int, float)) and lag and schedule.overdue(now - lag, now) > max_lag:
             section.problems.append(f"{location}: replication lag {format_duration(lag)} exceeds "
-                                    f"max_lag {format_duration(max_lag)}")
+                                    f"max_lag {format_duration(max_lag)}"
+                                    + ("" if schedule.immediate else f" past its schedule ({schedule.describe()})"))
     return section
 
 

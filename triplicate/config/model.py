@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from triplicate.config.types import (
-    AbsolutePath, Command, Duration, LocationSettings, Percent, PortRange, Section, Size,
+    AbsolutePath, Command, Duration, LocationSettings, Percent, PortRange, Section, Size, TimeOfDay, TimeWindow,
 )
 from triplicate.storage.kinds import KINDS
 from triplicate.storage.kinds.local import LocalLocation
@@ -120,11 +120,21 @@ class ClientSection(Section):
     restore_check_every: Duration | None = None
     restore_check: RestoreCheckSettings = RestoreCheckSettings()
     retention: RetentionSettings | None = None
+    # When the daemon replicates it (one of the four; engine/schedule.py): at once, or on a schedule.
+    replicate: Literal["immediate"] | None = None
+    replicate_every: Annotated[Duration, Field(gt=0)] | None = None
+    replicate_at: Annotated[list[TimeOfDay], Field(min_length=1)] | None = None
+    replicate_window: TimeWindow | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSection:
         if self.password_file is not None and self.password_command is not None:
             raise ValueError("password_file and password_command: set one, not both (restic refuses both)")
+        scheduled = [key for key in ("replicate", "replicate_every", "replicate_at", "replicate_window")
+                     if getattr(self, key) is not None]
+        if len(scheduled) > 1:
+            raise ValueError(f"{' and '.join(scheduled)}: set one of them, not several (a client replicates "
+                             "at once, or every so often, or at set times, or within a window)")
         return self
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from triplicate.units import parse_bandwidth, parse_duration, parse_size
+from triplicate.units import parse_bandwidth, parse_duration, parse_size, parse_time_of_day, parse_window
 
 
 def _duration(value: str | int | float) -> float:
@@ -60,6 +60,20 @@ def _bandwidth(value: str) -> str:
 
 
 Bandwidth = Annotated[str, AfterValidator(_bandwidth)]
+
+
+def _time_of_day(value: str) -> str:
+    minute = parse_time_of_day(value)
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def _window(value: str) -> str:
+    first, end = parse_window(value)
+    return f"{first // 60:02d}:{first % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]  # "HH:MM", local time
+TimeWindow = Annotated[str, AfterValidator(_window)]  # "HH:MM-HH:MM", local time
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]

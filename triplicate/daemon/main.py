@@ -28,6 +28,7 @@ from triplicate.config.load import load_config
 from triplicate.config.model import Config
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.runner import LocationRunner, RunOutcome
+from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import MirrorOptions
@@ -365,6 +366,9 @@ class Daemon:
 
     async def _execute(self, runner: LocationRunner, trigger: str) -> RunOutcome:
         """One run of ``sync_client`` for one location, in the pool; never raises TriplicateError."""
+        assert self._stopped is not None
+        if not await wait_for_schedule(lambda: self.config, self.replication, runner, self._stopped):
+            return RunOutcome(False, None, trigger, interrupted=True)  # stopped while outside the schedule
         state = self.clients.get(runner.client)
         if state is not None:
             state.in_sync = None
