@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE_CONFIG, Server, write_files
-from tests.remote_support import rclone_local_config, rclone_location_toml
+from tests.remote_support import rclone_local_config, rclone_location_toml, rest_server, s3_server, sshd  # noqa: F401 (fixtures)
 from triplicate.config.load import load_config
 from triplicate.storage import FileType, Handle, open_location
 from triplicate.storage.throttle import PrioritySlots, TokenBucket, location_limits
@@ -228,3 +228,15 @@ def test_status_shows_each_locations_bwlimit(server: Server) -> None:
     assert rows["usb"]["bwlimit"] == "00:00,5MB/s 23:59,5MB/s (now 5.0 MB/s)"
     assert rows["nas"]["bwlimit"] is None
     assert "bwlimit" in server.cli("status").out
+
+
+@pytest.mark.parametrize("kind", ["sftp", "s3", "rest", "rclone"])
+def test_every_remote_kind_honours_the_bwlimit(kind: str, server: Server, request: pytest.FixtureRequest) -> None:
+    from tests.test_remote_locations import configure, location_toml
+
+    configure(server, ["far"], location_toml(kind, "far", server, request) + 'bwlimit = "4MB/s"\n')
+    blobs = _blobs(3, 4 * MB)  # 12 MB: three seconds at 4 MB/s
+    rate = _measured_rate(lambda: _save_all(server, "far", "web01", blobs), 12 * MB)
+    # Never faster than the limit (rclone's own bucket allows a small burst); a remote's own
+    # overhead may make it a little slower.
+    assert 0.75 * 4 * MB < rate < 1.10 * 4 * MB, f"{kind}: {rate / MB:.2f} MB/s"
