@@ -164,6 +164,10 @@ def test_copies_to_one_location_are_bounded_across_clients(server: Server) -> No
 
 
 def test_rclone_is_given_the_bwlimit(server: Server, tmp_path: Path) -> None:
+    from triplicate.storage.rclone_server import rclone_bwlimit
+
+    assert rclone_bwlimit("4MB/s") == "4000000B"
+    assert rclone_bwlimit("19:00,off 8:00,1MiB/s") == "08:00,1048576B 19:00,off"  # rclone's own syntax
     folder = tmp_path / "far"
     folder.mkdir()
     server.write_config(BASE_CONFIG + rclone_location_toml("far", f"far:{folder}", rclone_local_config(tmp_path),

@@ -29,7 +29,8 @@ RECHECK_SECONDS = 60.0
 async def wait_for_schedule(config: Callable[[], Config], replication: ReplicationState | None,
                             runner: LocationRunner, stopped: asyncio.Event) -> bool:
     """Wait until ``runner``'s client may replicate; returns True then (at once for an
-    immediate client), False when ``stopped`` is set first.
+    immediate client), False when ``stopped`` is set first or the location is no longer
+    the client's.
 
     The last run, which ``every`` and ``at`` count from, is the location's last attempt
     in the state database (the CLI's runs count too). A follow-up asked for while
@@ -37,10 +38,15 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
     """
     waited = False
     while True:
-        current = config()
-        section = current.clients.get(runner.client)
-        schedule = Schedule.of(section) if section is not None else Schedule()
-        if schedule.immediate or runner.location is None:
+        section = config().clients.get(runner.client)
+        if runner.location is None:
+            break  # nothing to copy: the run only records the primary's snapshots
+        if section is None or runner.location not in section.replicate_to:
+            if waited:
+                return False  # the client or location was removed while waiting (a reload)
+            break  # as without a schedule: the run is the daemon's affair
+        schedule = Schedule.of(section)
+        if schedule.immediate:
             break
         row = replication.location_health(runner.client).get(runner.location) if replication else None
         last_run = row["last_attempt"] if row is not None else None
