@@ -30,6 +30,7 @@ from tests.support.remote import (
     S3Server,
     SshServer,
     configure_locations,
+    kind_location_toml,
     rclone_local_config,
     rclone_location_toml,
     small_disk,
@@ -51,27 +52,6 @@ from triplicate.storage.backend import CorruptContent
 from triplicate.storage.retry import TransientError
 
 KINDS = ("sftp", "s3", "rest", "rclone")
-
-
-def location_toml(kind: str, name: str, server: Server, request: pytest.FixtureRequest) -> str:
-    """A working location ``name`` of ``kind``, fresh for this test."""
-    tag = unique(server.root)
-    if kind == "sftp":
-        folder = server.root / f"{name}-sftp"
-        folder.mkdir()
-        ssh: SshServer = request.getfixturevalue("sshd")
-        return ssh.location_toml(name, folder)
-    if kind == "s3":
-        s3: S3Server = request.getfixturevalue("s3_server")
-        bucket = f"{name}-{tag}"
-        s3.create_bucket(bucket)
-        return s3.location_toml(name, bucket, prefix="replicas")
-    if kind == "rest":
-        rest: RestServer = request.getfixturevalue("rest_server")
-        return rest.location_toml(name, url=f"{rest.url}{name}-{tag}/")
-    folder = server.root / f"{name}-rclone"
-    folder.mkdir()
-    return rclone_location_toml(name, f"far:{folder}", rclone_local_config(server.root))
 
 
 def restic_at(server: Server, location: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +81,7 @@ def sync(server: Server) -> tuple[int, dict]:  # type: ignore[type-arg]
 def test_sync_and_incremental_sync_give_a_replica_restic_checks(
     kind: str, server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    configure_locations(server, ["far"], location_toml(kind, "far", server, request))
+    configure_locations(server, ["far"], kind_location_toml(kind, "far", server, request))
     code, report = sync(server)
     outcome = report["locations"]["far"]
     assert code == 0 and outcome["ok"], outcome
@@ -127,7 +107,7 @@ def test_audit_and_restore_check_work_on_every_remote_kind(
 ) -> None:
     names = [f"far-{kind}" for kind in KINDS]
     # Files on a remote cannot be made to look old: no grace, so that the audit verifies them at once.
-    configure_locations(server, names, "".join(location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
+    configure_locations(server, names, "".join(kind_location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
                         in_progress_grace="0s")
     code, report = sync(server)
     assert code == 0, report
@@ -173,7 +153,7 @@ def test_a_replica_file_cut_short_or_corrupt_on_the_far_side_is_copied_again(
 ) -> None:
     """A file cut short under its final name (a writer killed mid-upload) is seen by its size;
     one corrupt at the same size is found by the audit and overwritten by the next sync."""
-    configure_locations(server, ["far"], location_toml(kind, "far", server, request), in_progress_grace="0s")
+    configure_locations(server, ["far"], kind_location_toml(kind, "far", server, request), in_progress_grace="0s")
     assert sync(server)[0] == 0
     packs = sorted((replica_folder(kind, "far", server, request) / "data").glob("*/*"))
     short, corrupt = packs[0], packs[-1]

@@ -26,6 +26,7 @@ from triplicate.storage import FileType, Handle, StorageError, open_location
 from triplicate.storage.backend import FileInfo
 from triplicate.storage.local import LocalBackend
 from triplicate.storage.retry import RetryingBackend, TransientError
+from triplicate.storage.throttle import ThrottledBackend
 
 
 class Flaky:
@@ -123,9 +124,11 @@ def test_permanent_failures_are_not_retried_and_retries_end(tmp_path: Path) -> N
 def test_open_location_wraps_remote_kinds_in_retries(server: Server, rest_server: RestServer) -> None:
     configure_locations(server, ["usb", "rest"], rest_server.location_toml("rest"))
     config = load_config(server.config_path)
-    assert isinstance(open_location(config, "usb", "web01"), LocalBackend)
-    remote = open_location(config, "rest", "web01")
-    assert isinstance(remote, RetryingBackend) and remote.connections == config.server.workers
+    local = open_location(config, "usb", "web01")
+    assert isinstance(local, ThrottledBackend) and isinstance(local.backend, LocalBackend)
+    remote = open_location(config, "rest", "web01")  # every kind shares its location's limits (test_throttle.py)
+    assert isinstance(remote, ThrottledBackend) and isinstance(remote.backend, RetryingBackend)
+    assert remote.connections == config.server.workers
 
 
 # -- real servers whose connections break ----------------------------------------------------

@@ -82,3 +82,86 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+_TIME_OF_DAY = re.compile(r"(\d\d?):(\d\d)")
+
+
+def parse_time_of_day(value: str) -> int:
+    """The minute of the day of ``"02:00"`` or ``"9:30"`` (0 to 1439).
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    match = _TIME_OF_DAY.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(f"'{value}' is not a time of day such as '02:00' (HH:MM, 00:00 to 23:59)")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def parse_rate(value: str) -> int | None:
+    """Bytes per second for ``"20MB/s"`` (or ``"20MB"``, ``"512KiB/s"``); None for ``"off"``.
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    text = value.strip().lower()
+    if text == "off":
+        return None
+    text = text.removesuffix("/s")
+    try:
+        rate = parse_size(text)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a rate such as '20MB/s', '512KiB/s' or 'off'") from None
+    if rate <= 0:
+        raise ValueError(f"'{value}': a rate must be more than 0 (write 'off' for no limit)")
+    return rate
+
+
+def parse_bandwidth(value: str) -> tuple[tuple[int, int | None], ...]:
+    """A bandwidth limit as (minute of the day it starts, bytes per second or None: no limit)
+    pairs in order of the day: ``"20MB/s"`` is ``((0, 20000000),)``; a timetable as rclone's,
+    ``"08:00,5MB/s 19:00,off"``, holds each rate from its time until the next entry's (the
+    last one's until the first one's, the next day).
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    entries = value.split()
+    if not entries:
+        raise ValueError("expected a rate such as '20MB/s' or a timetable such as '08:00,5MB/s 19:00,off'")
+    if len(entries) == 1 and "," not in entries[0]:
+        return ((0, parse_rate(entries[0])),)
+    table: dict[int, int | None] = {}
+    for entry in entries:
+        when, _, rate = entry.partition(",")
+        try:
+            minute = parse_time_of_day(when)
+        except ValueError:
+            raise ValueError(f"'{entry}' is not a timetable entry such as '08:00,5MB/s' (HH:MM,rate)") from None
+        if minute in table:
+            raise ValueError(f"'{entry}': {when} is given twice")
+        table[minute] = parse_rate(rate)
+    return tuple(sorted(table.items()))
+
+
+def rate_at(timetable: tuple[tuple[int, int | None], ...], minute_of_day: int) -> int | None:
+    """The rate of :func:`parse_bandwidth`'s ``timetable`` at ``minute_of_day`` (None: no limit)."""
+    current = timetable[-1][1]
+    for start, rate in timetable:
+        if start > minute_of_day:
+            break
+        current = rate
+    return current
+
+
+def parse_window(value: str) -> tuple[int, int]:
+    """The (first, end) minutes of the day of a daily window ``"01:00-05:00"``; one that ends
+    before it starts runs past midnight (``"22:00-04:00"``).
+
+    Raises ValueError with a message fit for a configuration error.
+    """
+    first, separator, end = value.partition("-") if isinstance(value, str) else ("", "", "")
+    if not separator:
+        raise ValueError(f"'{value}' is not a window such as '01:00-05:00' (HH:MM-HH:MM)")
+    window = parse_time_of_day(first), parse_time_of_day(end)
+    if window[0] == window[1]:
+        raise ValueError(f"'{value}': a window cannot start and end at the same time")
+    return window

@@ -303,3 +303,24 @@ def small_disk(path: Path, size: str = "2m") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def kind_location_toml(kind: str, name: str, server: Server, request: pytest.FixtureRequest) -> str:
+    """A working location ``name`` of ``kind``, fresh for this test."""
+    tag = unique(server.root)
+    if kind == "sftp":
+        folder = server.root / f"{name}-sftp"
+        folder.mkdir()
+        ssh: SshServer = request.getfixturevalue("sshd")
+        return ssh.location_toml(name, folder)
+    if kind == "s3":
+        s3: S3Server = request.getfixturevalue("s3_server")
+        bucket = f"{name}-{tag}"
+        s3.create_bucket(bucket)
+        return s3.location_toml(name, bucket, prefix="replicas")
+    if kind == "rest":
+        rest: RestServer = request.getfixturevalue("rest_server")
+        return rest.location_toml(name, url=f"{rest.url}{name}-{tag}/")
+    folder = server.root / f"{name}-rclone"
+    folder.mkdir()
+    return rclone_location_toml(name, f"far:{folder}", rclone_local_config(server.root))

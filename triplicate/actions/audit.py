@@ -25,6 +25,7 @@ from triplicate.actions.audit_report import (AuditReport, ClientAudit, Finding, 
 from triplicate.actions.repository import restic_repository
 from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
+from triplicate.engine.schedule import Schedule
 from triplicate.engine.verify import VERIFIED_TYPES, choose_sample, verify_files
 from triplicate.errors import UsageError
 from triplicate.execute import CommandFailed, Interrupted, ScopedPool
@@ -281,7 +282,7 @@ def _judge_snapshots(context: _Context, client: str, location: str,
         result.findings.append(Finding(Status.CRITICAL, f"{_count(lost, 'snapshot')} lost after being "
                                        f"replicated: {_quote(lost, short=True)}"))
     late = [name for name in missing if name not in replicated]
-    _judge_delay(context.config, client, "snapshot", late, ages, result)
+    _judge_delay(context.config, client, "snapshot", late, ages, result, now)
     result.extra_snapshots = sorted(name for name in held if name not in arrival)
     if result.extra_snapshots:
         result.findings.append(Finding(Status.OK, f"{_count(result.extra_snapshots, 'snapshot')} no longer "
@@ -320,30 +321,38 @@ def _judge_files(context: _Context, client: str, listing: SourceListing,
     if holes:
         result.findings.append(Finding(Status.CRITICAL, f"{_count(holes, 'file')} missing that snapshots held "
                                        f"here may need: {_quote(holes)}"))
-    _judge_delay(context.config, client, "file", late, ages, result)
+    _judge_delay(context.config, client, "file", late, ages, result, now)
 
 
 def _judge_delay(config: Config, client: str, noun: str, missing: list[str], ages: Mapping[str, float],
-                 result: LocationAudit) -> None:
-    """Not replicated yet: a note within in_progress_grace, WARNING up to max_lag, CRITICAL beyond."""
+                 result: LocationAudit, now: float) -> None:
+    """Not replicated yet: a note within in_progress_grace, WARNING up to max_lag past the
+    client's schedule (engine/schedule.py; for most, past its arrival), CRITICAL beyond."""
     if not missing:
         return
     max_lag = config.settings(client).max_lag
     grace = config.server.in_progress_grace
     short = noun == "snapshot"
-    overdue = [name for name in missing if ages[name] >= max_lag]
-    late = [name for name in missing if grace <= ages[name] < max_lag]
+    schedule = Schedule.of(config.client(client))
+    past = {name: schedule.overdue(now - ages[name], now) for name in missing}
+    waiting = [] if schedule.immediate else [name for name in missing if ages[name] >= grace and not past[name]]
+    overdue = [name for name in missing if past[name] >= max_lag]
+    late = [name for name in missing if grace <= ages[name] and past[name] < max_lag and name not in waiting]
     pending = [name for name in missing if ages[name] < grace]
     if overdue:
+        beyond = "" if schedule.immediate else f" past its schedule ({schedule.describe()})"
         oldest = format_duration(max(ages[name] for name in overdue))
         result.findings.append(Finding(Status.CRITICAL, f"{_count(overdue, noun)} missing for up to {oldest}, "
-                                       f"more than max_lag ({format_duration(max_lag)}): "
+                                       f"more than max_lag ({format_duration(max_lag)}){beyond}: "
                                        f"{_quote(overdue, short)}"))
     if late:
         oldest = format_duration(max(ages[name] for name in late))
         result.findings.append(Finding(Status.WARNING, f"{_count(late, noun)} not replicated yet, missing for "
                                        f"up to {oldest} (max_lag {format_duration(max_lag)}): "
                                        f"{_quote(late, short)}"))
+    if waiting:
+        result.findings.append(Finding(Status.OK, f"{_count(waiting, noun)} waiting for the client's schedule "
+                                       f"({schedule.describe()})"))
     if pending:
         result.findings.append(Finding(Status.OK, f"{_count(pending, noun)} written in the last "
                                        f"{format_duration(grace)}: not judged yet"))

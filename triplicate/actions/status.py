@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triplicate.config.model import Config
+from triplicate.engine.schedule import Schedule
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, Layout
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-from triplicate.units import format_duration
+from triplicate.units import format_bytes, format_duration, parse_bandwidth, rate_at
 
 
 @dataclass
@@ -98,7 +99,7 @@ def locations_section(context: StatusContext) -> StatusSection:
     section.rows.append({"location": PRIMARY, "snapshots": len(primary),
                          "newest_age_seconds": _rounded(None if newest is None else now - newest),
                          "lag_seconds": None, "last_sync": None, "last_sync_age_seconds": None,
-                         "error": None})
+                         "error": None, "bwlimit": None})
     expect_every = config.settings(name).expect_backup_every
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
@@ -109,6 +110,7 @@ def locations_section(context: StatusContext) -> StatusSection:
         section.problems.append(f"{PRIMARY}: {damage_advice(name, damaged)}")
     health = state.location_health(name)
     max_lag = config.settings(name).max_lag
+    schedule = Schedule.of(config.clients[name])  # lag is judged from when the schedule replicates
     for location in config.clients[name].replicate_to:
         present = state.known_snapshots(name, location)
         # A snapshot's age is counted from its arrival on the server (snapshot files are
@@ -122,13 +124,23 @@ def locations_section(context: StatusContext) -> StatusSection:
                              "newest_age_seconds": _rounded(None if newest_here is None else now - newest_here),
                              "lag_seconds": _rounded(lag), "last_sync": result,
                              "last_sync_age_seconds": _rounded(None if attempt is None else now - attempt),
-                             "error": error})
+                             "error": error, "bwlimit": bwlimit_text(config.locations[location].bwlimit, now)})
         if result == "failed":
             section.problems.append(f"{location}: last sync failed: {error}")
-        if isinstance(max_lag, (int, float)) and lag > max_lag:
+        if isinstance(max_lag, (int, float)) and lag and schedule.overdue(now - lag, now) > max_lag:
             section.problems.append(f"{location}: replication lag {format_duration(lag)} exceeds "
-                                    f"max_lag {format_duration(max_lag)}")
+                                    f"max_lag {format_duration(max_lag)}"
+                                    + ("" if schedule.immediate else f" past its schedule ({schedule.describe()})"))
     return section
+
+
+def bwlimit_text(bwlimit: str | None, now: float) -> str | None:
+    """A location's ``bwlimit`` as written; a timetable with the rate in force at ``now``."""
+    if bwlimit is None or "," not in bwlimit:
+        return bwlimit
+    local = time.localtime(now)
+    rate = rate_at(parse_bandwidth(bwlimit), local.tm_hour * 60 + local.tm_min)
+    return f"{bwlimit} (now {'off' if rate is None else format_bytes(rate) + '/s'})"
 
 
 def _last_sync(row: Any) -> tuple[str, float | None, str | None]:

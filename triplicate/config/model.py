@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 from pydantic import AfterValidator, Field, StrictBool, model_validator
 
 from triplicate.config.types import (
-    AbsolutePath, Command, Duration, HttpUrl, LocationSettings, Percent, PortRange, Section, Size,
+    AbsolutePath, Command, Duration, HttpUrl, LocationSettings, Percent, PortRange, Section, Size, TimeOfDay,
+    TimeWindow,
 )
 from triplicate.storage.kinds import KINDS
 from triplicate.storage.kinds.local import LocalLocation
@@ -133,11 +134,21 @@ class ClientSection(Section):
     recover_drill_every: Duration | None = None
     # healthchecks.io-style ping URL: /start, success, /fail (docs/daemon.md, "Heartbeats")
     heartbeat_url: HttpUrl | None = None
+    # When the daemon replicates it (one of the four; engine/schedule.py): at once, or on a schedule.
+    replicate: Literal["immediate"] | None = None
+    replicate_every: Annotated[Duration, Field(gt=0)] | None = None
+    replicate_at: Annotated[list[TimeOfDay], Field(min_length=1)] | None = None
+    replicate_window: TimeWindow | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSection:
         if self.password_file is not None and self.password_command is not None:
             raise ValueError("password_file and password_command: set one, not both (restic refuses both)")
+        scheduled = [key for key in ("replicate", "replicate_every", "replicate_at", "replicate_window")
+                     if getattr(self, key) is not None]
+        if len(scheduled) > 1:
+            raise ValueError(f"{' and '.join(scheduled)}: set one of them, not several (a client replicates "
+                             "at once, or every so often, or at set times, or within a window)")
         return self
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from triplicate.units import parse_duration, parse_size
+from triplicate.units import parse_bandwidth, parse_duration, parse_size, parse_time_of_day, parse_window
 
 
 def _duration(value: str | int | float) -> float:
@@ -57,6 +57,26 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _bandwidth(value: str) -> str:
+    parse_bandwidth(value)  # raises ValueError naming what is wrong
+    return " ".join(value.split())
+
+
+Bandwidth = Annotated[str, AfterValidator(_bandwidth)]
+
+
+def _time_of_day(value: str) -> str:
+    minute = parse_time_of_day(value)
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def _window(value: str) -> str:
+    first, end = parse_window(value)
+    return f"{first // 60:02d}:{first % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]  # "HH:MM", local time
+TimeWindow = Annotated[str, AfterValidator(_window)]  # "HH:MM-HH:MM", local time
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
@@ -117,3 +137,6 @@ class LocationSettings(Section):
     # this long is then removed from the replica too (docs/retention.md). At least an
     # hour, so that a listing taken during a prune is never acted on by itself.
     propagate_deletes: Annotated[Duration, Field(ge=3600)] | None = None
+    # Bytes per second written to this location, shared by every client's copies in one
+    # process: "20MB/s", or a timetable as rclone's "08:00,5MB/s 19:00,off" (local time).
+    bwlimit: Bandwidth | None = None

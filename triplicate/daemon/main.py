@@ -29,6 +29,7 @@ from triplicate.config.model import Config
 from triplicate.daemon import heartbeat
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.runner import LocationRunner, RunOutcome
+from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.watcher import SnapshotWatcher
@@ -370,6 +371,9 @@ class Daemon:
 
     async def _execute(self, runner: LocationRunner, trigger: str) -> RunOutcome:
         """One run of ``sync_client`` for one location, in the pool; never raises TriplicateError."""
+        assert self._stopped is not None
+        if not await wait_for_schedule(lambda: self.config, self.replication, runner, self._stopped):
+            return RunOutcome(False, None, trigger, interrupted=True)  # stopped while outside the schedule
         state = self.clients.get(runner.client)
         if state is not None:
             state.in_sync = None

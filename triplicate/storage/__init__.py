@@ -38,15 +38,21 @@ def open_location(config: Config, location: str, client: str) -> Backend:
     Opening does no I/O and never fails: an unreachable server or unreadable
     credentials surface as StorageError from the backend's first call (prepare), so
     one bad location never stops the others. Remote kinds retry transient failures.
+    Saves share the location's ``bwlimit`` and copy slots with every other client's
+    in this process (storage/throttle.py).
     """
+    from triplicate.storage.throttle import ThrottledBackend, location_limits
+
     settings = config.locations[location]
     kind = kind_of(settings)
-    backend = kind.open(settings, _opening(config, location, client))
-    if not kind.remote:
-        return backend
-    from triplicate.storage.retry import RetryingBackend
+    opening = _opening(config, location, client)
+    backend = kind.open(settings, opening)
+    if kind.remote:
+        from triplicate.storage.retry import RetryingBackend
 
-    return RetryingBackend(backend)
+        backend = RetryingBackend(backend)
+    limits = location_limits(location, settings.bwlimit, opening.workers)
+    return ThrottledBackend(backend, limits, throttle_source=not kind.own_bandwidth)
 
 
 def restic_target(config: Config, location: str | None, client: str) -> ResticTarget:

@@ -57,8 +57,11 @@ class RcloneBackend:
     """The repository ``<remote>/<client>``, through the ``rclone rcd`` of its configuration file."""
 
     def __init__(self, remote: str, rclone_config: Path | None, client: str, description: str,
-                 connections: int = 4, timeout: float = 120.0) -> None:
+                 connections: int = 4, timeout: float = 120.0, bwlimit: str | None = None,
+                 location: str | None = None) -> None:
         self.remote = remote
+        self.bwlimit = bwlimit  # given to the rclone that copies (a server of this location's own)
+        self.location = location
         self.rclone_config = rclone_config
         self.client = client
         self.repository = join_remote(remote, client)
@@ -289,7 +292,7 @@ class RcloneBackend:
         with self._lock:
             if self._rclone is None:
                 try:
-                    self._rclone = rclone_server.acquire(self.rclone_config)
+                    self._rclone = rclone_server.acquire(self.rclone_config, self.bwlimit, self.location)
                 except StorageError as error:
                     raise StorageError(f"{self.description}: {error}") from None
             if not self._rclone.running:

@@ -1,7 +1,9 @@
 """``rclone rcd``: rclone's remote-control server, one per rclone configuration file.
 
 Every rclone location that uses the same ``rclone_config`` talks to the same
-server (each call names its remote). A server runs while a location uses it; the
+server (each call names its remote), except a location with a ``bwlimit``: rclone's
+limit is one for the whole server, so such a location gets a server of its own,
+started with ``--bwlimit``, that every client's copies to it share. A server runs while a location uses it; the
 daemon keeps servers running between runs (:func:`keep_servers`), so a run does
 not pay rclone's start-up. A configuration file changed on disk gets a new server.
 
@@ -28,6 +30,7 @@ import urllib3
 
 from triplicate import execute
 from triplicate.storage.backend import StorageError
+from triplicate.units import parse_bandwidth
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
@@ -51,8 +54,11 @@ def rclone_environment(rclone_config: Path | None) -> dict[str, str]:
 class RcloneServer:
     """One running ``rclone rcd``. Raises StorageError when it cannot start."""
 
-    def __init__(self, rclone_config: Path | None, stamp: tuple[int, int, int] | None = None) -> None:
+    def __init__(self, rclone_config: Path | None, stamp: tuple[int, int, int] | None = None,
+                 bwlimit: str | None = None, owner: str | None = None) -> None:
         self.rclone_config = rclone_config
+        self.bwlimit = bwlimit
+        self.key: tuple[Path | None, str | None] = (rclone_config, owner)
         self.stamp = stamp  # the configuration file as it was when the server started
         self.users = 0
         self.log: collections.deque[str] = collections.deque(maxlen=50)
@@ -62,6 +68,8 @@ class RcloneServer:
                 # of the same size and time); the content is verified by triplicate and rclone
                 # still checks the size (see storage/rclone.py).
                 "--ignore-times", "--ignore-checksum"]
+        if bwlimit is not None:
+            argv += ["--bwlimit", rclone_bwlimit(bwlimit)]
         environment = {**rclone_environment(rclone_config), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": password}
         try:
             self.process = execute.start(argv, env=execute.environment(environment), secrets=[password],
@@ -139,8 +147,8 @@ class RcloneServer:
 # -- the servers of this process ------------------------------------------------------------
 
 _lock = threading.Lock()  # guards the three below; never held while a server starts
-_servers: dict[Path | None, RcloneServer] = {}
-_starting: dict[Path | None, threading.Lock] = {}  # one start at a time per configuration file
+_servers: dict[tuple[Path | None, str | None], RcloneServer] = {}  # (config file, limited location)
+_starting: dict[tuple[Path | None, str | None], threading.Lock] = {}  # one start at a time per configuration file
 _kept = 0  # how many keep_servers() blocks are open
 
 
@@ -155,26 +163,28 @@ def _stamp(rclone_config: Path | None) -> tuple[int, int, int] | None:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def acquire(rclone_config: Path | None) -> RcloneServer:
-    """The running server for ``rclone_config``, started when there is none. Raises StorageError."""
+def acquire(rclone_config: Path | None, bwlimit: str | None = None, location: str | None = None) -> RcloneServer:
+    """The running server for ``rclone_config``, started when there is none; with a
+    ``bwlimit``, the one of ``location`` alone. Raises StorageError."""
+    key = (rclone_config, location if bwlimit is not None else None)
     with _lock:
-        starting = _starting.setdefault(rclone_config, threading.Lock())
+        starting = _starting.setdefault(key, threading.Lock())
     with starting:
         stamp = _stamp(rclone_config)
         stale = None
         with _lock:
-            current = _servers.get(rclone_config)
-            if current is not None and current.stamp == stamp and current.running:
+            current = _servers.get(key)
+            if current is not None and current.stamp == stamp and current.bwlimit == bwlimit and current.running:
                 current.users += 1
                 return current
             if current is not None:  # edited or dead: its last user's release stops it
-                del _servers[rclone_config]
+                del _servers[key]
                 stale = current if current.users == 0 else None
         if stale is not None:
             stale.stop()
-        server = RcloneServer(rclone_config, stamp)
+        server = RcloneServer(rclone_config, stamp, bwlimit, key[1])
         with _lock:
-            _servers[rclone_config] = server
+            _servers[key] = server
             server.users += 1
         return server
 
@@ -183,11 +193,11 @@ def release(server: RcloneServer) -> None:
     """A location is done with ``server``: stopped when nobody uses or keeps it."""
     with _lock:
         server.users -= 1
-        registered = _servers.get(server.rclone_config) is server
+        registered = _servers.get(server.key) is server
         if server.users > 0 or (registered and _kept):
             return
         if registered:
-            del _servers[server.rclone_config]
+            del _servers[server.key]
     server.stop()
 
 
@@ -210,6 +220,18 @@ def keep_servers() -> Iterator[None]:
                         del _servers[key]
         for server in idle:
             server.stop()
+
+
+def rclone_bwlimit(bwlimit: str) -> str:
+    """A ``bwlimit`` (triplicate.units.parse_bandwidth) in rclone's ``--bwlimit`` form: bytes
+    per second with rclone's ``B`` suffix, ``off``, and the same timetable syntax."""
+    def rate(value: int | None) -> str:
+        return "off" if value is None else f"{value}B"
+
+    timetable = parse_bandwidth(bwlimit)
+    if len(timetable) == 1 and timetable[0][0] == 0 and "," not in bwlimit:
+        return rate(timetable[0][1])
+    return " ".join(f"{minute // 60:02d}:{minute % 60:02d},{rate(value)}" for minute, value in timetable)
 
 
 def error_text(body: bytes) -> str:

@@ -43,7 +43,9 @@ class LocationKind(Generic[SettingsT]):
     ``open`` returns the backend of one client's replica; it does no I/O and never fails
     (an unreachable server surfaces from the backend's first call). ``restic`` returns
     how restic reaches the same replica; it raises StorageError when a credentials file
-    cannot be read. ``remote`` kinds are wrapped in the retrying backend.
+    cannot be read. ``remote`` kinds are wrapped in the retrying backend. An
+    ``own_bandwidth`` kind is given the location's ``bwlimit`` by its ``open`` (its program
+    copies the files itself): the throttling wrapper then leaves its sources alone.
     """
 
     name: str
@@ -51,3 +53,4 @@ class LocationKind(Generic[SettingsT]):
     open: Callable[[SettingsT, Opening], Backend]
     restic: Callable[[SettingsT, Opening], ResticTarget]
     remote: bool = True
+    own_bandwidth: bool = False

@@ -36,7 +36,8 @@ def _open(settings: RcloneLocation, opening: Opening) -> Backend:
     from triplicate.storage.rclone import RcloneBackend, join_remote
 
     return RcloneBackend(settings.remote, settings.rclone_config, opening.client,
-                         f"{opening.location} ({join_remote(settings.remote, opening.client)})", opening.workers)
+                         f"{opening.location} ({join_remote(settings.remote, opening.client)})", opening.workers,
+                         bwlimit=settings.bwlimit, location=opening.location)
 
 
 def _restic(settings: RcloneLocation, opening: Opening) -> ResticTarget:
@@ -46,4 +47,5 @@ def _restic(settings: RcloneLocation, opening: Opening) -> ResticTarget:
                         rclone_environment(settings.rclone_config))
 
 
-KIND = LocationKind("rclone", RcloneLocation, _open, _restic)
+# rclone copies the files itself: it is given the bwlimit (storage/rclone_server.py).
+KIND = LocationKind("rclone", RcloneLocation, _open, _restic, own_bandwidth=True)
