@@ -7,6 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from triplicate.config.model import Config
+from triplicate.engine.judgement import Outcome, is_failure, problem_text
 from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
                                       mirror)
 from triplicate.errors import TriplicateError, UsageError
@@ -49,6 +50,8 @@ class SyncReport:
                     "files_vanished": result.files_vanished,
                     "corrupt_files": result.corrupt_files,
                     "held_back": result.held_back,
+                    "unsettled": {path: file.outcome.value for path, file in sorted(result.unsettled.items())},
+                    "problems": result.problems,
                     "files_removed": result.files_removed,
                     "files_repaired": len(result.repaired),
                     "removals_deferred": result.removals_deferred,
@@ -99,7 +102,8 @@ def sync_client(
         deletions = _deletions(config, client, location)
         location_options = replace(options, workers=replica.connections,
                                    progress=(progress_for or {}).get(location, options.progress),
-                                   deletions=deletions, repair=_found_corrupt(config, client, location))
+                                   deletions=deletions, repair=_found_corrupt(config, client, location),
+                                   known_mismatches=_known_mismatches(state, client))
         started = time.time()
         try:
             with location_lock(config.server.state_dir, client, location):
@@ -109,6 +113,7 @@ def sync_client(
             if deletions is not None:
                 deletions.state.close()
         if listing.exception() is None:  # the primary's fault is not the location's: not recorded
+            _judge_unsettled(state, client, result, options.in_progress_grace)
             _record(state, client, location, trigger, started, result)
         if result.repaired:  # copied again and verified on the way: good as of now
             with AuditState.opened(config.server.state_dir) as audits:
@@ -126,6 +131,7 @@ def sync_client(
                 raise TriplicateError(f"client '{client}': {error}") from None
             change = state.record_snapshots(client, PRIMARY, listing.result().snapshot_ids,
                                             listing.result().listed_at)
+            _forget_gone(state, client, listing.result())
             results = {location: future.result() for location, future in zip(locations, futures)}
     finally:
         state.close()
@@ -147,6 +153,43 @@ class _TrackedDeletions:
 
     def forget(self, file_type: FileType, names: list[str]) -> None:
         self.state.forget_absent(self.client, self.location, file_type.value, names)
+
+
+def _known_mismatches(state: ReplicationState, client: str) -> dict[str, tuple[int, float | None]]:
+    """Primary files already read and found not to match their names: (size, mtime) then."""
+    return {row.path: (row.size, row.mtime) for row in state.unsettled_files(client)
+            if Outcome(row.outcome).content_mismatch}
+
+
+def _judge_unsettled(state: ReplicationState, client: str, result: MirrorResult, grace: float) -> None:
+    """Remember the files the run could not take; fail the run for those unsettled too long.
+
+    A failure names each file and what to do about it (``result.problems``).
+    """
+    now = time.time()
+    files = {path: (file.outcome.value, file.size, file.mtime) for path, file in result.unsettled.items()}
+    since = state.note_unsettled(client, files, result.settled, now)
+    for path, file in sorted(result.unsettled.items()):
+        unsettled_for = now - since.get(path, now)
+        if is_failure(file.outcome, unsettled_for, grace):
+            result.problems.append(problem_text(client, path, file.outcome, unsettled_for))
+    if result.problems:
+        result.ok = False
+        if result.held_back:
+            snapshots = sum(path.startswith("snapshots/") for path in result.held_back)
+            result.problems.append(f"holding back {len(result.held_back)} new file(s) that may need it, "
+                                   f"{snapshots} of them snapshot(s)")
+
+
+def _forget_gone(state: ReplicationState, client: str, listing: SourceListing) -> None:
+    """Unsettled files no longer in the primary (a prune removed them) are no problem any more."""
+    gone = []
+    for row in state.unsettled_files(client):
+        kind, _, rest = row.path.partition("/")
+        listed = listing.files.get(FileType(kind), {}) if kind in FileType.__members__.values() else {}
+        if rest.rpartition("/")[2] not in listed:
+            gone.append(row.path)
+    state.forget_unsettled(client, gone)
 
 
 def _found_corrupt(config: Config, client: str, location: str) -> frozenset[tuple[str, str]]:
@@ -171,5 +214,6 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error, interrupted=result.interrupted,
+        corrupt_files=result.corrupt_files, error=result.error or "; ".join(result.problems) or None,
+        interrupted=result.interrupted,
     ))

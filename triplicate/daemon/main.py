@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,8 @@ from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
-from triplicate.engine.mirror import MirrorOptions
+from triplicate.engine.judgement import Outcome, judge_mismatch
+from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.hooks import ChangeEvent, run_on_change
 from triplicate.notify import notify
@@ -322,11 +324,11 @@ class Daemon:
         now = time.time()
         for snapshot in sorted(to_verify):
             status = _snapshot_status(folder / snapshot, now, self.config.server.in_progress_grace)
-            if status == "in_progress":
+            if status is Outcome.IN_PROGRESS:
                 in_progress.add(snapshot)
-            elif status == "gone":
+            elif status is Outcome.VANISHED:
                 names.discard(snapshot)
-            else:  # complete, or corrupt: the mirror holds a corrupt one back and reports it
+            else:  # complete, or bad: the run reports a bad one (and fails once it stays bad)
                 state.complete.add(snapshot)
         state.complete &= names
         ready = names - in_progress
@@ -385,7 +387,8 @@ class Daemon:
             health = self.replication.location_health(runner.client).get(runner.location)
             error = (health["last_error"] if health is not None else None) or result.error or "failed"
         return RunOutcome(result.ok, error, trigger, result.files_copied, result.bytes_copied,
-                          result.seconds, result.interrupted, incomplete=result.ok and not result.complete)
+                          result.seconds, result.interrupted, incomplete=result.ok and not result.complete,
+                          blocking=result.error is not None, unsettled=_unsettled_words(result))
 
     def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """After each run: one log line, failure/recovery notifications, maybe the hook."""
@@ -395,8 +398,9 @@ class Daemon:
             what = (f"copied {outcome.files_copied} file(s), {format_bytes(outcome.bytes_copied)}"
                     if outcome.files_copied else "up to date")
             if outcome.incomplete:
-                what += f"; incomplete (a backup or prune is running), again in {INCOMPLETE_RETRY_SECONDS:.0f}s"
-                self._follow_up(runner)
+                what += f"; incomplete ({outcome.unsettled})"
+                if runner.follow_up(INCOMPLETE_RETRY_SECONDS):
+                    what += f", again in {INCOMPLETE_RETRY_SECONDS:.0f}s"
             log.info("%s: %s in %.2fs [%s]", runner.name, what, outcome.seconds, outcome.trigger)
         else:
             log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
@@ -419,17 +423,6 @@ class Daemon:
 
         if self._loop is not None:
             self._loop.call_soon_threadsafe(request)
-
-    def _follow_up(self, runner: LocationRunner) -> None:
-        """Run again soon: what was being written or held back is probably complete then."""
-        assert self._loop is not None
-
-        def again() -> None:
-            state = self.clients.get(runner.client)
-            if not self.stopping and state is not None and state.runners.get(runner.location) is runner:
-                runner.request("incomplete")
-
-        self._loop.call_later(INCOMPLETE_RETRY_SECONDS, again)
 
     def _report_health(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """Tell people once when a location starts failing and once when it recovers."""
@@ -521,6 +514,16 @@ class Daemon:
 INCOMPLETE_RETRY_SECONDS = 10.0
 
 
+def _unsettled_words(result: MirrorResult) -> str:
+    """What an incomplete run left: "data/ab/<id> still being written; 3 file(s) held back"."""
+    parts = [f"{path} {file.outcome.description}" for path, file in sorted(result.unsettled.items())[:3]]
+    if len(result.unsettled) > 3:
+        parts.append(f"and {len(result.unsettled) - 3} more")
+    if result.held_back:
+        parts.append(f"{len(result.held_back)} new file(s) that may need them held back")
+    return "; ".join(parts) or "nothing left"
+
+
 def _poll_interval(config: Config, client: str) -> float | None:
     return float(config.effective(client, "poll_interval"))  # type: ignore[arg-type]
 
@@ -535,21 +538,29 @@ def _snapshot_names(folder: Path) -> set[str]:
         return set()
 
 
-def _snapshot_status(path: Path, now: float, grace: float) -> str:
-    """"complete" when the file hashes to its name; "in_progress" when it does not and was
-    modified within ``grace`` (rclone's REST server writes in place); else "corrupt";
-    "gone" when it vanished."""
+def _snapshot_status(path: Path, now: float, grace: float) -> Outcome | None:
+    """None when the snapshot file hashes to its name (or cannot be judged here: the run will
+    read it and report it), else :func:`judge_mismatch`'s outcome (VANISHED when it is gone).
+    Opens regular files only, without blocking (a FIFO never hangs the daemon)."""
     try:
-        with open(path, "rb") as file:
-            modified = os.fstat(file.fileno()).st_mtime
-            content = file.read(MAX_HASHED_SNAPSHOT + 1)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return "gone"
+        return Outcome.VANISHED
     except OSError:
-        return "complete"  # unreadable: let the run try and report it
-    if len(content) > MAX_HASHED_SNAPSHOT or hashlib.sha256(content).hexdigest() == path.name:
-        return "complete"
-    return "in_progress" if now - modified < grace else "corrupt"
+        return None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_HASHED_SNAPSHOT:
+            return None
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            content = file.read(MAX_HASHED_SNAPSHOT + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    if hashlib.sha256(content).hexdigest() == path.name:
+        return None
+    return judge_mismatch(status.st_mtime, now, grace)
 
 
 def _one_line(text: str) -> str:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, StorageError
+from triplicate.engine.judgement import Outcome, judge_file, judge_mismatch
+from triplicate.storage.backend import (Backend, CorruptContent, FileInfo, NotFound, SourceReadError,
+                                        StorageError)
 from triplicate.storage.handle import FileType, Handle
 
 # Phases in the order a replica receives them; each waits for the one before.
@@ -46,6 +49,15 @@ def list_source(source: Backend) -> SourceListing:
     return SourceListing(files, started)
 
 
+@dataclass(frozen=True)
+class UnsettledFile:
+    """A source file not copied as listed: what it was judged, and its size and time as listed."""
+
+    outcome: Outcome
+    size: int
+    mtime: float | None
+
+
 @dataclass
 class MirrorResult:
     """The outcome of mirroring to one location (the ``--json`` fields, and more)."""
@@ -56,6 +68,13 @@ class MirrorResult:
     files_skipped_in_progress: int = 0
     files_vanished: int = 0  # listed, then gone from the source before they were copied (a prune)
     corrupt_files: list[str] = field(default_factory=list)
+    # Every source file not copied as listed, by path (data/ab/<id>), with its judgement.
+    unsettled: dict[str, UnsettledFile] = field(default_factory=dict)
+    # Paths of ``MirrorOptions.known_mismatches`` copied fine this time (settled since).
+    settled: list[str] = field(default_factory=list)
+    # Unsettled source files that have stayed so too long (set by the caller, who remembers
+    # since when): each a failure of the run naming the file and what to do.
+    problems: list[str] = field(default_factory=list)
     # New files not copied because a file they may need is corrupt in the source.
     held_back: list[str] = field(default_factory=list)
     error: str | None = None
@@ -74,8 +93,7 @@ class MirrorResult:
         An incomplete run that is ``ok`` is no failure (a backup or a prune is running):
         the next run, soon, completes it.
         """
-        return (self.error is None and not self.corrupt_files and not self.held_back
-                and not self.files_skipped_in_progress and not self.files_vanished)
+        return self.error is None and not self.unsettled and not self.held_back
 
 
 class Progress:
@@ -101,6 +119,9 @@ class MirrorOptions:
     # (type, name) of replica files an audit found corrupt: copied again from the
     # primary (verified, then renamed over the bad copy), as if the replica lacked them.
     repair: frozenset[tuple[str, str]] = frozenset()
+    # Source paths whose content was read before and did not hash to the name, with the
+    # (size, mtime) they had then: unchanged, they are judged again by time, not read again.
+    known_mismatches: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
 
 
 class Deletions(Protocol):
@@ -170,7 +191,7 @@ def mirror(
                 continue
             if _copy_all(source, replica, file_type, todo, options, result):
                 unsettled.add(file_type)
-        result.ok = not result.corrupt_files
+        result.ok = True  # the caller fails the run for unsettled files that stay so too long
         if options.deletions is not None:
             _propagate_deletions(source, replica, listing, present, options, result)
     except _Stopped:
@@ -296,23 +317,27 @@ def _copy_all(
         if options.stop.is_set():
             raise _Stopped()
         handle = Handle(file_type, info.name)
-        outcome = _copy_file(source, replica, handle, options)
+        path = handle.relative_path()
+        outcome = _copy_file(source, replica, handle, info, options)
         with lock:
-            if outcome == "copied":
+            if outcome is None:
                 if file_type is FileType.SNAPSHOT and result.replica_snapshots is not None:
                     result.replica_snapshots.add(info.name)
                 if (file_type.value, info.name) in options.repair:
                     result.repaired.append((file_type.value, info.name))
+                if path in options.known_mismatches:
+                    result.settled.append(path)
                 result.files_copied += 1
                 result.bytes_copied += info.size
-            elif outcome == "in_progress":
-                result.files_skipped_in_progress += 1
-            elif outcome == "vanished":
-                result.files_vanished += 1
-            elif outcome == "corrupt":
-                result.corrupt_files.append(handle.relative_path())
-            if outcome != "copied":
-                unsettled.append(outcome)
+            else:
+                if outcome is Outcome.IN_PROGRESS:
+                    result.files_skipped_in_progress += 1
+                elif outcome is Outcome.VANISHED:
+                    result.files_vanished += 1
+                elif outcome is Outcome.CORRUPT:
+                    result.corrupt_files.append(path)
+                result.unsettled[path] = UnsettledFile(outcome, info.size, info.mtime)
+                unsettled.append(path)
         options.progress.copied(info.size)
 
     workers = max(1, min(options.workers, replica.connections))
@@ -329,18 +354,30 @@ def _copy_all(
     return bool(unsettled)
 
 
-def _copy_file(source: Backend, replica: Backend, handle: Handle, options: MirrorOptions) -> str:
-    """Copy one file; returns "copied", "vanished", "in_progress" or "corrupt"."""
-    try:
-        with source.load(handle) as reader:
-            replica.save(handle, reader)
-        return "copied"
-    except NotFound:
-        return "vanished"  # removed from the source since it was listed (a prune)
-    except CorruptContent:
+def _copy_file(source: Backend, replica: Backend, handle: Handle, info: FileInfo,
+               options: MirrorOptions) -> Outcome | None:
+    """Copy one file; return None when copied, else why not (:func:`judge_mismatch`).
+
+    A file already found not to match its name, unchanged since (same size and
+    time), is judged again by time without being read. Problems of the source file
+    become an outcome; the replica's raise StorageError.
+    """
+    known = options.known_mismatches.get(handle.relative_path())
+    if known is not None and info.mtime is not None and known == (info.size, info.mtime):
+        return judge_mismatch(info.mtime, options.clock(), options.in_progress_grace)
+    with ExitStack() as stack:
         try:
-            info = source.stat(handle)
+            reader = stack.enter_context(source.load(handle))
         except NotFound:
-            return "vanished"
-        recent = info.mtime is not None and options.clock() - info.mtime < options.in_progress_grace
-        return "in_progress" if recent else "corrupt"
+            return Outcome.VANISHED  # removed from the source since it was listed (a prune)
+        except StorageError:
+            return Outcome.UNREADABLE
+        try:
+            replica.save(handle, reader)
+        except NotFound:
+            return Outcome.VANISHED
+        except CorruptContent:
+            return judge_file(source, handle, options.clock(), options.in_progress_grace)
+        except SourceReadError:
+            return Outcome.UNREADABLE
+    return None
