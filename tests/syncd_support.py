@@ -36,6 +36,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 def snapshot_files(repo: Path) -> set[str]:
     """Snapshot IDs present as files (no restic needed: cheap enough to poll)."""
     folder = repo / "snapshots"

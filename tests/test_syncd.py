@@ -19,7 +19,7 @@ from triplicate.state.daemon import DaemonState
 from .conftest import BASE_CONFIG, PASSWORD, Server, write_files
 from .server_support import children_of
 from .syncd_support import (HOOK_SCRIPT, DaemonProcess, InProcessDaemon, LogRecorder, NotificationSink,  # noqa: F401
-                            daemons, free_port, read_hook_calls, snapshot_files, wait_until)
+                            daemons, free_port, metric_values, read_hook_calls, snapshot_files, wait_until)
 
 # Generous for a loaded 2-core machine; the benchmark measures the real latency.
 ARRIVAL_TIMEOUT = 10.0
@@ -62,7 +62,7 @@ def test_a_backup_is_on_every_location_within_seconds_and_metrics_show_it(
     assert server.check_read_data(server.replica("nas")).returncode == 0
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = _metric_values(metrics)
+    values = metric_values(metrics)
     for location in ("usb", "nas"):
         labels = f'client="web01",location="{location}"'
         assert values[f"triplicate_snapshots_replicated{{{labels}}}"] == 2
@@ -422,15 +422,6 @@ async def _until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-un
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
-
-
-def _metric_values(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def test_an_incomplete_run_is_followed_up_without_a_new_snapshot(

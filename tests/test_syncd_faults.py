@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BASE_CONFIG, Server, write_files
-from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port, snapshot_files  # noqa: F401
+from .conftest import BASE_CONFIG, Server, flip_byte, write_files
+from .syncd_support import DaemonProcess, NotificationSink, daemons, free_port, metric_values, snapshot_files  # noqa: F401
 
 POLL = 2.0  # poll_interval in these tests
 GRACE = 3.0  # in_progress_grace in these tests
@@ -35,9 +35,11 @@ def sink() -> Iterator[NotificationSink]:
     receiver.close()
 
 
-def configure(server: Server, sink: NotificationSink, extra_server: str = "", after_failures: int = 1) -> None:
+def configure(server: Server, sink: NotificationSink, extra_server: str = "", after_failures: int = 1,
+              max_backoff: str = "2s") -> None:
     text = BASE_CONFIG.replace('in_progress_grace = "5m"', f'in_progress_grace = "{GRACE:g}s"\n'
-                               f'poll_interval = "{POLL:g}s"\nretry_max_backoff = "2s"\n{extra_server}')
+                               f'poll_interval = "{POLL:g}s"\nretry_max_backoff = "{max_backoff}"\n'
+                               f'{extra_server}')
     server.write_config(text + f'\n[notify]\nurls = ["{sink.url}"]\nafter_failures = {after_failures}\n')
 
 
@@ -61,14 +63,8 @@ def location_row(server: Server, location: str) -> dict:  # type: ignore[type-ar
     return next(row for row in status(server)["locations"] if row["location"] == location)
 
 
-def metric_values(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+def scrape(port: int) -> dict[str, float]:
+    return metric_values(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
 
 
 def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_poll(
@@ -107,7 +103,7 @@ def test_status_and_metrics_show_what_a_location_really_holds(
     os.rename(server.replica("usb"), server.root / "usb-old")
     server.replica("usb").write_text("not a folder")
     daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 0, POLL + MARGIN, "status")
-    daemon.wait_until(lambda: metric_values(port)['triplicate_snapshots_replicated{client="web01",'
+    daemon.wait_until(lambda: scrape(port)['triplicate_snapshots_replicated{client="web01",'
                                                   'location="usb"}'] == 0, 10, "the metric")
     problems = daemon.wait_until(lambda: [problem for problem in status(server)["problems"]
                                           if problem.startswith("usb:")], POLL + MARGIN, "a usb problem")
@@ -119,3 +115,66 @@ def test_status_and_metrics_show_what_a_location_really_holds(
     daemon.wait_until(lambda: on_replica(server), POLL + MARGIN + 5, "the refill once the disk is fixed")
     daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "status after the refill")
     assert server.check_read_data(server.replica("usb")).returncode == 0
+
+
+def a_pack(repo: Path) -> Path:
+    return sorted(path for path in (repo / "data").glob("*/*") if path.is_file())[0]
+
+
+def pack_in_the_wrong_sub_folder(repo: Path) -> tuple[str, str]:
+    pack = a_pack(repo)
+    wrong = repo / "data" / ("00" if pack.parent.name != "00" else "01")
+    wrong.mkdir(exist_ok=True)
+    pack.rename(wrong / pack.name)
+    return f"data/{pack.parent.name}/{pack.name}", "vanished"  # named where restic expects it
+
+
+def dangling_symlink(repo: Path) -> tuple[str, str]:
+    pack = a_pack(repo)
+    pack.unlink()
+    pack.symlink_to(repo / "gone" / pack.name)
+    return f"data/{pack.parent.name}/{pack.name}", "vanished"
+
+
+def damaged_pack_with_a_future_time(repo: Path) -> tuple[str, str]:
+    pack = a_pack(repo)
+    flip_byte(pack)
+    later = time.time() + 86400
+    os.utime(pack, (later, later))
+    return f"data/{pack.parent.name}/{pack.name}", "modified in the future"
+
+
+def junk_pack(repo: Path) -> tuple[str, str]:
+    # What a client can upload through its endpoint (rclone accepts any content under any name).
+    name = os.urandom(32).hex()
+    (repo / "data" / name[:2]).mkdir(exist_ok=True)
+    (repo / "data" / name[:2] / name).write_bytes(os.urandom(300 << 10))
+    return f"data/{name[:2]}/{name}", "corrupt"
+
+
+@pytest.mark.parametrize("fault", [pack_in_the_wrong_sub_folder, dangling_symlink, damaged_pack_with_a_future_time,
+                                   junk_pack])
+def test_a_file_that_never_settles_becomes_a_failure_within_grace_and_one_poll(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink, fault: object
+) -> None:
+    configure(server, sink)
+    path, kind = fault(server.primary())  # type: ignore[operator]
+    daemon = start(daemons, server)
+    started = time.monotonic()
+    notified = daemon.wait_until(lambda: [message for message in list(sink.received)
+                                          if message.get("title") == "triplicate: web01 -> usb is failing"],
+                                 GRACE + POLL + MARGIN, "the failure notification")
+    alarm = time.monotonic() - started
+    body = notified[0]["message"]
+    assert f"{path} is {kind}" in body, body
+    assert f"triplicate quarantine web01 {path}" in body or kind == "vanished", body
+    daemon.wait_for_log(rf"web01 -> usb: failed .*{path}")
+    problems = status(server)["problems"]
+    assert any(problem.startswith(f"the primary's {path} is {kind}") for problem in problems), problems
+    # The primary's problem is reported as the primary's, once, not as each replica's.
+    assert not any(problem.startswith(("usb:", "nas:")) for problem in problems), problems
+    assert location_row(server, "@primary")["error"].startswith(f"the primary's {path}")
+    audit = server.cli("audit", "--json")
+    assert path in audit.out and audit.code == 2, audit.out
+    print(f"\nMEASURED {fault.__name__}: alarm {alarm:.1f}s after the daemon started "  # type: ignore[attr-defined]
+          f"(in_progress_grace {GRACE:g}s, poll_interval {POLL:g}s)")

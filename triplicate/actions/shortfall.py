@@ -18,7 +18,7 @@ from triplicate.config.model import Config
 from triplicate.engine.mirror import PHASES, SourceListing, list_source
 from triplicate.locks import LockBusy, location_lock
 from triplicate.state.replication import ReplicationState
-from triplicate.storage import FileType, StorageError, open_location, open_primary
+from triplicate.storage import FileType, Handle, StorageError, open_location, open_primary
 from triplicate.storage.backend import NoRepository
 
 log = logging.getLogger("triplicate.shortfall")
@@ -108,12 +108,15 @@ def _look(config: Config, state: ReplicationState, client: str, location: str,
     shortfall = Shortfall(location, snapshots=len(present[FileType.SNAPSHOT]))
     shortfall.lost_snapshots = sorted((known - present[FileType.SNAPSHOT]) & primary_snapshots)
     shortfall.emptied = emptied and bool(known)
-    shortfall.missing_snapshots = len(primary_snapshots - present[FileType.SNAPSHOT])
+    unsettled = {row.path for row in state.unsettled_files(client)}  # the runs know, and fail on them
+    shortfall.missing_snapshots = len({name for name in primary_snapshots - present[FileType.SNAPSHOT]
+                                       if f"snapshots/{name}" not in unsettled})
     missing = [(file_type, name) for file_type in PHASES
-               for name in listing.files[file_type].keys() - present[file_type]]
+               for name in listing.files[file_type].keys() - present[file_type]
+               if Handle(file_type, name).relative_path() not in unsettled]
     shortfall.missing_files = len(missing)
     clean_since = state.last_clean_run_start(client, location)
-    if missing and clean_since is not None and not state.unsettled_files(client):
+    if missing and clean_since is not None and not unsettled:
         cutoff = clean_since - LISTING_MARGIN_SECONDS
         shortfall.lost_files = sum(1 for file_type, name in missing
                                    if (listing.files[file_type][name].mtime or now) < cutoff)

@@ -177,8 +177,20 @@ def _judge_unsettled(state: ReplicationState, client: str, result: MirrorResult,
         result.ok = False
         if result.held_back:
             snapshots = sum(path.startswith("snapshots/") for path in result.held_back)
-            result.problems.append(f"holding back {len(result.held_back)} new file(s) that may need it, "
-                                   f"{snapshots} of them snapshot(s)")
+            result.problems.append(f"Holding back {len(result.held_back)} new file(s) that may need it, "
+                                   f"{snapshots} of them snapshot(s).")
+
+
+def primary_problems(state: ReplicationState, config: Config, client: str, now: float) -> list[str]:
+    """The client's primary files unsettled for too long, each as a line naming the file and
+    what to do (for ``status`` and ``audit``); empty when none."""
+    grace = config.server.in_progress_grace
+    problems = []
+    for row in state.unsettled_files(client):
+        outcome = Outcome(row.outcome)
+        if is_failure(outcome, now - row.first_seen, grace):
+            problems.append(problem_text(client, row.path, outcome, now - row.first_seen))
+    return problems
 
 
 def _forget_gone(state: ReplicationState, client: str, listing: SourceListing) -> None:
@@ -214,6 +226,6 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error or "; ".join(result.problems) or None,
+        corrupt_files=result.corrupt_files, error=result.error or " ".join(result.problems) or None,
         interrupted=result.interrupted,
     ))

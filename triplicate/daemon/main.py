@@ -373,8 +373,12 @@ class Daemon:
             else:  # complete, or bad: the run reports a bad one (and fails once it stays bad)
                 state.complete.add(snapshot)
         state.complete &= names
-        ready = names - in_progress
-        changed = ready != known_primary - in_progress
+        # A snapshot file known to be bad (the runs remember it, and fail once it stays so) asks for
+        # no run by itself: runs come from the retries, not from every rescan.
+        bad = {row.path.partition("/")[2] for row in self.replication.unsettled_files(client)
+               if row.path.startswith("snapshots/")}
+        ready = names - in_progress - bad
+        changed = ready != known_primary - in_progress - bad
         requested = False
         for location, runner in state.runners.items():
             held = known_primary if location is None else known_at[location]

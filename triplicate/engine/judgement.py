@@ -48,9 +48,10 @@ class Outcome(StrEnum):
             return (f"if no backup or prune of {client} is running, the upload was cut short: move it "
                     f"aside with {quarantine}, then run {heal}.")
         if self is Outcome.VANISHED:
-            return ("it is listed but cannot be opened where restic expects it (a file in the wrong "
-                    f"data/ sub-folder or a dangling symlink): put it in its place or move it aside with "
-                    f"{quarantine}.")
+            name = path.rpartition("/")[2]
+            return (f"it is listed but cannot be opened at {path}: it is in another data/ sub-folder "
+                    f"(`find {client} -name {name}` in repos_dir), move it there, or it is a dangling "
+                    "symlink, remove it.")
         if self is Outcome.CORRUPT:
             return f"its content does not match its name: move it aside with {quarantine}, then run {heal}."
         if self is Outcome.UNREADABLE:

@@ -149,6 +149,13 @@ class ReplicationState(Store):
         return {row[0]: row[1] for row in rows}
 
     @locked
+    def ever_held(self, client: str, location: str) -> set[str]:
+        """Snapshot IDs ever seen at a location, present or lost since."""
+        rows = self.connection.execute(
+            "SELECT snapshot_id FROM snapshots WHERE client=? AND location=?", (client, location)).fetchall()
+        return {row[0] for row in rows}
+
+    @locked
     def record_run(self, run: RunRecord) -> int:
         """Append a run and update the location's health; return its consecutive failures."""
         with self.connection:
