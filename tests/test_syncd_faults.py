@@ -10,9 +10,11 @@ The times measured here are the ones in docs/reliability.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -178,3 +180,86 @@ def test_a_file_that_never_settles_becomes_a_failure_within_grace_and_one_poll(
     assert path in audit.out and audit.code == 2, audit.out
     print(f"\nMEASURED {fault.__name__}: alarm {alarm:.1f}s after the daemon started "  # type: ignore[attr-defined]
           f"(in_progress_grace {GRACE:g}s, poll_interval {POLL:g}s)")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_junk_snapshot_holds_nothing_back_is_hashed_once_and_runs_stay_few(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink, tmp_path: Path
+) -> None:
+    configure(server, sink, max_backoff="1h")
+    # 128 MiB of junk under a snapshot's name, as a client could upload through its endpoint.
+    junk = server.primary() / "snapshots" / os.urandom(32).hex()
+    with open(junk, "wb") as file:
+        for _ in range(128):
+            file.write(os.urandom(1 << 20))
+    daemon = start(daemons, server)
+    daemon.wait_until(lambda: "triplicate: web01 -> usb is failing" in sink.titles(), GRACE + POLL + MARGIN,
+                      "the failure notification")
+    assert any(f"snapshots/{junk.name} is corrupt" in problem for problem in status(server)["problems"])
+
+    # A valid backup made now reaches both replicas within seconds: the junk holds nothing back
+    # and the failure puts no location into a backoff that new snapshots would wait for.
+    # (restic itself refuses to back up next to a snapshot it cannot decrypt: the backup is
+    # made in a copy and lands in the primary in restic's order, packs and index, then snapshot.)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(server.primary(), elsewhere, ignore=lambda folder, names: [junk.name])
+    write_files(tmp_path / "more", "more", count=2, size=128 << 10)
+    server.restic(elsewhere, "backup", "-q", str(tmp_path / "more"))
+    for folder in ("data", "index", "snapshots"):
+        shutil.copytree(elsewhere / folder, server.primary() / folder, dirs_exist_ok=True)
+    landed = time.monotonic()
+    valid = snapshot_files(server.primary()) - {junk.name}
+    daemon.wait_until(lambda: all(valid <= snapshot_files(server.replica(location)) for location in ("usb", "nas")),
+                      MARGIN, "the new snapshot on both replicas")
+    arrival = time.monotonic() - landed
+    assert server.check_read_data(server.replica("usb")).returncode == 0
+
+    # Runs do not multiply: retries back off, and neither rescans nor looks ask for runs for the junk.
+    def runs() -> int:
+        return len([line for line in list(daemon.lines) if "web01 -> usb: " in line])
+
+    before = runs()
+    window = 20.0
+    time.sleep(window)  # measuring a rate: the window itself is the point
+    in_window = runs() - before
+    assert in_window <= 4, f"{in_window} runs in {window:g}s:\n{daemon.log}"
+
+    # The unchanged junk is not hashed again: three runs of each location (SIGHUP cuts the
+    # backoff short) cost far less than hashing 128 MiB once per run (about 0.3 s each here).
+    cpu_before = cpu_seconds(daemon.process.pid)
+    for _ in range(3):
+        count = runs()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_until(lambda: runs() > count, 10, "a run after SIGHUP")
+    daemon.wait_for_log(r"reload: configuration applied", count=3)
+    cpu = cpu_seconds(daemon.process.pid) - cpu_before
+    assert cpu < 0.5, f"{cpu:.2f} CPU seconds for 6 runs: the junk was hashed again"
+    print(f"\nMEASURED junk snapshot: new backup on both replicas {arrival:.1f}s after it landed; "
+          f"{in_window} run(s) of usb in {window:g}s; {cpu:.2f} CPU s for 3 runs of each location")
+
+
+def test_incomplete_runs_keep_one_follow_up_chain_per_location() -> None:
+    from triplicate.daemon.runner import LocationRunner, RunOutcome
+
+    async def main() -> list[str]:
+        triggers: list[str] = []
+
+        async def execute(runner: LocationRunner, trigger: str) -> RunOutcome:
+            triggers.append(trigger)
+            return RunOutcome(True, trigger=trigger, incomplete=True)
+
+        runner = LocationRunner("web01", "usb", execute, lambda runner, outcome: None, lambda: 60.0)
+        # Every rescan's run ends incomplete and asks for a follow-up: one is kept, not one each.
+        assert runner.follow_up(0.05)
+        assert not runner.follow_up(0.05) and not runner.follow_up(0.01)
+        await asyncio.sleep(0.3)
+        assert runner.follow_up(0.05), "a new chain once the last follow-up ran"
+        runner.close()
+        await asyncio.sleep(0.1)
+        return triggers
+
+    assert asyncio.run(main()) == ["incomplete"]
