@@ -263,3 +263,21 @@ def test_incomplete_runs_keep_one_follow_up_chain_per_location() -> None:
         return triggers
 
     assert asyncio.run(main()) == ["incomplete"]
+
+
+def test_a_sync_waiting_for_another_says_so(server: Server) -> None:
+    import subprocess
+    import sys
+
+    from triplicate.locks import location_lock
+
+    with location_lock(server.root / "state", "web01", "usb"):  # another sync of web01 -> usb
+        process = subprocess.Popen([sys.executable, "-m", "triplicate", "-c", str(server.config_path), "sync",
+                                    "web01", "--to", "usb", "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        line = process.stderr.readline()  # blocks until it says something: it must say why it waits
+        assert line.strip() == "triplicate: waiting for another sync of web01 -> usb"
+        assert process.poll() is None, "it waits for the lock"
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and json.loads(out)["complete"]

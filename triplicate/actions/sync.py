@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -81,11 +82,13 @@ def sync_client(
     trigger: str = "cli",
     options: MirrorOptions | None = None,
     progress_for: dict[str, Progress] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> SyncReport:
     """Mirror ``client`` to ``locations`` concurrently, record the outcome, and report.
 
-    A failure at one location never stops the others. Raises TriplicateError only
-    when the primary repository itself cannot be read.
+    A failure at one location never stops the others. ``on_wait(message)`` is told when a
+    location waits for another sync of it ("waiting for another sync of web01 -> usb").
+    Raises TriplicateError only when the primary repository itself cannot be read.
     """
     options = options or MirrorOptions(in_progress_grace=config.server.in_progress_grace)
     source = open_primary(config, client)
@@ -106,7 +109,9 @@ def sync_client(
                                    known_mismatches=_known_mismatches(state, client))
         started = time.time()
         try:
-            with location_lock(config.server.state_dir, client, location):
+            waiting = None if on_wait is None else (
+                lambda: on_wait(f"waiting for another sync of {client} -> {location}"))
+            with location_lock(config.server.state_dir, client, location, on_wait=waiting):
                 result = mirror(source, replica, listing.result, location_options)
         finally:
             replica.close()

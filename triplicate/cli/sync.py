@@ -33,7 +33,8 @@ def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool
     with progress_bars(enabled=not as_json) as bars:
         progress_for = {name: _BarProgress(bars, name) for name in chosen} if bars else None
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=threading.Event())
-        report = sync_client(config, client, chosen, options=options, progress_for=progress_for)
+        report = sync_client(config, client, chosen, options=options, progress_for=progress_for,
+                             on_wait=lambda message: click.echo(f"triplicate: {message}", err=True))
     if as_json:
         print_json(report.to_json())
     else:

@@ -420,7 +420,8 @@ class Daemon:
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
         locations = [runner.location] if runner.location is not None else []
         started = time.monotonic()
-        call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options)
+        call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options,
+                                 on_wait=lambda message: log.info("%s [%s]", message, trigger))
         try:
             report = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except TriplicateError as error:
