@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from triplicate.actions.holdback import ResticDependents
 from triplicate.config.model import Config
 from triplicate.engine.judgement import Outcome, is_failure, problem_text
 from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
@@ -97,6 +98,10 @@ def sync_client(
     except StorageError as error:
         raise TriplicateError(f"client '{client}': {error}") from None
     state = ReplicationState(config.server.state_dir)
+    settings = config.client(client)
+    # With the client's key, a bad pack holds back only what needs it (restic tells).
+    dependents = (ResticDependents(config, client)
+                  if settings.password_file is not None or settings.password_command else None)
     # The source is listed here while each location lists its replica in its own thread.
     listing: Future[SourceListing] = Future()
 
@@ -106,7 +111,7 @@ def sync_client(
         location_options = replace(options, workers=replica.connections,
                                    progress=(progress_for or {}).get(location, options.progress),
                                    deletions=deletions, repair=_found_corrupt(config, client, location),
-                                   known_mismatches=_known_mismatches(state, client))
+                                   known_mismatches=_known_mismatches(state, client), dependents=dependents)
         started = time.time()
         try:
             waiting = None if on_wait is None else (

@@ -122,6 +122,25 @@ class MirrorOptions:
     # Source paths whose content was read before and did not hash to the name, with the
     # (size, mtime) they had then: unchanged, they are judged again by time, not read again.
     known_mismatches: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
+    # With the client's key: what unsettled packs hold back, narrower than every new index
+    # and snapshot (None: keyless, today's rule).
+    dependents: Dependents | None = None
+
+
+@dataclass(frozen=True)
+class HoldBack:
+    """What a set of unsettled packs holds back, as the client's key tells."""
+
+    index: frozenset[str]  # new index files that name one of them (or a pack they need)
+    snapshots: frozenset[str] | None  # new snapshots that need their blobs; None: every new one
+
+
+class Dependents(Protocol):
+    """Asks restic, with the client's key, what needs the given packs (narrow hold-back)."""
+
+    def __call__(self, packs: frozenset[str], new_index: list[str], new_snapshots: list[str]) -> HoldBack | None:
+        """What ``packs`` hold back among ``new_index`` and ``new_snapshots``; None: cannot tell."""
+        ...
 
 
 class Deletions(Protocol):
@@ -184,9 +203,20 @@ def mirror(
             sum(info.size for infos in missing.values() for info in infos),
         )
         unsettled: set[FileType] = set()  # phases with a file not copied as listed
+        narrow: HoldBack | None = None
         for file_type in PHASES:
             todo = missing[file_type]
-            if _must_hold_back(file_type, unsettled):
+            if file_type is FileType.INDEX and unsettled == {FileType.DATA} and options.dependents is not None:
+                packs = frozenset(path.rpartition("/")[2] for path in result.unsettled if path.startswith("data/"))
+                narrow = options.dependents(packs, [info.name for info in todo],
+                                            [info.name for info in missing[FileType.SNAPSHOT]])
+            if narrow is not None and file_type in (FileType.INDEX, FileType.SNAPSHOT) \
+                    and not unsettled & {FileType.KEY, FileType.INDEX}:
+                waiting = narrow.index if file_type is FileType.INDEX else narrow.snapshots
+                held = todo if waiting is None else [info for info in todo if info.name in waiting]
+                result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in held)
+                todo = [info for info in todo if waiting is not None and info.name not in waiting]
+            elif _must_hold_back(file_type, unsettled):
                 result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in todo)
                 continue
             if _copy_all(source, replica, file_type, todo, options, result):
