@@ -234,7 +234,7 @@ def test_a_junk_snapshot_holds_nothing_back_is_hashed_once_and_runs_stay_few(
     for _ in range(3):
         count = runs()
         daemon.signal(signal.SIGHUP)
-        daemon.wait_until(lambda: runs() > count, 10, "a run after SIGHUP")
+        daemon.wait_until(lambda count=count: runs() > count, 10, "a run after SIGHUP")  # type: ignore[misc]
     daemon.wait_for_log(r"reload: configuration applied", count=3)
     cpu = cpu_seconds(daemon.process.pid) - cpu_before
     assert cpu < 0.5, f"{cpu:.2f} CPU seconds for 6 runs: the junk was hashed again"

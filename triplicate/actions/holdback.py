@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from triplicate import restic
 from triplicate.config.model import Config
@@ -79,7 +80,7 @@ class ResticDependents:
             return HoldBack(frozenset(), frozenset())  # no new index names them: nothing needs them
         needed = sorted({pack for index in held for pack in named[index]})
         trees = sorted({str(blob["id"]) for index in held for pack in named[index].values()
-                        for blob in pack.get("blobs", []) if blob.get("type") == "tree"})  # type: ignore[union-attr]
+                        for blob in pack.get("blobs", []) if blob.get("type") == "tree"})
         snapshots: set[str] = set()
         # Files' data blobs in those packs (`find --pack` reports data blobs only) ...
         for start in range(0, len(needed), FIND_BATCH):
@@ -97,7 +98,7 @@ class ResticDependents:
         """The snapshots `restic find --json` matched in."""
         return {str(match["snapshot"]) for match in json.loads(self._run(args) or "[]") or []}
 
-    def _json(self, args: list[str]) -> dict[str, list[dict[str, object]]]:
+    def _json(self, args: list[str]) -> dict[str, Any]:
         value = json.loads(self._run(args))
         if not isinstance(value, dict):
             raise ValueError(f"restic {args[0]}: unexpected output")

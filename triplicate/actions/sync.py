@@ -10,12 +10,11 @@ from dataclasses import dataclass, field, replace
 from triplicate.actions.holdback import ResticDependents
 from triplicate.config.model import Config
 from triplicate.engine.judgement import Outcome, is_failure, problem_text
-from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
-                                      mirror)
+from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, SourceListing, list_source, mirror
 from triplicate.errors import TriplicateError, UsageError
 from triplicate.locks import location_lock
-from triplicate.state.db import PRIMARY
 from triplicate.state.audit import AuditState, Verification
+from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
 from triplicate.state.retention import RetentionState
 from triplicate.storage import FileType, StorageError, open_location, open_primary

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from triplicate.engine.judgement import Outcome, judge_file, judge_mismatch
-from triplicate.storage.backend import (Backend, CorruptContent, FileInfo, NotFound, SourceReadError,
-                                        StorageError)
+from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, SourceReadError, StorageError
 from triplicate.storage.handle import FileType, Handle
 
 # Phases in the order a replica receives them; each waits for the one before.
