@@ -4,7 +4,10 @@ Keyless, a pack that could not be copied (corrupt, being written, gone) holds ba
 every new index and snapshot. With ``password_file``/``password_command`` the
 primary can be read: the new index files that name the pack are held back, and
 so are the snapshots that need a blob of any pack those index files name (the
-replica would have no index for them); every other index and snapshot is copied.
+replica would have no index for them; found by blob ID with ``restic find --blob``
+and ``--tree``, which read the index, not the bad packs); every other index and
+snapshot is copied. A bad pack that holds trees holds back every new snapshot
+(restic could not walk them).
 A bad pack no index names holds back nothing. restic runs without a lock (it
 only reads) through :mod:`triplicate.restic`; what it cannot tell falls back to
 the keyless rule.
@@ -26,11 +29,11 @@ from triplicate.storage import restic_repository
 
 log = logging.getLogger("triplicate.sync")
 
-# Pack IDs per `restic find` call (argv stays short).
-FIND_BATCH = 200
+# Blob IDs per `restic find` call (argv stays well under its limit).
+FIND_BATCH = 1000
 # Answers remembered per process: a daemon asks again each run while a pack stays bad.
 CACHE_SIZE = 64
-TIMEOUT_SECONDS = 600.0
+TIMEOUT_SECONDS = 120.0
 
 _cache: OrderedDict[tuple[str, frozenset[str], frozenset[str], frozenset[str]], HoldBack | None] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -78,15 +81,20 @@ class ResticDependents:
         held = frozenset(index for index, by_id in named.items() if packs & by_id.keys())
         if not held:
             return HoldBack(frozenset(), frozenset())  # no new index names them: nothing needs them
-        needed = sorted({pack for index in held for pack in named[index]})
-        trees = sorted({str(blob["id"]) for index in held for pack in named[index].values()
-                        for blob in pack.get("blobs", []) if blob.get("type") == "tree"})
+        if any(blob.get("type") == "tree" for index in held for pack_id, pack in named[index].items()
+               if pack_id in packs for blob in pack.get("blobs", [])):
+            # A bad pack holds trees: restic could not walk the snapshots (it would retry reading
+            # them for minutes), and any new snapshot may need them.
+            return HoldBack(held, None)
+        blobs = [blob for index in held for pack in named[index].values() for blob in pack.get("blobs", [])]
+        data = sorted({str(blob["id"]) for blob in blobs if blob.get("type") == "data"})
+        trees = sorted({str(blob["id"]) for blob in blobs if blob.get("type") == "tree"})
         snapshots: set[str] = set()
-        # Files' data blobs in those packs (`find --pack` reports data blobs only) ...
-        for start in range(0, len(needed), FIND_BATCH):
-            snapshots |= self._found(["find", "--json", "--pack", *needed[start:start + FIND_BATCH]])
+        # By blob ID, from the index: restic's `find --pack` would read the (bad) packs themselves.
+        for start in range(0, len(data), FIND_BATCH):
+            snapshots |= self._found(["find", "--json", "--blob", *data[start:start + FIND_BATCH]])
         if trees:
-            # ... their sub-trees (`find --tree`) and the snapshots whose root tree is one of them.
+            # Sub-trees (`find --tree`), and the snapshots whose root tree is one of them.
             for start in range(0, len(trees), FIND_BATCH):
                 snapshots |= self._found(["find", "--json", "--tree", *trees[start:start + FIND_BATCH]])
             listed = json.loads(self._run(["snapshots", "--json"]) or "[]") or []
