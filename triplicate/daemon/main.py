@@ -448,8 +448,11 @@ class Daemon:
                     if outcome.files_copied else "up to date")
             if outcome.incomplete:
                 what += f"; incomplete ({outcome.unsettled})"
-                if runner.follow_up(INCOMPLETE_RETRY_SECONDS):
-                    what += f", again in {INCOMPLETE_RETRY_SECONDS:.0f}s"
+                # Soon, and within one poll_interval: a file that never settles is a failure by then.
+                delay = min(INCOMPLETE_RETRY_SECONDS,
+                            _poll_interval(self.config, runner.client) or INCOMPLETE_RETRY_SECONDS)
+                if runner.follow_up(delay):
+                    what += f", again in {format_duration(delay)}"
             log.info("%s: %s in %.2fs [%s]", runner.name, what, outcome.seconds, outcome.trigger)
         else:
             log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
