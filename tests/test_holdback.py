@@ -46,6 +46,12 @@ def test_unreferenced_empty_and_truncated_packs_hold_nothing_back(server: Server
         relative = f"data/{path.parent.name}/{path.name}"
         assert any(f"{relative} is corrupt" in problem and f"triplicate quarantine web01 {relative}" in problem
                    for problem in report["problems"]), report["problems"]
+    plain = server.cli("sync", "web01", "--to", "nas")  # the summary names them uncut, each on its line
+    assert plain.code == 1
+    for path in (empty, truncated):
+        relative = f"data/{path.parent.name}/{path.name}"
+        assert any(line.startswith(f"the primary's {relative} is corrupt") and
+                   line.rstrip().endswith("`triplicate heal web01`.") for line in plain.out.splitlines()), plain.out
 
 
 def test_a_damaged_pack_holds_back_only_the_snapshot_that_needs_it_with_a_key(

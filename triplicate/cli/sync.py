@@ -86,3 +86,8 @@ def _summarise(report: object) -> None:
             format_bytes(result.bytes_copied), f"{result.seconds:.1f}", detail.strip(),
         )
     console().print(table)
+    # The primary's problems are the same for every location: once, each on its own line, uncut.
+    problems = dict.fromkeys(problem for result in report.locations.values()  # type: ignore[attr-defined]
+                             for problem in result.problems)
+    for problem in problems:
+        console().print(problem, markup=False, highlight=False, soft_wrap=True)
