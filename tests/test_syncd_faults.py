@@ -161,7 +161,8 @@ def test_a_file_that_never_settles_becomes_a_failure_within_grace_and_one_poll(
 ) -> None:
     configure(server, sink)
     path, kind = fault(server.primary())  # type: ignore[operator]
-    daemon = start(daemons, server)
+    port = free_port()
+    daemon = start(daemons, server, "--metrics-listen", f"127.0.0.1:{port}")
     started = time.monotonic()
     notified = daemon.wait_until(lambda: [message for message in list(sink.received)
                                           if message.get("title") == "triplicate: web01 -> usb is failing"],
@@ -176,6 +177,10 @@ def test_a_file_that_never_settles_becomes_a_failure_within_grace_and_one_poll(
     # The primary's problem is reported as the primary's, once, not as each replica's.
     assert not any(problem.startswith(("usb:", "nas:")) for problem in problems), problems
     assert location_row(server, "@primary")["error"].startswith(f"the primary's {path}")
+    values = scrape(port)
+    assert values['triplicate_primary_unsettled_files{client="web01"}'] >= 1
+    assert values['triplicate_primary_unsettled_seconds{client="web01"}'] > 0
+    assert values['triplicate_consecutive_failures{client="web01",location="usb"}'] >= 1
     audit = server.cli("audit", "--json")
     assert path in audit.out and audit.code == 2, audit.out
     print(f"\nMEASURED {fault.__name__}: alarm {alarm:.1f}s after the daemon started "  # type: ignore[attr-defined]

@@ -62,8 +62,8 @@ class ResticDependents:
                 return _cache[key]
         try:
             answer = self._ask(packs, new_index, frozenset(new_snapshots))
-        except Interrupted:
-            raise
+        except Interrupted:  # the daemon is stopping: hold back everything, remember nothing
+            return None
         except (CommandFailed, ValueError, KeyError, TypeError) as error:
             log.warning("%s: restic could not tell what the unsettled pack(s) hold back (%s); holding back "
                         "every new index and snapshot", self.client, error)

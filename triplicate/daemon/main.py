@@ -10,6 +10,7 @@ a start and a re-check of a snapshot still being written all go through it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import logging
@@ -423,7 +424,9 @@ class Daemon:
         call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options,
                                  on_wait=lambda message: log.info("%s [%s]", message, trigger))
         try:
-            report = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            # In the daemon's stoppable scope: a restic the run starts is interrupted on SIGTERM.
+            report = await asyncio.get_running_loop().run_in_executor(
+                self._executor, contextvars.copy_context().run, call)
         except TriplicateError as error:
             return RunOutcome(False, str(error), trigger, seconds=time.monotonic() - started)
         if runner.location is None:
