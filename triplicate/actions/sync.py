@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 from triplicate.actions.holdback import ResticDependents
@@ -12,6 +12,7 @@ from triplicate.config.model import Config
 from triplicate.engine.judgement import Outcome, is_failure, problem_text
 from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, SourceListing, list_source, mirror
 from triplicate.errors import TriplicateError, UsageError
+from triplicate.execute import ScopedPool
 from triplicate.locks import location_lock
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
@@ -131,7 +132,7 @@ def sync_client(
         return result
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
+        with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
             futures = [pool.submit(run, location) for location in locations]
             try:
                 listing.set_result(list_source(source))
