@@ -92,6 +92,21 @@ def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_
           f"(poll_interval {POLL:g}s)")
 
 
+def test_a_replica_emptied_while_the_daemon_was_down_is_refilled_on_start(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    configure(server, sink)
+    daemon = start(daemons, server)
+    daemon.wait_until(lambda: on_replica(server) and on_replica(server, "nas"), 15, "the catch-up on start")
+    assert daemon.terminate()[0] == 0
+    shutil.rmtree(server.replica("nas"))
+    daemon = start(daemons, server)
+    daemon.wait_until(lambda: on_replica(server, "nas"), MARGIN, "the refill on start")
+    daemon.wait_until(lambda: "triplicate: web01 -> nas lost 1 snapshot (its folder is gone); refilling"
+                      in sink.titles(), MARGIN, "the notification")
+    assert server.check_read_data(server.replica("nas")).returncode == 0
+
+
 def test_status_and_metrics_show_what_a_location_really_holds(
     server: Server, daemons: list[DaemonProcess], sink: NotificationSink, tmp_path: Path
 ) -> None:
