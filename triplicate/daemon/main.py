@@ -374,10 +374,11 @@ class Daemon:
             else:  # complete, or bad: the run reports a bad one (and fails once it stays bad)
                 state.complete.add(snapshot)
         state.complete &= names
-        # A snapshot file known to be bad (the runs remember it, and fail once it stays so) asks for
-        # no run by itself: runs come from the retries, not from every rescan.
+        # A snapshot file known to be bad and unchanged since (the runs remember it, and fail once
+        # it stays so) asks for no run by itself: runs come from the retries, not every rescan.
         bad = {row.path.partition("/")[2] for row in self.replication.unsettled_files(client)
-               if row.path.startswith("snapshots/")}
+               if row.path.startswith("snapshots/") and _unchanged(folder / row.path.partition("/")[2],
+                                                                  row.size, row.mtime)}
         ready = names - in_progress - bad
         changed = ready != known_primary - in_progress - bad
         requested = False
@@ -591,6 +592,15 @@ def _snapshot_names(folder: Path) -> set[str]:
     except OSError as error:
         log.warning("cannot list %s: %s", folder, error.strerror)
         return set()
+
+
+def _unchanged(path: Path, size: int, mtime: float | None) -> bool:
+    """Whether the file still has this size and modification time (one stat)."""
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return status.st_size == size and status.st_mtime == mtime
 
 
 def _snapshot_status(path: Path, now: float, grace: float) -> Outcome | None:
