@@ -191,7 +191,7 @@ def test_a_file_that_never_settles_becomes_a_failure_within_grace_and_one_poll(
     assert any(problem.startswith(f"the primary's {path} is {kind}") for problem in problems), problems
     # The primary's problem is reported as the primary's, once, not as each replica's.
     assert not any(problem.startswith(("usb:", "nas:")) for problem in problems), problems
-    assert location_row(server, "@primary")["error"].startswith(f"the primary's {path}")
+    assert location_row(server, "@primary")["error"] == f"{path} {kind}"
     values = scrape(port)
     assert values['triplicate_primary_unsettled_files{client="web01"}'] >= 1
     assert values['triplicate_primary_unsettled_seconds{client="web01"}'] > 0

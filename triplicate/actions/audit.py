@@ -168,7 +168,7 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
     audit.snapshots = len(arrival)
     _judge_freshness(context.config, client, audit, listing, arrival, now)
     for problem in primary_problems(context.replication, context.config, client, now):
-        audit.findings.append(Finding(Status.CRITICAL, problem))
+        audit.findings.append(Finding(Status.CRITICAL, problem.text))
     with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
         audited = pool.map(
             lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),

@@ -94,8 +94,9 @@ def locations_section(context: StatusContext) -> Section:
     section.rows.append({"location": PRIMARY, "snapshots": len(primary),
                          "newest_age_seconds": _rounded(None if newest is None else now - newest),
                          "lag_seconds": None, "last_sync": None, "last_sync_age_seconds": None,
-                         "error": " ".join(primary_problems) or None})
-    section.problems += primary_problems
+                         "error": "; ".join(f"{problem.path} {problem.outcome.description}"
+                                            for problem in primary_problems) or None})
+    section.problems += [problem.text for problem in primary_problems]
     expect_every = config.effective(name, "expect_backup_every")
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")

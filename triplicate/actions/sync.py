@@ -191,15 +191,24 @@ def _judge_unsettled(state: ReplicationState, client: str, result: MirrorResult,
                                    f"{snapshots} of them snapshot(s).")
 
 
-def primary_problems(state: ReplicationState, config: Config, client: str, now: float) -> list[str]:
-    """The client's primary files unsettled for too long, each as a line naming the file and
-    what to do (for ``status`` and ``audit``); empty when none."""
+@dataclass(frozen=True)
+class PrimaryProblem:
+    """A primary file unsettled for too long."""
+
+    path: str  # data/ab/<id>
+    outcome: Outcome
+    text: str  # one line naming the file and what to do
+
+
+def primary_problems(state: ReplicationState, config: Config, client: str, now: float) -> list[PrimaryProblem]:
+    """The client's primary files unsettled for too long (for ``status`` and ``audit``)."""
     grace = config.server.in_progress_grace
     problems = []
     for row in state.unsettled_files(client):
         outcome = Outcome(row.outcome)
         if is_failure(outcome, now - row.first_seen, grace):
-            problems.append(problem_text(client, row.path, outcome, now - row.first_seen))
+            problems.append(PrimaryProblem(row.path, outcome,
+                                           problem_text(client, row.path, outcome, now - row.first_seen)))
     return problems
 
 
