@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from triplicate import restic
-from triplicate.actions.audit_report import AuditReport, ClientAudit, Finding, LocationAudit, Status, summary
+from triplicate.actions.audit_report import (AuditReport, ClientAudit, Finding, LocationAudit, Status,
+                                             summary)
 from triplicate.actions.sync import primary_problems
 from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
@@ -30,17 +31,8 @@ from triplicate.execute import CommandFailed, Interrupted, ScopedPool
 from triplicate.state.audit import AuditRecord, AuditState, LocationResult
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-from triplicate.storage import (
-    Backend,
-    FileInfo,
-    FileType,
-    Handle,
-    NotFound,
-    StorageError,
-    open_location,
-    open_primary,
-    restic_repository,
-)
+from triplicate.storage import (Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location,
+                                open_primary, restic_repository)
 from triplicate.storage.backend import NoRepository
 from triplicate.units import format_duration
 
