@@ -301,3 +301,50 @@ def test_a_sync_waiting_for_another_says_so(server: Server) -> None:
         assert process.poll() is None, "it waits for the lock"
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0 and json.loads(out)["complete"]
+
+
+def test_a_junk_pack_uploaded_through_the_clients_endpoint_is_reported(tmp_path: Path, sink: NotificationSink) -> None:
+    """The whole server for real: runit supervises the client's endpoint (rclone serve restic) and
+    its syncd; the client uploads junk under a pack's name with curl, as any client can."""
+    import subprocess
+
+    from .server_support import Site, http_status, wait_for
+
+    site = Site(tmp_path / "site", ports=2)
+    text = site.config_path.read_text().replace(
+        'ports = "', f'in_progress_grace = "{GRACE:g}s"\npoll_interval = "{POLL:g}s"\nports = "', 1)
+    site.config_path.write_text(text + f'\n[notify]\nurls = ["{sink.url}"]\nafter_failures = 1\n')
+    assert site.cli("init").code == 0
+    site.start_supervision()
+    try:
+        url = str(site.add_client("alpha", "usb", "nas")["url"])
+        user, _, rest = url.removeprefix("rest:http://").partition(":")
+        password, _, address = rest.partition("@")
+        base = "http://" + address.split("/", 1)[0]
+        wait_for(lambda: http_status("GET", f"{base}/alpha/config") == 401, 20, "alpha's endpoint")
+        assert site.restic(url, "init").returncode == 0
+        write_files(site.root / "data", "alpha", count=2, size=256 << 10)
+        assert site.restic(url, "backup", "-q", str(site.root / "data")).returncode == 0
+        wait_for(lambda: snapshot_files(site.root / "usb" / "alpha"), 30, "the backup on usb")
+
+        junk = tmp_path / "junk"
+        junk.write_bytes(os.urandom(200 << 10))
+        name = os.urandom(32).hex()
+        upload = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", f"{user}:{password}",
+                                 "--data-binary", f"@{junk}", f"{base}/alpha/data/{name}"],
+                                capture_output=True, text=True, timeout=30)
+        assert upload.stdout == "200", upload
+        uploaded = time.monotonic()
+        path = f"data/{name[:2]}/{name}"
+        assert (site.root / "repos" / "alpha" / path).is_file(), "rclone accepted the junk"
+        wait_for(lambda: any(path in str(message.get("message")) for message in list(sink.received)),
+                 GRACE + POLL + MARGIN, "the failure notification naming the junk pack")
+        alarm = time.monotonic() - uploaded
+        report = site.cli("status", "alpha", "--json")
+        assert report.code == 1
+        assert any(problem.startswith(f"the primary's {path} is corrupt")
+                   for problem in report.json()["clients"][0]["problems"]), report.out
+        print(f"\nMEASURED junk pack through the endpoint: alarm {alarm:.1f}s after the upload")
+    finally:
+        leftovers = site.stop_supervision()
+    assert leftovers == []
