@@ -111,7 +111,8 @@ def sync_client(
         location_options = replace(options, workers=replica.connections,
                                    progress=(progress_for or {}).get(location, options.progress),
                                    deletions=deletions, repair=_found_corrupt(config, client, location),
-                                   known_mismatches=_known_mismatches(state, client), dependents=dependents)
+                                   known_mismatches=_known_mismatches(state, client), dependents=dependents,
+                                   remembered=frozenset(row.path for row in state.unsettled_files(client)))
         started = time.time()
         try:
             waiting = None if on_wait is None else (

@@ -69,7 +69,7 @@ class MirrorResult:
     corrupt_files: list[str] = field(default_factory=list)
     # Every source file not copied as listed, by path (data/ab/<id>), with its judgement.
     unsettled: dict[str, UnsettledFile] = field(default_factory=dict)
-    # Paths of ``MirrorOptions.known_mismatches`` copied fine this time (settled since).
+    # Paths of ``MirrorOptions.remembered`` copied fine this time (settled since).
     settled: list[str] = field(default_factory=list)
     # Unsettled source files that have stayed so too long (set by the caller, who remembers
     # since when): each a failure of the run naming the file and what to do.
@@ -121,6 +121,8 @@ class MirrorOptions:
     # Source paths whose content was read before and did not hash to the name, with the
     # (size, mtime) they had then: unchanged, they are judged again by time, not read again.
     known_mismatches: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
+    # Every source path a run before could not take: one copied now is reported settled.
+    remembered: frozenset[str] = frozenset()
     # With the client's key: what unsettled packs hold back, narrower than every new index
     # and snapshot (None: keyless, today's rule).
     dependents: Dependents | None = None
@@ -354,7 +356,7 @@ def _copy_all(
                     result.replica_snapshots.add(info.name)
                 if (file_type.value, info.name) in options.repair:
                     result.repaired.append((file_type.value, info.name))
-                if path in options.known_mismatches:
+                if path in options.remembered:
                     result.settled.append(path)
                 result.files_copied += 1
                 result.bytes_copied += info.size
