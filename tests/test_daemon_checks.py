@@ -67,7 +67,10 @@ def test_scheduled_audit_and_restore_check_notify_a_broken_location(
     assert 'triplicate_restore_check_last_success_timestamp_seconds{client="web01",location="usb"}' in metrics
 
     daemon.terminate()  # (not while a restore reads the replica: restic would retry for a minute)
-    shutil.rmtree(server.replica("nas"))  # the nas disk loses the client's replica
+    # The nas disk loses the client's replica and cannot take it back (a file in its place;
+    # a lost replica that can be written is refilled by the daemon at once).
+    shutil.rmtree(server.replica("nas"))
+    server.replica("nas").write_text("not a folder")
     daemon = DaemonProcess(server.config_path)
     daemons.append(daemon)
     daemon.started()  # the checks' last runs were stamped: due again a second after them

@@ -67,13 +67,14 @@ def test_an_odd_file_in_the_primary_is_refused_by_name_and_everything_else_is_co
     assert "Traceback" not in err
     report = json.loads(out)
     regular = {path: size for path, size in repository_files(server.primary()).items()
-               if not path.startswith("snapshots/") and not path.endswith(ODD_NAME)}
+               if not path.endswith(ODD_NAME)}
     for location in ("usb", "nas"):
         outcome = report["locations"][location]
         assert not outcome["ok"]
         [line] = outcome["unreadable_files"]
         assert line.startswith(f"{odd}: ") and line.endswith(", not a regular file"), line
-        # Every other file arrived; only what may need the odd "pack" waits.
+        # Every other file arrived, the snapshot too: with the client's key restic tells that no
+        # index names the odd "pack", so it holds nothing back (docs/daemon.md, narrow hold-back).
         replica = repository_files(server.replica(location))
         assert {path: size for path, size in replica.items() if not path.startswith("index/")} == {
             path: size for path, size in regular.items() if not path.startswith("index/")}
@@ -155,7 +156,8 @@ def test_plain_text_output_never_cuts_a_file_name(server: Server, monkeypatch: p
     assert sum(str(folder / ODD_NAME) in line for line in sync.out.splitlines()) == 2, sync.out
     audit = server.cli("audit", "web01")
     assert audit.code == 2
-    assert sum(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in audit.out.splitlines()) == 2, audit.out
+    # the primary's own problem, and each location's missing file
+    assert sum(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in audit.out.splitlines()) == 3, audit.out
     status = server.cli("status", "web01")
     assert status.code == 1
     assert any(f"data/{ODD_NAME[:2]}/{ODD_NAME}" in line for line in status.out.splitlines()), status.out

@@ -21,6 +21,7 @@ from tests.support.syncd import (
     InProcessDaemon,
     LogRecorder,
     NotificationSink,
+    metric_values,
     read_hook_calls,
 )
 from tests.support.wait import wait_until
@@ -69,7 +70,7 @@ def test_a_backup_is_on_every_location_within_seconds_and_metrics_show_it(
     assert server.check_read_data(server.replica("nas")).returncode == 0
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = _metric_values(metrics)
+    values = metric_values(metrics)
     for location in ("usb", "nas"):
         labels = f'client="web01",location="{location}"'
         assert values[f"triplicate_snapshots_replicated{{{labels}}}"] == 2
@@ -430,15 +431,6 @@ async def _until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-un
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
-
-
-def _metric_values(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def test_an_incomplete_run_is_followed_up_without_a_new_snapshot(

@@ -92,6 +92,10 @@ class ReplicationCollector(Collector):
                 families["primary"].add_metric([client], count)
                 if newest is not None:
                     families["newest"].add_metric([client, PRIMARY], newest)
+                unsettled = self._state.unsettled_files(client)
+                families["unsettled"].add_metric([client], len(unsettled))
+                families["unsettled_age"].add_metric(
+                    [client], max((now - row.first_seen for row in unsettled), default=0.0))
         if self._queue_length is None:
             del families["queue"]
         yield from families.values()
@@ -156,6 +160,14 @@ def _families() -> dict[str, Any]:
             "triplicate_queue_length", "Replication runs in progress or queued.", labels=LABELS),
         "primary": GaugeMetricFamily(
             "triplicate_primary_snapshots", "Snapshots in the client's primary repository.",
+            labels=["client"]),
+        "unsettled": GaugeMetricFamily(
+            "triplicate_primary_unsettled_files",
+            "Primary files not copied as listed (being written, vanished, corrupt, unreadable).",
+            labels=["client"]),
+        "unsettled_age": GaugeMetricFamily(
+            "triplicate_primary_unsettled_seconds",
+            "How long the oldest of them has been so (a failure beyond in_progress_grace; 0: none).",
             labels=["client"]),
     }
 

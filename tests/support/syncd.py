@@ -25,6 +25,16 @@ from triplicate.daemon.main import Daemon
 from .wait import wait_until
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 class DaemonProcess:
     """``python -m triplicate -c CONFIG syncd ARGS`` with its standard error collected line by line."""
 

@@ -23,6 +23,7 @@ from triplicate import restic
 from triplicate.actions.audit_report import (AuditReport, ClientAudit, Finding, LocationAudit, Status,
                                              summary)
 from triplicate.actions.repository import restic_repository
+from triplicate.actions.sync import primary_problems
 from triplicate.config.model import Config
 from triplicate.engine.mirror import LISTING_ORDER, Progress, SourceListing, list_source
 from triplicate.engine.schedule import Schedule
@@ -169,6 +170,8 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
     arrival = _arrivals(listing, context.replication.known_snapshots(client, PRIMARY))
     audit.snapshots = len(arrival)
     _judge_freshness(context.config, client, audit, listing, arrival, now)
+    for problem in primary_problems(context.replication, context.config, client, now):
+        audit.findings.append(Finding(Status.CRITICAL, problem.text))
     with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
         audited = pool.map(
             lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),
@@ -275,8 +278,8 @@ def _judge_snapshots(context: _Context, client: str, location: str,
     result.missing_snapshots = missing
     ages = {name: max(0.0, now - arrival[name]) for name in missing}
     result.lag_seconds = max(ages.values(), default=0.0)
-    # What the last sync saw here: such a snapshot was replicated, and has been lost since.
-    replicated = context.replication.known_snapshots(client, location)
+    # What a sync or the daemon saw here once: such a snapshot was replicated, and has been lost since.
+    replicated = context.replication.ever_held(client, location)
     lost = [name for name in missing if name in replicated]
     if lost:
         result.findings.append(Finding(Status.CRITICAL, f"{_count(lost, 'snapshot')} lost after being "

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from triplicate.actions import sync
 from triplicate.config.model import Config
 from triplicate.engine.schedule import Schedule
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, Layout
 from triplicate.state.db import PRIMARY
-from triplicate.state.replication import ReplicationState
+from triplicate.state.replication import PRIMARY_PROBLEM_PREFIX, ReplicationState
 from triplicate.units import format_bytes, format_duration, parse_bandwidth, rate_at
 
 
@@ -96,10 +97,14 @@ def locations_section(context: StatusContext) -> StatusSection:
     section = StatusSection("locations", "locations", [])
     primary = state.known_snapshots(name, PRIMARY)
     newest = max(primary.values(), default=None)
+    # The primary's own integrity problems are the primary's, not each replica's.
+    primary_problems = sync.primary_problems(state, config, name, now)
     section.rows.append({"location": PRIMARY, "snapshots": len(primary),
                          "newest_age_seconds": _rounded(None if newest is None else now - newest),
                          "lag_seconds": None, "last_sync": None, "last_sync_age_seconds": None,
-                         "error": None, "bwlimit": None})
+                         "error": "; ".join(f"{problem.path} {problem.outcome.description}"
+                                            for problem in primary_problems) or None, "bwlimit": None})
+    section.problems += [problem.text for problem in primary_problems]
     expect_every = config.settings(name).expect_backup_every
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
@@ -120,12 +125,15 @@ def locations_section(context: StatusContext) -> StatusSection:
         lag = state.replication_lag(name, location, now)
         row = health.get(location)
         result, attempt, error = _last_sync(row)
+        held = result == "failed" and (error or "").startswith(PRIMARY_PROBLEM_PREFIX)
+        if held:
+            error = f"held back by the primary's problems (see {PRIMARY})"
         section.rows.append({"location": location, "snapshots": len(present),
                              "newest_age_seconds": _rounded(None if newest_here is None else now - newest_here),
                              "lag_seconds": _rounded(lag), "last_sync": result,
                              "last_sync_age_seconds": _rounded(None if attempt is None else now - attempt),
                              "error": error, "bwlimit": bwlimit_text(config.locations[location].bwlimit, now)})
-        if result == "failed":
+        if result == "failed" and not held:
             section.problems.append(f"{location}: last sync failed: {error}")
         if isinstance(max_lag, (int, float)) and lag and schedule.overdue(now - lag, now) > max_lag:
             section.problems.append(f"{location}: replication lag {format_duration(lag)} exceeds "

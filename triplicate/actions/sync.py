@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
+from triplicate.actions.holdback import ResticDependents
 from triplicate.config.model import Config
-from triplicate.engine.mirror import (MirrorOptions, MirrorResult, Progress, SourceListing, list_source,
-                                      mirror)
+from triplicate.engine.judgement import Outcome, is_failure, problem_text
+from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, SourceListing, list_source, mirror
 from triplicate.errors import TriplicateError, UsageError
+from triplicate.execute import ScopedPool
 from triplicate.state.locks import location_lock
-from triplicate.state.db import PRIMARY
 from triplicate.state.audit import AuditState, Verification
+from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
 from triplicate.state.retention import RetentionState
 from triplicate.storage import FileType, StorageError, open_location, open_primary
@@ -51,6 +53,8 @@ class SyncReport:
                     "corrupt_files": result.corrupt_files,
                     "unreadable_files": result.unreadable_files,
                     "held_back": result.held_back,
+                    "unsettled": {path: file.outcome.value for path, file in sorted(result.unsettled.items())},
+                    "problems": result.problems,
                     "files_removed": result.files_removed,
                     "files_repaired": len(result.repaired),
                     "removals_deferred": result.removals_deferred,
@@ -81,11 +85,13 @@ def sync_client(
     trigger: str = "cli",
     options: MirrorOptions | None = None,
     progress_for: Mapping[str, Progress] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> SyncReport:
     """Mirror ``client`` to ``locations`` concurrently, record the outcome, and report.
 
-    A failure at one location never stops the others. Raises TriplicateError only
-    when the primary repository itself cannot be read.
+    A failure at one location never stops the others. ``on_wait(message)`` is told when a
+    location waits for another sync of it ("waiting for another sync of web01 -> usb").
+    Raises TriplicateError only when the primary repository itself cannot be read.
     """
     options = options or MirrorOptions(in_progress_grace=config.server.in_progress_grace)
     source = open_primary(config, client)
@@ -94,6 +100,10 @@ def sync_client(
     except StorageError as error:
         raise TriplicateError(f"client '{client}': {error}") from None
     state = ReplicationState(config.server.state_dir)
+    settings = config.client(client)
+    # With the client's key, a bad pack holds back only what needs it (restic tells).
+    dependents = (ResticDependents(config, client)
+                  if settings.password_file is not None or settings.password_command else None)
     # The source is listed here while each location lists its replica in its own thread.
     listing: Future[SourceListing] = Future()
 
@@ -102,16 +112,21 @@ def sync_client(
         deletions = _deletions(config, client, location)
         location_options = replace(options, workers=replica.connections,
                                    progress=(progress_for or {}).get(location, options.progress),
-                                   deletions=deletions, repair=_found_corrupt(config, client, location))
+                                   deletions=deletions, repair=_found_corrupt(config, client, location),
+                                   known_mismatches=_known_mismatches(state, client), dependents=dependents,
+                                   remembered=frozenset(row.path for row in state.unsettled_files(client)))
         started = time.time()
         try:
-            with location_lock(config.server.state_dir, client, location):
+            waiting = None if on_wait is None else (
+                lambda: on_wait(f"waiting for another sync of {client} -> {location}"))
+            with location_lock(config.server.state_dir, client, location, on_wait=waiting):
                 result = mirror(source, replica, listing.result, location_options)
         finally:
             replica.close()
             if deletions is not None:
                 deletions.state.close()
         if listing.exception() is None:  # the primary's fault is not the location's: not recorded
+            _judge_unsettled(state, client, result, options.in_progress_grace)
             _record(state, client, location, trigger, started, result)
         if result.repaired:  # copied again and verified on the way: good as of now
             with AuditState.opened(config.server.state_dir) as audits:
@@ -120,7 +135,7 @@ def sync_client(
         return result
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
+        with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="location") as pool:
             futures = [pool.submit(run, location) for location in locations]
             try:
                 listing.set_result(list_source(source))
@@ -129,6 +144,7 @@ def sync_client(
                 raise TriplicateError(f"client '{client}': {error}") from None
             change = state.record_snapshots(client, PRIMARY, listing.result().snapshot_ids,
                                             listing.result().listed_at)
+            _forget_gone(state, client, listing.result())
             results = {location: future.result() for location, future in zip(locations, futures)}
     finally:
         state.close()
@@ -150,6 +166,64 @@ class _TrackedDeletions:
 
     def forget(self, file_type: FileType, names: list[str]) -> None:
         self.state.forget_absent(self.client, self.location, file_type.value, names)
+
+
+def _known_mismatches(state: ReplicationState, client: str) -> dict[str, tuple[int, float | None]]:
+    """Primary files already read and found not to match their names: (size, mtime) then."""
+    return {row.path: (row.size, row.mtime) for row in state.unsettled_files(client)
+            if Outcome(row.outcome).content_mismatch}
+
+
+def _judge_unsettled(state: ReplicationState, client: str, result: MirrorResult, grace: float) -> None:
+    """Remember the files the run could not take; fail the run for those unsettled too long.
+
+    A failure names each file and what to do about it (``result.problems``).
+    """
+    now = time.time()
+    files = {path: (file.outcome.value, file.size, file.mtime) for path, file in result.unsettled.items()}
+    since = state.note_unsettled(client, files, result.settled, now)
+    for path, file in sorted(result.unsettled.items()):
+        unsettled_for = now - since.get(path, now)
+        if is_failure(file.outcome, unsettled_for, grace):
+            result.problems.append(problem_text(client, path, file.outcome, unsettled_for))
+    if result.problems:
+        result.ok = False
+        if result.held_back:
+            snapshots = sum(path.startswith("snapshots/") for path in result.held_back)
+            result.problems.append(f"Holding back {len(result.held_back)} new file(s) that may need it, "
+                                   f"{snapshots} of them snapshot(s).")
+
+
+@dataclass(frozen=True)
+class PrimaryProblem:
+    """A primary file unsettled for too long."""
+
+    path: str  # data/ab/<id>
+    outcome: Outcome
+    text: str  # one line naming the file and what to do
+
+
+def primary_problems(state: ReplicationState, config: Config, client: str, now: float) -> list[PrimaryProblem]:
+    """The client's primary files unsettled for too long (for ``status`` and ``audit``)."""
+    grace = config.server.in_progress_grace
+    problems = []
+    for row in state.unsettled_files(client):
+        outcome = Outcome(row.outcome)
+        if is_failure(outcome, now - row.first_seen, grace):
+            problems.append(PrimaryProblem(row.path, outcome,
+                                           problem_text(client, row.path, outcome, now - row.first_seen)))
+    return problems
+
+
+def _forget_gone(state: ReplicationState, client: str, listing: SourceListing) -> None:
+    """Unsettled files no longer in the primary (a prune removed them) are no problem any more."""
+    gone = []
+    for row in state.unsettled_files(client):
+        kind, _, rest = row.path.partition("/")
+        listed = listing.files.get(FileType(kind), {}) if kind in FileType.__members__.values() else {}
+        if rest.rpartition("/")[2] not in listed:
+            gone.append(row.path)
+    state.forget_unsettled(client, gone)
 
 
 def _found_corrupt(config: Config, client: str, location: str) -> frozenset[tuple[str, str]]:
@@ -174,6 +248,6 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error or "; ".join(result.unreadable_files) or None,
+        corrupt_files=result.corrupt_files, error=result.error or " ".join([*result.problems, *result.unreadable_files]) or None,
         interrupted=result.interrupted,
     ))

@@ -33,7 +33,8 @@ def sync(app: AppContext, client: str, locations: tuple[str, ...], as_json: bool
     with progress_bars(enabled=not as_json) as bars:
         progress_for = {name: Bar(bars, name) for name in chosen} if bars else None
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=threading.Event())
-        report = sync_client(config, client, chosen, options=options, progress_for=progress_for)
+        report = sync_client(config, client, chosen, options=options, progress_for=progress_for,
+                             on_wait=lambda message: click.echo(f"triplicate: {message}", err=True))
     if as_json:
         print_json(report.to_json())
     else:
@@ -88,3 +89,7 @@ def _summarise(report: object) -> None:
 
         advice = damage_advice(report.client, corrupt)  # type: ignore[attr-defined]
         console().print(advice, highlight=False, markup=False)
+    # The primary's problems are the same for every location: once, each on its own line, uncut.
+    problems = dict.fromkeys(problem for result in report.locations.values()  # type: ignore[attr-defined]
+                             for problem in result.problems)
+    print_whole_lines(problems)

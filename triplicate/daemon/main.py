@@ -10,11 +10,13 @@ a start and a re-check of a snapshot still being written all go through it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from triplicate import execute
+from triplicate.actions.shortfall import look_at_locations
 from triplicate.actions.sync import sync_client
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
@@ -33,7 +36,8 @@ from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.watcher import SnapshotWatcher
-from triplicate.engine.mirror import MirrorOptions
+from triplicate.engine.judgement import Outcome, judge_mismatch
+from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.notify import Kind, notify
@@ -278,6 +282,11 @@ class Daemon:
             if name not in added:
                 for runner in fresh:
                     runner.request("start")
+        for name in added:  # what the locations really hold, not what the database remembers
+            task = self._loop.create_task(self.look(name), name=f"look {name}") if self._loop else None
+            if task is not None:
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for name in added:
             for runner in self.clients[name].runners.values():
                 if runner.failures:
@@ -302,10 +311,46 @@ class Daemon:
     # ---- detection --------------------------------------------------------------------------
 
     async def _rescan(self, client: str) -> None:
-        """The safety net: a periodic look at the client's snapshots whatever the events said."""
+        """The safety net: a periodic look at the client's snapshots whatever the events said,
+        and at what each location really holds."""
         if self.watcher is not None:
             self.watcher.refresh([client])
+        await self.look(client)
         self.examine(client, "poll")
+
+    async def look(self, client: str) -> None:
+        """List each location of ``client`` (names only) against the primary: record what is
+        really there, ask a lacking location for a run, and tell people once when one lost
+        what it held ("web01 -> usb lost 11 snapshot(s); refilling")."""
+        state = self.clients.get(client)
+        if state is None or self.stopping:
+            return
+        locations = [location for location, runner in state.runners.items()
+                     if location is not None and not runner.running]
+        if not locations:
+            return
+        try:
+            found = await asyncio.to_thread(look_at_locations, self.config, client, locations)
+        except Exception:  # a bug or a database failure must not stop the rescans
+            log.exception("%s: looking at the locations failed", client)
+            return
+        state = self.clients.get(client)
+        if state is None or self.stopping:
+            return
+        for location, shortfall in found.items():
+            runner = state.runners.get(location)
+            if runner is None:
+                continue
+            lost = shortfall.lost
+            if lost is not None and not runner.lost_reported:
+                runner.lost_reported = True
+                log.warning("%s %s; refilling", runner.name, lost)
+                self.send(f"triplicate: {runner.name} {lost}; refilling",
+                          f"{runner.name} {lost} since the last look (it holds {shortfall.snapshots} "
+                          f"snapshot(s) now): a run copies everything back from the primary.")
+            if shortfall.needs_run:
+                state.in_sync = None
+                runner.request("refill" if lost else "poll")
 
     def examine(self, client: str, trigger: str) -> None:
         """Compare the primary's snapshot files with what each location is known to hold;
@@ -328,15 +373,20 @@ class Daemon:
         now = time.time()
         for snapshot in sorted(to_verify):
             status = _snapshot_status(folder / snapshot, now, self.config.server.in_progress_grace)
-            if status == "in_progress":
+            if status is Outcome.IN_PROGRESS:
                 in_progress.add(snapshot)
-            elif status == "gone":
+            elif status is Outcome.VANISHED:
                 names.discard(snapshot)
-            else:  # complete, or corrupt: the mirror holds a corrupt one back and reports it
+            else:  # complete, or bad: the run reports a bad one (and fails once it stays bad)
                 state.complete.add(snapshot)
         state.complete &= names
-        ready = names - in_progress
-        changed = ready != known_primary - in_progress
+        # A snapshot file known to be bad and unchanged since (the runs remember it, and fail once
+        # it stays so) asks for no run by itself: runs come from the retries, not every rescan.
+        bad = {row.path.partition("/")[2] for row in self.replication.unsettled_files(client)
+               if row.path.startswith("snapshots/") and _unchanged(folder / row.path.partition("/")[2],
+                                                                  row.size, row.mtime)}
+        ready = names - in_progress - bad
+        changed = ready != known_primary - in_progress - bad
         requested = False
         for location, runner in state.runners.items():
             held = known_primary if location is None else known_at[location]
@@ -382,9 +432,12 @@ class Daemon:
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
         locations = [runner.location] if runner.location is not None else []
         started = time.monotonic()
-        call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options)
+        call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options,
+                                 on_wait=lambda message: log.info("%s [%s]", message, trigger))
         try:
-            report = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            # In the daemon's stoppable scope: a restic the run starts is interrupted on SIGTERM.
+            report = await asyncio.get_running_loop().run_in_executor(
+                self._executor, contextvars.copy_context().run, call)
         except TriplicateError as error:
             return RunOutcome(False, str(error), trigger, seconds=time.monotonic() - started)
         if runner.location is None:
@@ -395,18 +448,25 @@ class Daemon:
             health = self.replication.location_health(runner.client).get(runner.location)
             error = (health["last_error"] if health is not None else None) or result.error or "failed"
         return RunOutcome(result.ok, error, trigger, result.files_copied, result.bytes_copied,
-                          result.seconds, result.interrupted, incomplete=result.ok and not result.complete)
+                          result.seconds, result.interrupted, incomplete=result.ok and not result.complete,
+                          blocking=result.error is not None, unsettled=_unsettled_words(result))
 
     def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """After each run: one log line, failure/recovery notifications, maybe the hook."""
+        if outcome.ok and not outcome.incomplete:
+            runner.lost_reported = False  # refilled: a new loss is told again
         if outcome.interrupted:
             log.info("%s: stopped [%s]", runner.name, outcome.trigger)
         elif outcome.ok:
             what = (f"copied {outcome.files_copied} file(s), {format_bytes(outcome.bytes_copied)}"
                     if outcome.files_copied else "up to date")
             if outcome.incomplete:
-                what += f"; incomplete (a backup or prune is running), again in {INCOMPLETE_RETRY_SECONDS:.0f}s"
-                self._follow_up(runner)
+                what += f"; incomplete ({outcome.unsettled})"
+                # Soon, and within one poll_interval: a file that never settles is a failure by then.
+                delay = min(INCOMPLETE_RETRY_SECONDS,
+                            _poll_interval(self.config, runner.client) or INCOMPLETE_RETRY_SECONDS)
+                if runner.follow_up(delay):
+                    what += f", again in {format_duration(delay)}"
             log.info("%s: %s in %.2fs [%s]", runner.name, what, outcome.seconds, outcome.trigger)
         else:
             log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
@@ -430,17 +490,6 @@ class Daemon:
 
         if self._loop is not None:
             self._loop.call_soon_threadsafe(request)
-
-    def _follow_up(self, runner: LocationRunner) -> None:
-        """Run again soon: what was being written or held back is probably complete then."""
-        assert self._loop is not None
-
-        def again() -> None:
-            state = self.clients.get(runner.client)
-            if not self.stopping and state is not None and state.runners.get(runner.location) is runner:
-                runner.request("incomplete")
-
-        self._loop.call_later(INCOMPLETE_RETRY_SECONDS, again)
 
     def _report_health(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """Tell people once when a location starts failing and once when it recovers."""
@@ -532,6 +581,16 @@ class Daemon:
 INCOMPLETE_RETRY_SECONDS = 10.0
 
 
+def _unsettled_words(result: MirrorResult) -> str:
+    """What an incomplete run left: "data/ab/<id> still being written; 3 file(s) held back"."""
+    parts = [f"{path} {file.outcome.description}" for path, file in sorted(result.unsettled.items())[:3]]
+    if len(result.unsettled) > 3:
+        parts.append(f"and {len(result.unsettled) - 3} more")
+    if result.held_back:
+        parts.append(f"{len(result.held_back)} new file(s) that may need them held back")
+    return "; ".join(parts) or "nothing left"
+
+
 def _poll_interval(config: Config, client: str) -> float | None:
     return config.settings(client).poll_interval
 
@@ -546,21 +605,38 @@ def _snapshot_names(folder: Path) -> set[str]:
         return set()
 
 
-def _snapshot_status(path: Path, now: float, grace: float) -> str:
-    """"complete" when the file hashes to its name; "in_progress" when it does not and was
-    modified within ``grace`` (rclone's REST server writes in place); else "corrupt";
-    "gone" when it vanished."""
+def _unchanged(path: Path, size: int, mtime: float | None) -> bool:
+    """Whether the file still has this size and modification time (one stat)."""
     try:
-        with open(path, "rb") as file:
-            modified = os.fstat(file.fileno()).st_mtime
-            content = file.read(MAX_HASHED_SNAPSHOT + 1)
-    except FileNotFoundError:
-        return "gone"
+        status = os.stat(path, follow_symlinks=False)
     except OSError:
-        return "complete"  # unreadable: let the run try and report it
-    if len(content) > MAX_HASHED_SNAPSHOT or hashlib.sha256(content).hexdigest() == path.name:
-        return "complete"
-    return "in_progress" if now - modified < grace else "corrupt"
+        return False
+    return status.st_size == size and status.st_mtime == mtime
+
+
+def _snapshot_status(path: Path, now: float, grace: float) -> Outcome | None:
+    """None when the snapshot file hashes to its name (or cannot be judged here: the run will
+    read it and report it), else :func:`judge_mismatch`'s outcome (VANISHED when it is gone).
+    Opens regular files only, without blocking (a FIFO never hangs the daemon)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return Outcome.VANISHED
+    except OSError:
+        return None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_HASHED_SNAPSHOT:
+            return None
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            content = file.read(MAX_HASHED_SNAPSHOT + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    if hashlib.sha256(content).hexdigest() == path.name:
+        return None
+    return judge_mismatch(status.st_mtime, now, grace)
 
 
 def _one_line(text: str) -> str:

@@ -40,6 +40,11 @@ class RunOutcome:
     # ok, but something listed was not copied (being written, gone, held back): a
     # backup or a prune is running; another run soon completes the replica.
     incomplete: bool = False
+    # A failure of the location itself (unreachable, full...): new requests wait for the
+    # retry. False when only primary files failed: new snapshots are still copied at once.
+    blocking: bool = True
+    # Why an incomplete run was incomplete, in a few words (the log line says it).
+    unsettled: str = ""
 
 
 class LocationRunner:
@@ -66,11 +71,14 @@ class LocationRunner:
         self._max_backoff = max_backoff
         self.failures = failures  # consecutive, seeded from the state database on start
         self.notified = False  # people were told it is failing (persisted by the daemon)
+        self.lost_reported = False  # people were told it lost files; reset once refilled
         self.running = False
         self.queued: str | None = None  # the trigger of the one follow-up run
         self.task: asyncio.Task[None] | None = None
         self.retry_delay: float | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._retry_blocks = True  # requests wait for the retry (the location itself failed)
+        self._follow_up: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -79,7 +87,7 @@ class LocationRunner:
 
     @property
     def waiting_to_retry(self) -> bool:
-        return self._retry is not None
+        return self._retry is not None and self._retry_blocks
 
     @property
     def busy(self) -> bool:
@@ -97,8 +105,21 @@ class LocationRunner:
             return
         if self.running:
             self.queued = self.queued or trigger
-        elif self._retry is None:
+        elif self._retry is None or not self._retry_blocks:
             self._start(trigger)
+
+    def follow_up(self, delay: float, trigger: str = "incomplete") -> bool:
+        """Run again after ``delay`` unless a follow-up is already due: one chain per location,
+        however many runs end incomplete meanwhile. Returns whether one was scheduled."""
+        if self._closed or self._follow_up is not None:
+            return False
+
+        def due() -> None:
+            self._follow_up = None
+            self.request(trigger)
+
+        self._follow_up = asyncio.get_running_loop().call_later(delay, due)
+        return True
 
     def retry_now(self) -> None:
         """Cut a backoff short (on reload: the operator may have fixed the location)."""
@@ -111,6 +132,9 @@ class LocationRunner:
         self._closed = True
         self.queued = None
         self._cancel_retry()
+        if self._follow_up is not None:
+            self._follow_up.cancel()
+            self._follow_up = None
 
     def _start(self, trigger: str) -> None:
         self._cancel_retry()
@@ -135,6 +159,7 @@ class LocationRunner:
             # The queued follow-up is folded into the retry: it would fail the same way now.
             self.queued = None
             self.retry_delay = backoff_delay(self.failures, self._max_backoff())
+            self._retry_blocks = outcome.blocking
             if not self._closed:
                 self._retry = asyncio.get_running_loop().call_later(self.retry_delay, self._retry_due)
         self._finished(self, outcome)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from triplicate.engine.judgement import Outcome, judge_file, judge_mismatch
 from triplicate.storage.backend import (
     Backend,
     CorruptContent,
     FileInfo,
     NotFound,
+    SourceReadError,
     StorageError,
     UnreadableFile,
 )
@@ -53,6 +56,15 @@ def list_source(source: Backend) -> SourceListing:
     return SourceListing(files, started)
 
 
+@dataclass(frozen=True)
+class UnsettledFile:
+    """A source file not copied as listed: what it was judged, and its size and time as listed."""
+
+    outcome: Outcome
+    size: int
+    mtime: float | None
+
+
 @dataclass
 class MirrorResult:
     """The outcome of mirroring to one location (the ``--json`` fields, and more)."""
@@ -63,8 +75,16 @@ class MirrorResult:
     files_skipped_in_progress: int = 0
     files_vanished: int = 0  # listed, then gone from the source before they were copied (a prune)
     corrupt_files: list[str] = field(default_factory=list)
-    # One line per source file that could not be read as a file (a FIFO, a link, denied).
+    # One line per source file that could not be read as a file (a FIFO, a link, denied): the
+    # storage layer's own words, naming the file.
     unreadable_files: list[str] = field(default_factory=list)
+    # Every source file not copied as listed, by path (data/ab/<id>), with its judgement.
+    unsettled: dict[str, UnsettledFile] = field(default_factory=dict)
+    # Paths of ``MirrorOptions.remembered`` copied fine this time (settled since).
+    settled: list[str] = field(default_factory=list)
+    # Unsettled source files that have stayed so too long (set by the caller, who remembers
+    # since when): each a failure of the run naming the file and what to do.
+    problems: list[str] = field(default_factory=list)
     # New files not copied because a file they may need is corrupt in the source.
     held_back: list[str] = field(default_factory=list)
     error: str | None = None
@@ -83,8 +103,7 @@ class MirrorResult:
         An incomplete run that is ``ok`` is no failure (a backup or a prune is running):
         the next run, soon, completes it.
         """
-        return (self.error is None and not self.corrupt_files and not self.unreadable_files and not self.held_back
-                and not self.files_skipped_in_progress and not self.files_vanished)
+        return self.error is None and not self.unsettled and not self.held_back
 
 
 class Progress:
@@ -110,6 +129,30 @@ class MirrorOptions:
     # (type, name) of replica files an audit found corrupt: copied again from the
     # primary (verified, then renamed over the bad copy), as if the replica lacked them.
     repair: frozenset[tuple[str, str]] = frozenset()
+    # Source paths whose content was read before and did not hash to the name, with the
+    # (size, mtime) they had then: unchanged, they are judged again by time, not read again.
+    known_mismatches: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
+    # Every source path a run before could not take: one copied now is reported settled.
+    remembered: frozenset[str] = frozenset()
+    # With the client's key: what unsettled packs hold back, narrower than every new index
+    # and snapshot (None: keyless, today's rule).
+    dependents: Dependents | None = None
+
+
+@dataclass(frozen=True)
+class HoldBack:
+    """What a set of unsettled packs holds back, as the client's key tells."""
+
+    index: frozenset[str]  # new index files that name one of them (or a pack they need)
+    snapshots: frozenset[str] | None  # new snapshots that need their blobs; None: every new one
+
+
+class Dependents(Protocol):
+    """Asks restic, with the client's key, what needs the given packs (narrow hold-back)."""
+
+    def __call__(self, packs: frozenset[str], new_index: list[str], new_snapshots: list[str]) -> HoldBack | None:
+        """What ``packs`` hold back among ``new_index`` and ``new_snapshots``; None: cannot tell."""
+        ...
 
 
 class Deletions(Protocol):
@@ -172,14 +215,25 @@ def mirror(
             sum(info.size for infos in missing.values() for info in infos),
         )
         unsettled: set[FileType] = set()  # phases with a file not copied as listed
+        narrow: HoldBack | None = None
         for file_type in PHASES:
             todo = missing[file_type]
-            if _must_hold_back(file_type, unsettled):
+            if file_type is FileType.INDEX and unsettled == {FileType.DATA} and options.dependents is not None:
+                packs = frozenset(path.rpartition("/")[2] for path in result.unsettled if path.startswith("data/"))
+                narrow = options.dependents(packs, [info.name for info in todo],
+                                            [info.name for info in missing[FileType.SNAPSHOT]])
+            if narrow is not None and file_type in (FileType.INDEX, FileType.SNAPSHOT) \
+                    and not unsettled & {FileType.KEY, FileType.INDEX}:
+                waiting = narrow.index if file_type is FileType.INDEX else narrow.snapshots
+                held = todo if waiting is None else [info for info in todo if info.name in waiting]
+                result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in held)
+                todo = [info for info in todo if waiting is not None and info.name not in waiting]
+            elif _must_hold_back(file_type, unsettled):
                 result.held_back += sorted(Handle(file_type, info.name).relative_path() for info in todo)
                 continue
             if _copy_all(source, replica, file_type, todo, options, result):
                 unsettled.add(file_type)
-        result.ok = not result.corrupt_files and not result.unreadable_files
+        result.ok = True  # the caller fails the run for unsettled files that stay so too long
         if options.deletions is not None:
             _propagate_deletions(source, replica, listing, present, options, result)
     except _Stopped:
@@ -305,28 +359,32 @@ def _copy_all(
         if options.stop.is_set():
             raise _Stopped()
         handle = Handle(file_type, info.name)
+        path = handle.relative_path()
         try:
-            outcome = _copy_file(source, replica, handle, options)
-        except UnreadableFile as error:  # this file only: the others are still copied
-            outcome = "unreadable"
+            outcome = _copy_file(source, replica, handle, info, options)
+        except UnreadableFile as error:  # this file only (a FIFO, a link, denied): the others are copied
+            outcome = Outcome.UNREADABLE
             with lock:
                 result.unreadable_files.append(str(error))
         with lock:
-            if outcome == "copied":
+            if outcome is None:
                 if file_type is FileType.SNAPSHOT and result.replica_snapshots is not None:
                     result.replica_snapshots.add(info.name)
                 if (file_type.value, info.name) in options.repair:
                     result.repaired.append((file_type.value, info.name))
+                if path in options.remembered:
+                    result.settled.append(path)
                 result.files_copied += 1
                 result.bytes_copied += info.size
-            elif outcome == "in_progress":
-                result.files_skipped_in_progress += 1
-            elif outcome == "vanished":
-                result.files_vanished += 1
-            elif outcome == "corrupt":
-                result.corrupt_files.append(handle.relative_path())
-            if outcome != "copied":
-                unsettled.append(outcome)
+            else:
+                if outcome is Outcome.IN_PROGRESS:
+                    result.files_skipped_in_progress += 1
+                elif outcome is Outcome.VANISHED:
+                    result.files_vanished += 1
+                elif outcome is Outcome.CORRUPT:
+                    result.corrupt_files.append(path)
+                result.unsettled[path] = UnsettledFile(outcome, info.size, info.mtime)
+                unsettled.append(path)
         options.progress.copied(info.size)
 
     workers = max(1, min(options.workers, replica.connections))
@@ -344,18 +402,34 @@ def _copy_all(
     return bool(unsettled)
 
 
-def _copy_file(source: Backend, replica: Backend, handle: Handle, options: MirrorOptions) -> str:
-    """Copy one file; returns "copied", "vanished", "in_progress" or "corrupt"."""
-    try:
-        with source.load(handle) as reader:
-            replica.save(handle, reader)
-        return "copied"
-    except NotFound:
-        return "vanished"  # removed from the source since it was listed (a prune)
-    except CorruptContent:
+def _copy_file(source: Backend, replica: Backend, handle: Handle, info: FileInfo,
+               options: MirrorOptions) -> Outcome | None:
+    """Copy one file; return None when copied, else why not (:func:`judge_mismatch`).
+
+    A file already found not to match its name, unchanged since (same size and
+    time), is judged again by time without being read. Problems of the source file
+    become an outcome; the replica's raise StorageError.
+    """
+    known = options.known_mismatches.get(handle.relative_path())
+    if known is not None and info.mtime is not None and known == (info.size, info.mtime):
+        return judge_mismatch(info.mtime, options.clock(), options.in_progress_grace)
+    with ExitStack() as stack:
         try:
-            info = source.stat(handle)
+            reader = stack.enter_context(source.load(handle))
         except NotFound:
-            return "vanished"
-        recent = info.mtime is not None and options.clock() - info.mtime < options.in_progress_grace
-        return "in_progress" if recent else "corrupt"
+            return Outcome.VANISHED  # removed from the source since it was listed (a prune)
+        except UnreadableFile:
+            raise  # the caller keeps the storage layer's words, which name the file
+        except StorageError:
+            return Outcome.UNREADABLE
+        try:
+            replica.save(handle, reader)
+        except NotFound:
+            return Outcome.VANISHED
+        except CorruptContent:
+            return judge_file(source, handle, options.clock(), options.in_progress_grace)
+        except UnreadableFile:
+            raise
+        except SourceReadError:
+            return Outcome.UNREADABLE
+    return None

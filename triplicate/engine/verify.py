@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from triplicate.engine.judgement import Outcome, judge_file, judge_mismatch
 from triplicate.engine.mirror import Progress
 from triplicate.state.audit import Stamp, Verification
 from triplicate.storage.backend import Backend, FileInfo, NotFound, StorageError, hash_file
@@ -67,8 +68,8 @@ def choose_sample(
     in_progress = 0
     for file_type in VERIFIED_TYPES:
         for info in files.get(file_type, {}).values():
-            if info.mtime is not None and now - info.mtime < grace:
-                in_progress += 1
+            if info.mtime is not None and judge_mismatch(info.mtime, now, grace) is Outcome.IN_PROGRESS:
+                in_progress += 1  # a time in the future is no sign of a recent upload: judged
                 continue
             handle = Handle(file_type, info.name)
             stamp = stamps.get((file_type.value, info.name))
@@ -117,17 +118,17 @@ def verify_files(
         with limit or nullcontext():
             outcome, read = _verify(backend, handle, grace, clock)
         with lock:
-            if outcome in ("ok", "corrupt", "unreadable"):
+            if outcome in (None, Outcome.CORRUPT, Outcome.UNREADABLE, Outcome.SUSPICIOUS_FUTURE_MTIME):
                 result.verified_files += 1
                 result.verified_bytes += read
-                result.stamps.append(Verification(handle.type.value, handle.name, clock(), outcome == "ok"))
-            if outcome == "corrupt":
+                result.stamps.append(Verification(handle.type.value, handle.name, clock(), outcome is None))
+            if outcome in (Outcome.CORRUPT, Outcome.SUSPICIOUS_FUTURE_MTIME):
                 result.corrupt_files.append(handle.relative_path())
-            elif outcome == "unreadable":
+            elif outcome is Outcome.UNREADABLE:
                 result.unreadable_files.append(handle.relative_path())
-            elif outcome == "in_progress":
+            elif outcome is Outcome.IN_PROGRESS:
                 result.in_progress += 1
-            elif outcome == "vanished":
+            elif outcome is Outcome.VANISHED:
                 result.vanished += 1
         progress.copied(size)
 
@@ -139,22 +140,16 @@ def verify_files(
     return result
 
 
-def _verify(backend: Backend, handle: Handle, grace: float, clock: Callable[[], float]) -> tuple[str, int]:
-    """One file: returns (outcome, bytes read), outcome one of ok, corrupt, unreadable, in_progress, vanished."""
+def _verify(backend: Backend, handle: Handle, grace: float,
+            clock: Callable[[], float]) -> tuple[Outcome | None, int]:
+    """One file: returns (None when it hashes to its name, else :func:`judge_file`'s outcome;
+    bytes read). A file modified in the future is judged, as corrupt: it is never recent."""
     try:
         digest, size = hash_file(backend, handle)
     except NotFound:
-        return "vanished", 0
+        return Outcome.VANISHED, 0
     except StorageError:
-        return "unreadable", 0
+        return Outcome.UNREADABLE, 0
     if digest == handle.name:
-        return "ok", size
-    try:
-        info = backend.stat(handle)
-    except NotFound:
-        return "vanished", size
-    except StorageError:
-        return "corrupt", size
-    if info.mtime is not None and clock() - info.mtime < grace:
-        return "in_progress", size
-    return "corrupt", size
+        return None, size
+    return judge_file(backend, handle, clock(), grace), size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -12,11 +12,18 @@ from triplicate.errors import CannotRun
 from triplicate.state.db import PRIMARY
 
 
+class LockBusy(Exception):
+    """Another process or thread holds the lock (raised only when asked not to wait)."""
+
+
 @contextmanager
-def location_lock(state_dir: Path, client: str, location: str) -> Iterator[None]:
+def location_lock(state_dir: Path, client: str, location: str, *,
+                  on_wait: Callable[[], None] | None = None, wait: bool = True) -> Iterator[None]:
     """Hold the lock of ``client``'s replica at ``location``; waits while another holds it.
 
-    Raises CannotRun (one line naming the file) when the lock file cannot be made or opened.
+    ``on_wait`` is called once before waiting, so that a command can say why it does
+    nothing. Without ``wait`` a held lock raises LockBusy instead. Raises CannotRun (one
+    line naming the file) when the lock file cannot be made or opened.
     """
     folder = state_dir / "locks"
     path = folder / f"{client}@{location}.lock"
@@ -26,7 +33,14 @@ def location_lock(state_dir: Path, client: str, location: str) -> Iterator[None]
     except OSError as error:
         raise CannotRun(f"cannot open the lock file {path}: {error.strerror or error}") from None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise LockBusy(f"{client} -> {location}") from None
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)

@@ -52,13 +52,38 @@ CREATE TABLE IF NOT EXISTS runs (
     error                     TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_location ON runs (client, location, started);
+CREATE TABLE IF NOT EXISTS unsettled_files (
+    client     TEXT NOT NULL,
+    path       TEXT NOT NULL,               -- in the primary: data/ab/<id>, index/<id>...
+    outcome    TEXT NOT NULL,               -- engine.judgement.Outcome's value at the last look
+    size       INTEGER NOT NULL,
+    mtime      REAL,
+    first_seen REAL NOT NULL,               -- unsettled and unchanged (size, mtime) since
+    last_seen  REAL NOT NULL,
+    PRIMARY KEY (client, path)
+);
 """
+
+# A run's error that is about the primary's files, not the location's (status tells them apart).
+PRIMARY_PROBLEM_PREFIX = "the primary's "
 
 
 @dataclass(frozen=True)
 class SnapshotChange:
     added: list[str]
     removed: list[str]
+
+
+@dataclass(frozen=True)
+class UnsettledRow:
+    """A primary file not copied as listed, remembered across runs."""
+
+    path: str
+    outcome: str
+    size: int
+    mtime: float | None
+    first_seen: float
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,13 @@ class ReplicationState(Store):
         return {row[0]: row[1] for row in rows}
 
     @locked
+    def ever_held(self, client: str, location: str) -> set[str]:
+        """Snapshot IDs ever seen at a location, present or lost since."""
+        rows = self.connection.execute(
+            "SELECT snapshot_id FROM snapshots WHERE client=? AND location=?", (client, location)).fetchall()
+        return {row[0] for row in rows}
+
+    @locked
     def record_run(self, run: RunRecord) -> int:
         """Append a run and update the location's health; return its consecutive failures."""
         with self.connection:
@@ -161,6 +193,51 @@ class ReplicationState(Store):
                 (run.client, run.location),
             ).fetchone()
         return int(row[0])
+
+    @locked
+    def note_unsettled(self, client: str, files: dict[str, tuple[str, int, float | None]],
+                       settled: list[str], now: float) -> dict[str, float]:
+        """Remember the primary files a run could not take ({path: (outcome, size, mtime)}) and
+        forget the ``settled`` ones; return since when each of ``files`` has been unsettled
+        (reset when its size or time changed: it is being written)."""
+        with self.connection:
+            self.connection.executemany("DELETE FROM unsettled_files WHERE client=? AND path=?",
+                                        [(client, path) for path in settled])
+            for path, (outcome, size, mtime) in files.items():
+                self.connection.execute(
+                    "INSERT INTO unsettled_files (client, path, outcome, size, mtime, first_seen, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client, path) DO UPDATE SET"
+                    " first_seen=CASE WHEN size IS excluded.size AND mtime IS excluded.mtime"
+                    "  THEN first_seen ELSE excluded.first_seen END,"
+                    " outcome=excluded.outcome, size=excluded.size, mtime=excluded.mtime,"
+                    " last_seen=excluded.last_seen",
+                    (client, path, outcome, size, mtime, now, now))
+            rows = self.connection.execute(
+                "SELECT path, first_seen FROM unsettled_files WHERE client=?", (client,)).fetchall()
+        return {row[0]: row[1] for row in rows if row[0] in files}
+
+    @locked
+    def unsettled_files(self, client: str) -> list[UnsettledRow]:
+        """The client's primary files the last runs could not take, oldest first."""
+        rows = self.connection.execute(
+            "SELECT path, outcome, size, mtime, first_seen, last_seen FROM unsettled_files"
+            " WHERE client=? ORDER BY first_seen, path", (client,)).fetchall()
+        return [UnsettledRow(*row) for row in rows]
+
+    @locked
+    def forget_unsettled(self, client: str, paths: list[str]) -> None:
+        """The files are settled or gone from the primary."""
+        with self.connection:
+            self.connection.executemany("DELETE FROM unsettled_files WHERE client=? AND path=?",
+                                        [(client, path) for path in paths])
+
+    @locked
+    def last_clean_run_start(self, client: str, location: str) -> float | None:
+        """When the location's last run that left nothing behind started; None when never."""
+        row = self.connection.execute(
+            "SELECT MAX(started) FROM runs WHERE client=? AND location=? AND ok=1"
+            " AND files_skipped_in_progress=0 AND corrupt_files='[]'", (client, location)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     @locked
     def location_health(self, client: str) -> dict[str, sqlite3.Row]:

@@ -63,7 +63,7 @@ class LocalBackend:
             if self.mount_point and not os.path.ismount(parent):
                 raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
             if self.root.exists() or self.root.is_symlink():
-                raise StorageError(f"{self.root} is not a folder")
+                raise NoRepository(f"{self.root} is not a folder")  # no repository there, whatever is
             raise NoRepository(f"no repository at {self.root}")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
