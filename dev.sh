@@ -44,6 +44,9 @@ case "$command" in
     test)
         install_debian_packages
         install_python_packages
+        # The lint and type gate first (configured in pyproject.toml): a failure stops here.
+        .venv/bin/ruff check .
+        .venv/bin/mypy
         exec .venv/bin/python -m pytest -n 2 "$@"
         ;;
     *)

@@ -168,7 +168,8 @@ def exporter_scrape(config_path: Path, requests: int) -> dict[str, float]:
     config = load_config(config_path)
     pairs = [(name, location) for name, client in sorted(config.clients.items()) for location in client.replicate_to]
     port = free_port()
-    server = serve(f"127.0.0.1:{port}", ReplicationCollector(config.server.state_dir, lambda: pairs, lambda c, l: 0),
+    collector = ReplicationCollector(config.server.state_dir, lambda: pairs, lambda client, location: 0)
+    server = serve(f"127.0.0.1:{port}", collector,
                    ChecksCollector(config.server.state_dir, lambda: sorted(config.clients)))
     try:
         return timed(f"http://127.0.0.1:{port}/metrics", requests)
@@ -213,7 +214,7 @@ def main() -> None:
                                capture_output=True, check=False)
                 status_times.append(time.perf_counter() - begun)
             results["cli_status_json"] = {"p50_s": statistics.median(status_times)}
-            results["after"] = dict(zip(("rss_mb", "peak_rss_mb"), memory(process.pid)))
+            results["after"] = dict(zip(("rss_mb", "peak_rss_mb"), memory(process.pid), strict=True))
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.repository import restic_env, write_files
 from tests.support.endpoint import Endpoint, final_files, misnamed_files, partial_files, read_status, sha
 from tests.support.ports import free_port_range
+from tests.support.repository import restic_env, write_files
 from tests.support.server import Site
 from tests.support.wait import wait_until
 

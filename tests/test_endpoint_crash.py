@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repository import restic_env, write_files
 from tests.support.endpoint import Endpoint, final_files, misnamed_files, partial_files
+from tests.support.repository import restic_env, write_files
 from tests.support.server import Site
 from tests.support.wait import wait_until
 

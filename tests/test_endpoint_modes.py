@@ -16,7 +16,6 @@ from tests.support.processes import processes_mentioning
 from tests.support.server import Site, http_status, runsv_pid
 from tests.support.wait import wait_until
 
-
 pytestmark = pytest.mark.slow
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.state.db import connect
-
 from tests.support.repository import BASE_CONFIG, Server, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink
+from triplicate.state.db import connect
 
 TIMEOUT = 30.0
 
@@ -76,17 +75,18 @@ def sink() -> Iterator[NotificationSink]:
 
 def configure(server: Server, client_keys: str = "", server_keys: str = "", extra: str = "") -> None:
     text = BASE_CONFIG.replace("[server]\n", "[server]\n" + server_keys + "\n", 1)
-    text = text.replace('password_file = "{root}/password"\n', 'password_file = "{root}/password"\n' + client_keys + "\n")
+    key = 'password_file = "{root}/password"\n'
+    text = text.replace(key, key + client_keys + "\n")
     server.write_config(text + "\n" + extra)
 
 
-def start(daemons: list[DaemonProcess], server: Server) -> DaemonProcess:  # noqa: F811
+def start(daemons: list[DaemonProcess], server: Server) -> DaemonProcess:
     process = DaemonProcess(server.config_path)
     daemons.append(process)
     return process.started()
 
 
-def test_notifications_carry_the_type_of_the_event(server: Server, daemons: list[DaemonProcess],  # noqa: F811
+def test_notifications_carry_the_type_of_the_event(server: Server, daemons: list[DaemonProcess],
                                                     sink: NotificationSink) -> None:
     server.replica("usb").write_text("a file where the client's folder should be")
     configure(server, server_keys='retry_max_backoff = "1s"',
@@ -101,7 +101,7 @@ def test_notifications_carry_the_type_of_the_event(server: Server, daemons: list
 
 
 def test_heartbeat_pings_start_then_success_or_fail_around_replication(
-        server: Server, daemons: list[DaemonProcess], receiver: PingReceiver, tmp_path: Path) -> None:  # noqa: F811
+        server: Server, daemons: list[DaemonProcess], receiver: PingReceiver, tmp_path: Path) -> None:
     configure(server, client_keys=f'heartbeat_url = "{receiver.url}"', server_keys='retry_max_backoff = "1s"')
     daemon = start(daemons, server)
     daemon.wait_until(lambda: len(receiver.pings) >= 2, TIMEOUT, "the start-up catch-up's pings")
@@ -123,7 +123,7 @@ def test_heartbeat_pings_start_then_success_or_fail_around_replication(
     assert "Traceback" not in daemon.log
 
 
-def test_a_client_without_a_recent_backup_pings_fail(server: Server, daemons: list[DaemonProcess],  # noqa: F811
+def test_a_client_without_a_recent_backup_pings_fail(server: Server, daemons: list[DaemonProcess],
                                                      receiver: PingReceiver) -> None:
     configure(server, client_keys=f'heartbeat_url = "{receiver.url}"\nexpect_backup_every = "20s"')
     assert server.cli("sync", "web01").code == 0
@@ -138,7 +138,7 @@ def test_a_client_without_a_recent_backup_pings_fail(server: Server, daemons: li
     assert body.startswith("newest backup 1h") and "more than expect_backup_every (20s)" in body
 
 
-def test_an_uptime_kuma_push_url_gets_up_and_down(server: Server, daemons: list[DaemonProcess],  # noqa: F811
+def test_an_uptime_kuma_push_url_gets_up_and_down(server: Server, daemons: list[DaemonProcess],
                                                    receiver: PingReceiver) -> None:
     push = f"http://127.0.0.1:{receiver.server.server_address[1]}/api/push/AbC123"
     server.replica("nas").write_text("a file where the client's folder should be")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, write_files
-from tests.support.repository import snapshot_files
+from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, snapshot_files, write_files
 
 
 def packs(repo: Path) -> dict[str, Path]:

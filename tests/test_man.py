@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from triplicate.cli import COMMANDS
-
 from tests.support.server import run_captured
+from triplicate.cli import COMMANDS
 
 
 def test_the_manual_page_documents_every_command_and_is_valid_roff() -> None:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.storage.handle import FileType, Handle
-
 from tests.support.repository import AS_NOBODY, Server, age_file, repository_files
 from tests.support.syncd import DaemonProcess
+from triplicate.storage.handle import FileType, Handle
 
 # Named as a pack would be, so that the listing takes it for one.
 ODD_NAME = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"

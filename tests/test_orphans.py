@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.service import runit
-
 from tests.support.processes import processes_mentioning
 from tests.support.server import Site
 from tests.support.wait import wait_until as wait_for
+from triplicate.service import runit
 
 pytestmark = pytest.mark.slow
 

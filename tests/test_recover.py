@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
-
-from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
-from tests.support.remote import SshServer
 from tests.support.ports import free_port
+from tests.support.remote import SshServer
+from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink
+from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
 
 
 @pytest.fixture
@@ -157,7 +156,7 @@ def _wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-unty
 
 
 def test_the_daemon_runs_the_drill_on_schedule_and_exports_the_recovery_time(
-    server: Server, daemons: list[DaemonProcess], sink: NotificationSink,  # noqa: F811
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink,
 ) -> None:
     port = free_port()
     server.write_config(BASE_CONFIG.replace('password_file = "{root}/password"\n',
@@ -185,7 +184,7 @@ def test_the_daemon_runs_the_drill_on_schedule_and_exports_the_recovery_time(
     assert "Traceback" not in daemon.log
 
 
-def test_heal_and_recover_from_an_sftp_location(server: Server, sshd: SshServer) -> None:  # noqa: F811
+def test_heal_and_recover_from_an_sftp_location(server: Server, sshd: SshServer) -> None:
     far = server.root / "far-sftp"
     far.mkdir()
     server.write_config(BASE_CONFIG.replace('replicate_to = ["usb", "nas"]', 'replicate_to = ["usb", "far"]')

@@ -107,7 +107,8 @@ def test_audit_and_restore_check_work_on_every_remote_kind(
 ) -> None:
     names = [f"far-{kind}" for kind in KINDS]
     # Files on a remote cannot be made to look old: no grace, so that the audit verifies them at once.
-    configure_locations(server, names, "".join(kind_location_toml(kind, f"far-{kind}", server, request) for kind in KINDS),
+    locations = "".join(kind_location_toml(kind, f"far-{kind}", server, request) for kind in KINDS)
+    configure_locations(server, names, locations,
                         in_progress_grace="0s")
     code, report = sync(server)
     assert code == 0, report

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repository import BASE_CONFIG, Server, flip_byte, write_files
 from tests.support.ports import free_port
-from tests.support.repository import snapshot_files
+from tests.support.repository import BASE_CONFIG, Server, flip_byte, snapshot_files, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink, metric_values
 
 POLL = 2.0  # poll_interval in these tests

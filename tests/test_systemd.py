@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import accepts_connections, free_port_range
+from tests.support.repository import Server
+from tests.support.server import Site
+from tests.support.wait import wait_until
 from triplicate.config.load import load_config
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
-
-from tests.support.repository import Server
-from tests.support.ports import accepts_connections, free_port_range
-from tests.support.server import Site
-from tests.support.wait import wait_until
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="systemd-analyze is not installed")

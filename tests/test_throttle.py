@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repository import BASE_CONFIG, Server, write_files
 from tests.support.remote import configure_locations, kind_location_toml, rclone_local_config, rclone_location_toml
+from tests.support.repository import BASE_CONFIG, Server, write_files
 from triplicate.config.load import load_config
 from triplicate.storage import FileType, Handle, open_location
 from triplicate.storage.throttle import PrioritySlots, TokenBucket, location_limits

@@ -16,15 +16,14 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from tests.support.ports import free_port_range
+from tests.support.repository import Server
+from tests.support.wait import wait_until
+from tests.support.web import browser, dump_dom, three_clients, web_service
 from triplicate.config.load import load_config
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
-
-from tests.support.repository import Server
-from tests.support.ports import free_port_range
-from tests.support.wait import wait_until
-from tests.support.web import browser, dump_dom, three_clients, web_service
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

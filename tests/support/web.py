@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.repository import Server
 from tests.support.ports import accepts_connections, free_port_range
+from tests.support.repository import Server
 from tests.support.wait import wait_until
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from triplicate import restic
-from triplicate.actions.audit_report import (AuditReport, ClientAudit, Finding, LocationAudit, Status,
-                                             summary)
+from triplicate.actions.audit_report import AuditReport, ClientAudit, Finding, LocationAudit, Status, summary
 from triplicate.actions.repository import restic_repository
 from triplicate.actions.sync import primary_problems
 from triplicate.config.model import Config
@@ -33,8 +32,7 @@ from triplicate.execute import CommandFailed, Interrupted, ScopedPool
 from triplicate.state.audit import AuditRecord, AuditState, LocationAuditRecord
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-from triplicate.storage import (Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location,
-                                open_primary)
+from triplicate.storage import Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location, open_primary
 from triplicate.storage.backend import NoRepository
 from triplicate.units import format_duration
 
@@ -109,7 +107,8 @@ def run_audit(config: Config, clients: Iterable[str] = (), locations: Iterable[s
     try:
         with ScopedPool(max_workers=max(1, min(CLIENT_WORKERS, len(plan))),
                                 thread_name_prefix="audit") as pool:
-            results = dict(zip(plan, pool.map(lambda client: _audit_client(context, client, plan[client]), plan)))
+            results = dict(zip(plan, pool.map(lambda client: _audit_client(context, client, plan[client]), plan),
+                               strict=True))
         if options.record:
             for client, audit in results.items():
                 context.audits.record_audit(_record(client, audit))
@@ -177,7 +176,7 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
             lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),
             locations,
         )
-        audit.locations = dict(zip(locations, audited))
+        audit.locations = dict(zip(locations, audited, strict=True))
     audit.finished = context.options.clock()
     return audit
 

@@ -11,17 +11,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from triplicate.service import htpasswd
 from triplicate.config.edit import ConfigEditor, config_lock
 from triplicate.config.model import Config, check_name
 from triplicate.errors import TriplicateError, UsageError
 from triplicate.fsutil import atomic_write
+from triplicate.service import htpasswd
 from triplicate.service.layout import Layout
 from triplicate.service.ports import allocate_port, check_port
 from triplicate.service.runit import find_runsvdir, port_answers, supervisors_below
 from triplicate.service.scripts import Programs, address
-from triplicate.service.tree import (check_service_settings, make_folder, owner_ids, reconcile,
-                                     reload_shared_syncd, start_wait, stop_client)
+from triplicate.service.tree import (
+    check_service_settings,
+    make_folder,
+    owner_ids,
+    reconcile,
+    reload_shared_syncd,
+    start_wait,
+    stop_client,
+)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,21 @@ from triplicate.actions.recover import Unusable, open_copy
 from triplicate.actions.sync import SyncReport, sync_client
 from triplicate.config.model import Config
 from triplicate.engine.mirror import Progress
-from triplicate.engine.repair import (Copy, CopyCheck, check_copy, fetch, good_sources, in_write_order, listing,
-                                      read_config)
+from triplicate.engine.repair import (
+    Copy,
+    CopyCheck,
+    check_copy,
+    fetch,
+    good_sources,
+    in_write_order,
+    listing,
+    read_config,
+)
 from triplicate.errors import CannotRun
 from triplicate.execute import ScopedPool
-from triplicate.state.locks import client_locks
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
+from triplicate.state.locks import client_locks
 from triplicate.state.quarantine import QuarantineEntry, QuarantineState
 from triplicate.state.replication import ReplicationState
 from triplicate.storage import Backend, FileType, Handle, StorageError, open_primary
@@ -176,7 +184,7 @@ def _check_copies(config: Config, client: str, copies: list[Copy], report: HealR
                           known_bad=known_bad, stop=stop, progress=progress(copy.name) if progress else None)
 
     with ScopedPool(max_workers=max(1, len(copies)), thread_name_prefix="heal-check") as pool:
-        checks = dict(zip((copy.name for copy in copies), pool.map(check, copies)))
+        checks = dict(zip((copy.name for copy in copies), pool.map(check, copies), strict=True))
     for name, outcome in checks.items():
         entry = report.copies[name]
         entry.verified_files, entry.verified_bytes = outcome.verified_files, outcome.verified_bytes

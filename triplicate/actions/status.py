@@ -212,7 +212,8 @@ def retention_section(context: StatusContext) -> StatusSection:
     if row is None:
         return section
     removed = json.loads(row["removed"])
-    section.rows.append({"result": "ok" if row["ok"] else "failed", "age_seconds": _rounded(context.now - row["finished"]),
+    section.rows.append({"result": "ok" if row["ok"] else "failed",
+                         "age_seconds": _rounded(context.now - row["finished"]),
                          "kept": row["kept"], "removed": len(removed), "reclaimed_bytes": row["reclaimed_bytes"],
                          "error": row["error"]})
     if not row["ok"]:
@@ -236,7 +237,8 @@ def scheduled_section(context: StatusContext) -> StatusSection:
         if not ok:
             section.problems.append("on_change hook: its last run failed (the daemon's log says why)")
     for job, started, ok, error in runs:
-        section.rows.append({"job": job, "result": "ok" if ok else "failed", "age_seconds": _rounded(context.now - started),
+        section.rows.append({"job": job, "result": "ok" if ok else "failed",
+                             "age_seconds": _rounded(context.now - started),
                              "error": error})
         if error is not None and error.startswith(COULD_NOT_RUN):
             section.problems.append(f"scheduled {job}: {error}")

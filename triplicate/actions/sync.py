@@ -13,9 +13,9 @@ from triplicate.engine.judgement import Outcome, is_failure, problem_text
 from triplicate.engine.mirror import MirrorOptions, MirrorResult, Progress, SourceListing, list_source, mirror
 from triplicate.errors import TriplicateError, UsageError
 from triplicate.execute import ScopedPool
-from triplicate.state.locks import location_lock
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
+from triplicate.state.locks import location_lock
 from triplicate.state.replication import ReplicationState, RunRecord, SnapshotChange
 from triplicate.state.retention import RetentionState
 from triplicate.storage import FileType, StorageError, open_location, open_primary
@@ -145,7 +145,7 @@ def sync_client(
             change = state.record_snapshots(client, PRIMARY, listing.result().snapshot_ids,
                                             listing.result().listed_at)
             _forget_gone(state, client, listing.result())
-            results = {location: future.result() for location, future in zip(locations, futures)}
+            results = {location: future.result() for location, future in zip(locations, futures, strict=True)}
     finally:
         state.close()
         source.close()
@@ -248,6 +248,7 @@ def _record(state: ReplicationState, client: str, location: str, trigger: str, s
         client=client, location=location, trigger=trigger, started=started, finished=finished,
         ok=result.ok, files_copied=result.files_copied, bytes_copied=result.bytes_copied,
         files_skipped_in_progress=result.files_skipped_in_progress,
-        corrupt_files=result.corrupt_files, error=result.error or " ".join([*result.problems, *result.unreadable_files]) or None,
+        corrupt_files=result.corrupt_files,
+        error=result.error or " ".join([*result.problems, *result.unreadable_files]) or None,
         interrupted=result.interrupted,
     ))

@@ -74,7 +74,8 @@ def manual_page(group: click.Group) -> str:
     lines = [
         f'.TH TRIPLICATE 1 "{date}" "triplicate {__version__}" "User Commands"',
         ".SH NAME", "triplicate \\- a restic backup server that keeps every client's backups in three places",
-        ".SH SYNOPSIS", "\\fBtriplicate\\fR [\\fB\\-c\\fR \\fIPATH\\fR] [\\fB\\-v\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+        ".SH SYNOPSIS",
+        "\\fBtriplicate\\fR [\\fB\\-c\\fR \\fIPATH\\fR] [\\fB\\-v\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
         ".SH DESCRIPTION",
     ]
     for paragraph in _paragraphs(DESCRIPTION):

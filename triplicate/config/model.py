@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar, Union
 from pydantic import AfterValidator, Field, StrictBool, model_validator
 
 from triplicate.config.types import (
-    AbsolutePath, Command, Duration, HttpUrl, LocationSettings, Percent, PortRange, Section, Size, TimeOfDay,
+    AbsolutePath,
+    Command,
+    Duration,
+    HttpUrl,
+    LocationSettings,
+    Percent,
+    PortRange,
+    Section,
+    Size,
+    TimeOfDay,
     TimeWindow,
 )
 from triplicate.storage.kinds import KINDS
@@ -26,7 +35,8 @@ from triplicate.storage.kinds.s3 import S3Location
 from triplicate.storage.kinds.sftp import SftpLocation
 
 __all__ = [
-    "LOCATION_TYPES", "AbsolutePath", "ClientSection", "ClientSettings", "Command", "Config", "Duration", "LocalLocation", "Location",
+    "LOCATION_TYPES", "AbsolutePath", "ClientSection", "ClientSettings", "Command", "Config", "Duration",
+    "LocalLocation", "Location",
     "LocationSettings", "Percent", "PortRange", "RcloneLocation", "RestLocation", "S3Location", "Section",
     "SftpLocation", "Size", "check_name",
 ]

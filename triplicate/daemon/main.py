@@ -30,16 +30,16 @@ from triplicate.actions.sync import sync_client
 from triplicate.config.load import load_config
 from triplicate.config.model import Config
 from triplicate.daemon import heartbeat
+from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.checks import check_jobs
+from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
-from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.judgement import Outcome, judge_mismatch
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
-from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.notify import Kind, notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
@@ -362,7 +362,7 @@ class Daemon:
         folder = self.config.primary_dir(client) / "snapshots"
         names = _snapshot_names(folder)
         quiet = not any(runner.busy or runner.waiting_to_retry for runner in state.runners.values())
-        if trigger == "poll" and quiet and state.in_sync == names:
+        if trigger == "poll" and quiet and state.in_sync == frozenset(names):
             return  # nothing changed since everything was known to be in place
         known_primary = set(self.replication.known_snapshots(client, PRIMARY))
         known_at = {location: set(self.replication.known_snapshots(client, location))
@@ -438,8 +438,8 @@ class Daemon:
             # In the daemon's stoppable scope: a restic the run starts is interrupted on SIGTERM.
             report = await asyncio.get_running_loop().run_in_executor(
                 self._executor, contextvars.copy_context().run, call)
-        except TriplicateError as error:
-            return RunOutcome(False, str(error), trigger, seconds=time.monotonic() - started)
+        except TriplicateError as failure:
+            return RunOutcome(False, str(failure), trigger, seconds=time.monotonic() - started)
         if runner.location is None:
             return RunOutcome(True, None, trigger, seconds=time.monotonic() - started)
         result = report.locations[runner.location]
@@ -558,7 +558,7 @@ class Daemon:
                 locations[location] = {"ok": ok, "error": error}
             event = ChangeEvent(client, added, removed, all(item["ok"] for item in locations.values()),
                                 locations)
-            outcome = await run_on_change(list(command), event, self.config.server.hook_timeout)  # type: ignore[arg-type]
+            outcome = await run_on_change(list(command), event, self.config.server.hook_timeout)
             self.daemon_state.record_hook_run(client, current, time.time(), outcome.ok)
             if not outcome.ok:
                 self.send(f"triplicate: on_change hook of {client} failed", outcome.error or "failed", "failure")

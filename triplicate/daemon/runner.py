@@ -23,7 +23,7 @@ FIRST_BACKOFF = 5.0
 def backoff_delay(failures: int, cap: float, first: float = FIRST_BACKOFF) -> float:
     """Seconds to wait after ``failures`` consecutive failures (>= 1): first * 2^(n-1), capped."""
     exponent = min(max(failures - 1, 0), 32)  # 2^32 x 5 s is far past any sensible cap
-    return max(0.0, min(cap, first * 2**exponent))
+    return max(0.0, min(cap, first * float(2**exponent)))
 
 
 @dataclass(frozen=True)

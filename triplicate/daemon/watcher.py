@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchfiles import awatch
@@ -171,7 +171,7 @@ class SnapshotWatcher:
         for client, trigger in sorted(pending.items()):
             self._on_change(client, trigger)
 
-    def _dispatch(self, batch: set[tuple[object, str]]) -> None:
+    def _dispatch(self, batch: Iterable[tuple[object, str]]) -> None:
         """Map a burst of (change, path) to clients; call back once per client."""
         by_folder: dict[str, list[str]] = {}
         for client, target in self._targets.items():

@@ -28,7 +28,7 @@ class FileInfo:
     no stat.
     """
 
-    __slots__ = ("name", "_size", "_mtime")
+    __slots__ = ("_mtime", "_size", "name")
 
     def __init__(self, name: str, size: int | None = 0, mtime: float | None = None) -> None:
         self.name = name
@@ -131,7 +131,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def stream(source: BinaryIO, write: Callable[[memoryview], object], digest: "hashlib._Hash | None" = None) -> int:
+def stream(source: BinaryIO, write: Callable[[memoryview], object], digest: hashlib._Hash | None = None) -> int:
     """Copy ``source`` to its end into ``write`` in 1 MiB chunks, feeding ``digest``; return bytes."""
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)

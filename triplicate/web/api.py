@@ -65,7 +65,8 @@ def openapi() -> dict[str, Any]:
                                              "locations": {"type": "array", "items": {"type": "string"}}}}),
         "/api/v1/clients": _get("Every client, each location judged", {
             "type": "object", "properties": {**versioned, "time": {"type": "number"},
-                                             "clients": {"type": "array", "items": {"$ref": "#/components/schemas/Client"}}}}),
+                                             "clients": {"type": "array",
+                                                         "items": {"$ref": "#/components/schemas/Client"}}}}),
         "/api/v1/clients/{name}": _get(
             "One client: its locations, last audit, restore checks, retention, recent runs, chart series",
             {"$ref": "#/components/schemas/Client"}, [NAME_PARAMETER]),

@@ -101,7 +101,7 @@ def client_page(detail: dict[str, Any]) -> str:
             f'<td>{_age(now, entry.get("last_success"))}</td>'
             f'<td>{format_bytes(entry.get("bytes_copied_total") or 0)}</td>'
             f'<td>{escape(entry.get("audit") or "-")}</td>'
-            f'<td>{"-" if restore is None else ("passed " if restore["ok"] else "FAILED ") + _age(now, restore["time"])}</td>'
+            f'<td>{_restore_cell(restore, now)}</td>'
             f'<td>{escape(entry.get("error") or "")}</td></tr>')
     charts = detail["charts"]
     x_range = (charts["since"], now)
@@ -112,7 +112,8 @@ def client_page(detail: dict[str, Any]) -> str:
     daily = chart("bytes copied per day", charts["bytes_per_day"], x_range, "bytes",
                   format_y=lambda value: format_bytes(value), kind="bars")
     body = (
-        f'<h1>{escape(name)} <span class="badge state-{detail["state"]}">{STATE_WORDS.get(detail["state"], "")}</span></h1>'
+        f'<h1>{escape(name)} <span class="badge state-{detail["state"]}">'
+        f'{STATE_WORDS.get(detail["state"], "")}</span></h1>'
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
         + '<div class="scroll"><table><thead><tr><th>location</th><th>state</th><th>snapshots</th><th>newest</th>'
         '<th>lag</th><th>last success</th><th>copied</th><th>audit</th><th>restore check</th><th>error</th>'
@@ -176,3 +177,10 @@ def _runs(runs: list[dict[str, Any]], now: float) -> str:
 
 def not_found(what: str) -> str:
     return _page("not found", f"<p>{escape(what)}</p>")
+
+
+def _restore_cell(restore: dict[str, Any] | None, now: float) -> str:
+    """The last restore check in a grid cell: "-", or "passed 3h" / "FAILED 3h"."""
+    if restore is None:
+        return "-"
+    return ("passed " if restore["ok"] else "FAILED ") + _age(now, restore["time"])
