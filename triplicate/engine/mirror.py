@@ -14,12 +14,12 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from triplicate.engine.judgement import Outcome, judge_file, judge_mismatch
+from triplicate.engine.parallel import run_each
 from triplicate.storage.backend import (
     Backend,
     CorruptContent,
@@ -387,16 +387,7 @@ def _copy_all(
                 unsettled.append(path)
         options.progress.copied(info.size)
 
-    workers = max(1, min(options.workers, replica.connections))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
-        futures = [pool.submit(copy_one, info) for info in todo]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            error = future.exception()
-            if error is not None:
-                raise error
+    run_each(copy_one, todo, min(options.workers, replica.connections), "copy")
     result.corrupt_files.sort()
     result.unreadable_files.sort()
     return bool(unsettled)

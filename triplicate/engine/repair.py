@@ -12,14 +12,15 @@ every file.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 from triplicate.engine.mirror import Progress
+from triplicate.engine.parallel import run_each
 from triplicate.engine.verify import VERIFIED_TYPES, verify_files
 from triplicate.state.audit import Verification
 from triplicate.storage.backend import Backend, CorruptContent, FileInfo, NotFound, SourceReadError, StorageError
@@ -135,15 +136,7 @@ def in_write_order(items: Iterable[Item], handle_of: Callable[[Item], Handle], w
             continue
         if stop is not None and stop.is_set():
             return False
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="repair") as pool:
-            futures = [pool.submit(_unless_stopped, work, item, stop) for item in todo]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    raise error
+        run_each(functools.partial(_unless_stopped, work, stop=stop), todo, workers, "repair")
     return stop is None or not stop.is_set()
 
 
