@@ -3,7 +3,10 @@
 The endpoint sends ``<client> <path>`` to ``<state_dir>/announce/<client>.sock``
 as soon as a file has landed (triplicate/endpoint/announce.py). A snapshot's
 announcement makes the daemon examine the client at once, as a file event
-would; the file-event watcher and the periodic rescan stay the safety nets,
+would; a pack's or an index file's starts a run to each location, so that a
+backup is copied while it runs and only its last files remain when its snapshot
+lands (a run already going queues one more, so runs follow each other while
+packs keep arriving); the file-event watcher and the periodic rescan stay the safety nets,
 so a lost datagram (a full queue, a watcher restarting) only costs time.
 One socket per client lets a per-client watcher and a shared one both work:
 each binds the sockets of the clients it serves.
@@ -26,10 +29,13 @@ TRIGGER = "announce"
 
 
 class AnnouncementListener:
-    """Calls ``on_snapshot(client, "announce")`` for every snapshot the endpoint announces."""
+    """Calls ``on_snapshot(client, "announce")`` for every snapshot the endpoint announces, and
+    ``on_pack(client)`` for every pack or index file (a backup is running: copy as it goes)."""
 
-    def __init__(self, on_snapshot: Callable[[str, str], None]) -> None:
+    def __init__(self, on_snapshot: Callable[[str, str], None],
+                 on_pack: Callable[[str], None] = lambda client: None) -> None:
         self._on_snapshot = on_snapshot
+        self._on_pack = on_pack
         self._sockets: dict[str, socket.socket] = {}
         self._state_dir: Path | None = None
         self.received = 0
@@ -77,8 +83,12 @@ class AnnouncementListener:
                 return
             self.received += 1
             announced, _, path = data.decode(errors="replace").partition(" ")
-            if announced == client and path.startswith("snapshots/"):
+            if announced != client:
+                continue
+            if path.startswith("snapshots/"):
                 self._on_snapshot(client, TRIGGER)
+            elif path.startswith(("data/", "index/")):
+                self._on_pack(client)
 
     def _close_one(self, client: str) -> None:
         listener = self._sockets.pop(client)

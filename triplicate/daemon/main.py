@@ -56,6 +56,8 @@ MAX_PARALLEL_RUNS = 8
 STOP_GRACE_SECONDS = 5.0
 # A snapshot file still being written is looked at again after 0.2 s, 0.4 s, ... up to 5 s.
 RECHECK_FIRST = 0.2
+# A run asked for by a pack or index file that the endpoint announced during a backup.
+BACKUP_TRIGGER = "backup"
 RECHECK_MAX = 5.0
 # Snapshot files are a few kB; a bigger one is left to the mirror's own verification.
 MAX_HASHED_SNAPSHOT = 64 << 20
@@ -151,7 +153,8 @@ class Daemon:
         if self.events:
             self.watcher = SnapshotWatcher(self.examine)
             self._watch_task = self._loop.create_task(self.watcher.run(), name="watcher")
-        self.announcements = AnnouncementListener(self.examine)  # the endpoint's word that a snapshot landed
+        # The endpoint's word that a snapshot landed, or a pack or index file during a backup.
+        self.announcements = AnnouncementListener(self.examine, self.copy_during_backup)
         self._apply(self.config)
         log.info("syncd started (pid %d): %d client(s), detection by %s, rescan every %s%s",
                  os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
@@ -351,6 +354,18 @@ class Daemon:
             if shortfall.needs_run:
                 state.in_sync = None
                 runner.request("refill" if lost else "poll")
+
+    def copy_during_backup(self, client: str) -> None:
+        """A pack or index file landed (the endpoint said so): ask each location for a run, so
+        that the backup is copied while it runs. The mirror's order keeps every replica valid
+        (an index only after its packs, a snapshot only after everything before it); a run
+        already going queues one follow-up, so runs follow each other while packs arrive."""
+        state = self.clients.get(client)
+        if state is None or self.stopping:
+            return
+        for location, runner in state.runners.items():
+            if location is not None:
+                runner.request(BACKUP_TRIGGER)
 
     def examine(self, client: str, trigger: str) -> None:
         """Compare the primary's snapshot files with what each location is known to hold;
