@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import logging
 import os
 import signal
-import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,19 +30,19 @@ from triplicate.config.model import Config
 from triplicate.daemon import heartbeat
 from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.checks import check_jobs
+from triplicate.daemon.detection import snapshot_names, snapshot_status, unchanged
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
-from triplicate.engine.judgement import Outcome, judge_mismatch
+from triplicate.engine.judgement import Outcome
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.notify import Kind, notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-from triplicate.storage.handle import is_id
 from triplicate.storage.rclone_server import keep_servers
 from triplicate.units import format_bytes, format_duration
 
@@ -59,8 +57,6 @@ RECHECK_FIRST = 0.2
 # A run asked for by a pack or index file that the endpoint announced during a backup.
 BACKUP_TRIGGER = "backup"
 RECHECK_MAX = 5.0
-# Snapshot files are a few kB; a bigger one is left to the mirror's own verification.
-MAX_HASHED_SNAPSHOT = 64 << 20
 
 
 @dataclass
@@ -70,7 +66,7 @@ class ClientState:
     name: str
     runners: dict[str | None, LocationRunner] = field(default_factory=dict)
     # Snapshot IDs whose file hashed to its name: never hashed again.
-    complete: set[str] = field(default_factory=set)
+    verified: set[str] = field(default_factory=set)
     # The snapshot names at the last examination that found nothing to do.
     in_sync: frozenset[str] | None = None
     recheck: asyncio.TimerHandle | None = None
@@ -117,11 +113,6 @@ class Daemon:
         """Stop soon; callable from any thread or a signal handler."""
         if self._loop is not None and self._stopped is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
-
-    def request_reload(self) -> None:
-        """Reload the configuration file soon; callable from any thread or a signal handler."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.reload)
 
     async def run(self) -> int:
         """Serve until stopped; return how many runs had to be abandoned (0: clean stop).
@@ -375,30 +366,30 @@ class Daemon:
         if state is None or self.stopping or self.replication is None:
             return
         folder = self.config.primary_dir(client) / "snapshots"
-        names = _snapshot_names(folder)
+        names = snapshot_names(folder)
         quiet = not any(runner.busy or runner.waiting_to_retry for runner in state.runners.values())
         if trigger == "poll" and quiet and state.in_sync == frozenset(names):
             return  # nothing changed since everything was known to be in place
         known_primary = set(self.replication.known_snapshots(client, PRIMARY))
         known_at = {location: set(self.replication.known_snapshots(client, location))
                     for location in state.runners if location is not None}
-        to_verify = {snapshot for snapshot in names - state.complete
+        to_verify = {snapshot for snapshot in names - state.verified
                      if snapshot not in known_primary or any(snapshot not in held for held in known_at.values())}
         in_progress = set()
         now = time.time()
         for snapshot in sorted(to_verify):
-            status = _snapshot_status(folder / snapshot, now, self.config.server.in_progress_grace)
+            status = snapshot_status(folder / snapshot, now, self.config.server.in_progress_grace)
             if status is Outcome.IN_PROGRESS:
                 in_progress.add(snapshot)
             elif status is Outcome.VANISHED:
                 names.discard(snapshot)
             else:  # complete, or bad: the run reports a bad one (and fails once it stays bad)
-                state.complete.add(snapshot)
-        state.complete &= names
+                state.verified.add(snapshot)
+        state.verified &= names
         # A snapshot file known to be bad and unchanged since (the runs remember it, and fail once
         # it stays so) asks for no run by itself: runs come from the retries, not every rescan.
         bad = {row.path.partition("/")[2] for row in self.replication.unsettled_files(client)
-               if row.path.startswith("snapshots/") and _unchanged(folder / row.path.partition("/")[2],
+               if row.path.startswith("snapshots/") and unchanged(folder / row.path.partition("/")[2],
                                                                   row.size, row.mtime)}
         ready = names - in_progress - bad
         changed = ready != known_primary - in_progress - bad
@@ -608,50 +599,6 @@ def _unsettled_words(result: MirrorResult) -> str:
 
 def _poll_interval(config: Config, client: str) -> float | None:
     return config.settings(client).poll_interval
-
-
-def _snapshot_names(folder: Path) -> set[str]:
-    try:
-        return {name for name in os.listdir(folder) if is_id(name)}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    except OSError as error:
-        log.warning("cannot list %s: %s", folder, error.strerror)
-        return set()
-
-
-def _unchanged(path: Path, size: int, mtime: float | None) -> bool:
-    """Whether the file still has this size and modification time (one stat)."""
-    try:
-        status = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return status.st_size == size and status.st_mtime == mtime
-
-
-def _snapshot_status(path: Path, now: float, grace: float) -> Outcome | None:
-    """None when the snapshot file hashes to its name (or cannot be judged here: the run will
-    read it and report it), else :func:`judge_mismatch`'s outcome (VANISHED when it is gone).
-    Opens regular files only, without blocking (a FIFO never hangs the daemon)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return Outcome.VANISHED
-    except OSError:
-        return None
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_HASHED_SNAPSHOT:
-            return None
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
-            content = file.read(MAX_HASHED_SNAPSHOT + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(descriptor)
-    if hashlib.sha256(content).hexdigest() == path.name:
-        return None
-    return judge_mismatch(status.st_mtime, now, grace)
 
 
 def _one_line(text: str) -> str:
