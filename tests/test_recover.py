@@ -175,7 +175,10 @@ def test_the_daemon_runs_the_drill_on_schedule_and_exports_the_recovery_time(
     assert 'triplicate_recover_drill_seconds{client="web01"}' in metrics
     assert 'triplicate_recover_drill_ok{client="web01"} 1.0' in metrics
     daemon.terminate()
-    shutil.rmtree(server.replica("nas"))  # a location lost the client's replica: the drill must say so
+    # A location lost the client's replica and cannot be refilled (the daemon refills an emptied
+    # folder at once: test_syncd_faults.py): the drill must say so.
+    shutil.rmtree(server.replica("nas"))
+    server.replica("nas").write_text("not a folder")
     daemon = DaemonProcess(server.config_path)
     daemons.append(daemon)
     daemon.started()
