@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.remote import start_rest_server, stop
 from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
 from triplicate.actions.audit import AuditOptions, run_audit, status_changes
-from triplicate.actions.audit_report import prometheus_text
 from triplicate.config.load import load_config
+from triplicate.metrics import prometheus_text
 from triplicate.state.audit import AuditState, last_audit, last_audits
 from triplicate.state.db import connect
 

@@ -2,12 +2,12 @@
 
 One model, three renderings: ``to_json`` (``audit --json`` and the state
 database), the table in ``cli/audit.py``, and Prometheus metrics
-(``audit_metric_families``, from the JSON so that stored audits export the same).
+(``triplicate.metrics.audit_metric_families``, from the JSON so that stored audits export the same).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -225,76 +225,3 @@ def nagios_text(report: AuditReport, lag_thresholds: Mapping[str, tuple[float, f
 # --- Prometheus -------------------------------------------------------------------------------
 
 # Per (client, location): metric name -> (the location JSON field, help text).
-LOCATION_METRICS = {
-    "triplicate_audit_location_status": ("status", "Audit status of a client's location: 0 OK, 1 WARNING, "
-                                         "2 CRITICAL, 3 UNKNOWN"),
-    "triplicate_audit_missing_snapshots": ("missing_snapshots", "Primary snapshots the location lacks"),
-    "triplicate_audit_missing_files": ("missing_files", "Primary keys/data/index files the location lacks"),
-    "triplicate_audit_corrupt_files": ("corrupt_files", "Files whose content does not hash to their name"),
-    "triplicate_audit_unreadable_files": ("unreadable_files", "Files that could not be read"),
-    "triplicate_audit_lag_seconds": ("lag_seconds", "How long the oldest missing snapshot has been missing"),
-    "triplicate_audit_location_newest_snapshot_age_seconds": (
-        "newest_snapshot_age_seconds", "Age of the newest snapshot at the location (from its arrival)"),
-    "triplicate_audit_verified_files": ("verified_files", "Files re-read and verified by the last audit"),
-    "triplicate_audit_verified_bytes": ("verified_bytes", "Bytes re-read and verified by the last audit"),
-}
-CLIENT_METRICS = {
-    "triplicate_audit_status": ("status", "Audit status of a client (worst of its primary and locations): "
-                                "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"),
-    "triplicate_audit_newest_snapshot_age_seconds": (
-        "newest_snapshot_age_seconds", "Age of the client's newest snapshot on the primary (from its arrival)"),
-    "triplicate_audit_snapshots": ("snapshots", "Snapshots in the client's primary repository"),
-    "triplicate_audit_last_run_timestamp_seconds": ("finished", "When the client's last audit finished"),
-}
-
-
-def audit_metric_families(clients: Mapping[str, Mapping[str, Any]]) -> list[Any]:
-    """Gauges for ``{client: client JSON}`` (as in ``AuditReport.to_json()["clients"]``).
-
-    A value that is unknown (no snapshot, so no age) is left out rather than exported as 0.
-    """
-    from prometheus_client.core import GaugeMetricFamily
-
-    families = []
-    for name, (key, text) in CLIENT_METRICS.items():
-        family = GaugeMetricFamily(name, text, labels=["client"])
-        for client, data in clients.items():
-            if (value := _number(data.get(key))) is not None:
-                family.add_metric([client], value)
-        families.append(family)
-    for name, (key, text) in LOCATION_METRICS.items():
-        family = GaugeMetricFamily(name, text, labels=["client", "location"])
-        for client, data in clients.items():
-            for location, values in data.get("locations", {}).items():
-                if (value := _number(values.get(key))) is not None:
-                    family.add_metric([client, location], value)
-        families.append(family)
-    return families
-
-
-def prometheus_text(clients: Mapping[str, Mapping[str, Any]]) -> str:
-    """The node_exporter textfile for ``{client: client JSON}``."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry()
-    registry.register(_Families(audit_metric_families(clients)))
-    return generate_latest(registry).decode("utf-8")
-
-
-class _Families:
-    def __init__(self, families: list[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Any]:
-        return iter(self._families)
-
-
-def _number(value: Any) -> float | None:
-    """A JSON field as a metric value: a status as its exit code, a list as its length."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return float(Status(value).exit_code)
-    if isinstance(value, list):
-        return float(len(value))
-    return float(value)

@@ -112,8 +112,8 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
 
 
 def _write_prometheus(path: Path, clients: dict[str, Any]) -> None:
-    from triplicate.actions.audit_report import prometheus_text
     from triplicate.fsutil import atomic_write
+    from triplicate.metrics import prometheus_text
 
     try:
         atomic_write(path, prometheus_text(clients))

@@ -39,7 +39,7 @@ from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.judgement import Outcome
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
-from triplicate.notify import Kind, notify
+from triplicate.daemon.notify import Kind, notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
