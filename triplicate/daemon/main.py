@@ -32,6 +32,7 @@ from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.detection import snapshot_names, snapshot_status, unchanged
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
+from triplicate.daemon.notify import Kind, notify
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.schedule_wait import wait_for_schedule
 from triplicate.daemon.scheduler import Job, Scheduler
@@ -39,7 +40,6 @@ from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.judgement import Outcome
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
-from triplicate.daemon.notify import Kind, notify
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
