@@ -51,6 +51,11 @@ def test_packs_reach_the_replica_before_the_snapshot_lands_and_it_follows_within
                 "the replica received packs only after the backup ended"
             during = packs(replica)
             assert during <= packs(primary)
+            # status says what has been copied ahead of the snapshot.
+            status = site.cli("status", "alpha", "--json").json()["clients"][0]
+            [usb] = [row for row in status["locations"] if row["location"] == "usb"]
+            assert usb["copying"] and usb["copying"].startswith("copying during backup ("), usb
+            assert "copying during backup" in site.cli("status", "alpha").out
             # The replica is a valid repository at this moment (restic accepts packs no index names).
             check = subprocess.run(["restic", "--no-cache", "--no-lock", "check"],
                                    env=restic_env(replica, site.restic_password), capture_output=True, text=True)

@@ -8,9 +8,11 @@ a collector to :data:`COLLECTORS`; the CLI renders every section the same way.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from triplicate.actions import sync
@@ -19,7 +21,8 @@ from triplicate.engine.schedule import Schedule
 from triplicate.service import runit
 from triplicate.service.layout import SERVICES, Layout
 from triplicate.state.db import PRIMARY
-from triplicate.state.replication import PRIMARY_PROBLEM_PREFIX, ReplicationState
+from triplicate.state.replication import BACKUP_TRIGGER, PRIMARY_PROBLEM_PREFIX, ReplicationState
+from triplicate.storage.handle import is_id
 from triplicate.units import format_bytes, format_duration, parse_bandwidth, rate_at
 
 
@@ -116,6 +119,7 @@ def locations_section(context: StatusContext) -> StatusSection:
     health = state.location_health(name)
     max_lag = config.settings(name).max_lag
     schedule = Schedule.of(config.clients[name])  # lag is judged from when the schedule replicates
+    backup_since = _backup_started(config.primary_dir(name))
     for location in config.clients[name].replicate_to:
         present = state.known_snapshots(name, location)
         # A snapshot's age is counted from its arrival on the server (snapshot files are
@@ -132,7 +136,8 @@ def locations_section(context: StatusContext) -> StatusSection:
                              "newest_age_seconds": _rounded(None if newest_here is None else now - newest_here),
                              "lag_seconds": _rounded(lag), "last_sync": result,
                              "last_sync_age_seconds": _rounded(None if attempt is None else now - attempt),
-                             "error": error, "bwlimit": bwlimit_text(config.locations[location].bwlimit, now)})
+                             "error": error, "bwlimit": bwlimit_text(config.locations[location].bwlimit, now),
+                             "copying": _copying_during_backup(state, name, location, backup_since)})
         if result == "failed" and not held:
             section.problems.append(f"{location}: last sync failed: {error}")
         if isinstance(max_lag, (int, float)) and lag and schedule.overdue(now - lag, now) > max_lag:
@@ -140,6 +145,25 @@ def locations_section(context: StatusContext) -> StatusSection:
                                     f"max_lag {format_duration(max_lag)}"
                                     + ("" if schedule.immediate else f" past its schedule ({schedule.describe()})"))
     return section
+
+
+def _backup_started(primary: Path) -> float | None:
+    """When the oldest lock in the primary was made (restic holds one for a whole backup), or None."""
+    try:
+        with os.scandir(primary / "locks") as entries:
+            times = [entry.stat(follow_symlinks=False).st_mtime for entry in entries if is_id(entry.name)]
+    except OSError:
+        return None
+    return min(times, default=None)
+
+
+def _copying_during_backup(state: ReplicationState, client: str, location: str, since: float | None) -> str | None:
+    """"copying during backup (N files, M MB ahead)": what the endpoint's announcements had copied
+    to ``location`` since the running backup took its lock (docs/daemon.md), or None."""
+    if since is None:
+        return None
+    files, size = state.copied_since(client, location, since - 1, BACKUP_TRIGGER)
+    return f"copying during backup ({files} files, {format_bytes(size)} ahead)" if files else None
 
 
 def bwlimit_text(bwlimit: str | None, now: float) -> str | None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 GOOD = {"run", "ok", "yes", "OK", "passed"}
 # Free text that may name files: printed whole under the table, not in a cell that would cut it.
-WHOLE_LINE_COLUMNS = {"reason", "error"}
+WHOLE_LINE_COLUMNS = {"reason", "error", "copying"}
 BAD = {"down", "failed", "finish", "unsupervised", "absent", "CRITICAL", "UNKNOWN"}
 
 

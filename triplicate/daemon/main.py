@@ -42,7 +42,7 @@ from triplicate.engine.mirror import MirrorOptions, MirrorResult
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
-from triplicate.state.replication import ReplicationState
+from triplicate.state.replication import BACKUP_TRIGGER, ReplicationState
 from triplicate.storage.rclone_server import keep_servers
 from triplicate.units import format_bytes, format_duration
 
@@ -54,8 +54,6 @@ MAX_PARALLEL_RUNS = 8
 STOP_GRACE_SECONDS = 5.0
 # A snapshot file still being written is looked at again after 0.2 s, 0.4 s, ... up to 5 s.
 RECHECK_FIRST = 0.2
-# A run asked for by a pack or index file that the endpoint announced during a backup.
-BACKUP_TRIGGER = "backup"
 RECHECK_MAX = 5.0
 
 

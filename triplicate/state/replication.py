@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS unsettled_files (
 
 # A run's error that is about the primary's files, not the location's (status tells them apart).
 PRIMARY_PROBLEM_PREFIX = "the primary's "
+# The trigger of a run asked for by a pack or index file the endpoint announced during a backup.
+BACKUP_TRIGGER = "backup"
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,14 @@ class ReplicationState(Store):
         return found
 
     @locked
+    def copied_since(self, client: str, location: str, since: float, trigger: str) -> tuple[int, int]:
+        """(files, bytes) copied to ``location`` by runs of ``trigger`` started since ``since``."""
+        row = self.connection.execute(
+            "SELECT COALESCE(SUM(files_copied), 0), COALESCE(SUM(bytes_copied), 0) FROM runs"
+            " WHERE client=? AND location=? AND trigger=? AND started>=?", (client, location, trigger, since),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def recent_runs(self, client: str | None, since: float, limit: int) -> list[sqlite3.Row]:
         """The newest runs started since ``since`` (of one client, or all), newest first."""
         where, parameters = ("client=? AND ", [client]) if client is not None else ("", [])
