@@ -23,19 +23,17 @@ from tests.support.remote import RestServer, SshServer, configure_locations, uni
 from tests.support.repository import Server
 from triplicate.config.load import load_config
 from triplicate.storage import FileType, Handle, StorageError, open_location
-from triplicate.storage.backend import FileInfo
+from triplicate.storage.backend import FileInfo, Forwarding
 from triplicate.storage.local import LocalBackend
 from triplicate.storage.retry import RetryingBackend, TransientError
 from triplicate.storage.throttle import ThrottledBackend
 
 
-class Flaky:
+class Flaky(Forwarding):
     """A real local backend whose first ``failures`` calls of each kind fail as a dropped connection would."""
 
     def __init__(self, backend: LocalBackend, failures: int, error: type[StorageError] = TransientError) -> None:
-        self.backend = backend
-        self.description = backend.description
-        self.connections = backend.connections
+        super().__init__(backend)
         self.failures = failures
         self.error = error
         self.calls: dict[str, int] = {}
@@ -78,17 +76,6 @@ class Flaky:
         source.seek(0)
         return self.backend.save(handle, source)
 
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.backend.stat(handle)
-
-    def remove(self, handle: Handle) -> None:
-        self.backend.remove(handle)
-
-    def discard_partial_saves(self) -> None:
-        self.backend.discard_partial_saves()
-
-    def close(self) -> None:
-        self.backend.close()
 
 
 def test_transient_failures_are_retried_with_backoff_and_reads_resume(tmp_path: Path) -> None:

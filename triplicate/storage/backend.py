@@ -131,6 +131,40 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Forwarding:
+    """A wrapper around a backend that passes every call on: a cross-cutting wrapper (bandwidth
+    limits, a test's injected faults) subclasses it and overrides only what it changes."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.description = backend.description
+        self.connections = backend.connections
+
+    def prepare(self, create: bool) -> None:
+        self.backend.prepare(create)
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        return self.backend.list(file_type)
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> AbstractContextManager[BinaryIO]:
+        return self.backend.load(handle, offset, length)
+
+    def save(self, handle: Handle, source: BinaryIO) -> int:
+        return self.backend.save(handle, source)
+
+    def stat(self, handle: Handle) -> FileInfo:
+        return self.backend.stat(handle)
+
+    def remove(self, handle: Handle) -> None:
+        self.backend.remove(handle)
+
+    def discard_partial_saves(self) -> None:
+        self.backend.discard_partial_saves()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 def stream(source: BinaryIO, write: Callable[[memoryview], object], digest: hashlib._Hash | None = None) -> int:
     """Copy ``source`` to its end into ``write`` in 1 MiB chunks, feeding ``digest``; return bytes."""
     buffer = bytearray(CHUNK_SIZE)

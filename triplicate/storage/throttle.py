@@ -20,12 +20,11 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from typing import BinaryIO, cast
 
-from triplicate.storage.backend import Backend, FileInfo
-from triplicate.storage.handle import FileType, Handle
+from triplicate.storage.backend import Backend, Forwarding
+from triplicate.storage.handle import Handle
 from triplicate.units import parse_bandwidth, rate_at
 
 Timetable = tuple[tuple[int, int | None], ...]
@@ -150,16 +149,14 @@ def location_limits(location: str, bwlimit: str | None, slots: int) -> LocationL
         return limits
 
 
-class ThrottledBackend:
+class ThrottledBackend(Forwarding):
     """Wraps ``backend``: each save takes one of the location's slots and, unless the kind
     limits its bandwidth itself (``throttle_source`` false), reads its source through the
     location's bucket."""
 
     def __init__(self, backend: Backend, limits: LocationLimits, throttle_source: bool = True) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.limits = limits
-        self.description = backend.description
-        self.connections = backend.connections
         self._throttle_source = throttle_source
         self._saved = 0  # bytes saved through this opening: the priority of its next save
         self._saved_lock = threading.Lock()
@@ -180,27 +177,6 @@ class ThrottledBackend:
         with self._saved_lock:
             self._saved += size
         return size
-
-    def prepare(self, create: bool) -> None:
-        self.backend.prepare(create)
-
-    def list(self, file_type: FileType) -> Iterator[FileInfo]:
-        return self.backend.list(file_type)
-
-    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> AbstractContextManager[BinaryIO]:
-        return self.backend.load(handle, offset, length)
-
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.backend.stat(handle)
-
-    def remove(self, handle: Handle) -> None:
-        self.backend.remove(handle)
-
-    def discard_partial_saves(self) -> None:
-        self.backend.discard_partial_saves()
-
-    def close(self) -> None:
-        self.backend.close()
 
 
 class ThrottledReader:
