@@ -166,7 +166,7 @@ def set_enabled(config_path: Path, name: str, enabled: bool) -> EnableOutcome:
     stopped = report.stopped.get(name) or stop_client(layout, name)
     # Success only when seen: no supervisor of its folder lives, whoever its parent, and its port is closed.
     left = not stopped.stopped or bool(supervisors_below(layout.client_dir(name)))
-    answers = _port_answers(config, name)
+    answers = _still_answers(config.server.listen_host, config.clients[name].port)
     return EnableOutcome(name, False, left or answers, supervised, tuple(stopped.forced), answers)
 
 
@@ -199,7 +199,7 @@ def remove_client(config_path: Path, name: str, purge: bool = False) -> list[Pat
     if not stopped.stopped:
         raise TriplicateError(f"{name} removed from the configuration, but some of its processes are still "
                               "running (see 'triplicate status')")
-    if port is not None and port_answers(config.server.listen_host, port):
+    if _still_answers(config.server.listen_host, port):
         raise TriplicateError(f"{name} removed from the configuration, but its port {port} still answers")
     return deleted
 
@@ -233,9 +233,20 @@ def _reload_watcher(config: Config, changed_at: float) -> None:
         reload_shared_syncd(layout, changed_at, layout.shared_rest)
 
 
-def _port_answers(config: Config, name: str) -> bool:
-    port = config.clients[name].port
-    return port is not None and port_answers(config.server.listen_host, port)
+# A shared endpoint closes a disabled client's listener on its reload (HUP): give it this long.
+PORT_CLOSE_TIMEOUT = 10.0
+
+
+def _still_answers(host: str, port: int | None, timeout: float = PORT_CLOSE_TIMEOUT) -> bool:
+    """Whether ``port`` still answers after up to ``timeout`` seconds of looking."""
+    if port is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while port_answers(host, port):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _supervised(layout: Layout) -> bool:
