@@ -43,13 +43,6 @@ class Damaged:
     actual_sha256: str | None
 
 
-def damage_advice(client: str, files: list[str]) -> str:
-    """What to do about damaged primary files, with the exact commands."""
-    return (f"{client}'s primary has {len(files)} damaged file(s): run 'triplicate heal {client}' to put back a "
-            f"good copy from a location; if none has one, 'triplicate quarantine {client} {' '.join(files)}' "
-            "moves them aside so that replication resumes (docs/recovery.md).")
-
-
 def parse_primary_file(config: Config, client: str, text: str) -> Handle:
     """A FILE argument (``data/ab/<id>``, ``snapshots/<id>``..., or its absolute path in the primary).
 

@@ -111,11 +111,6 @@ def locations_section(context: StatusContext) -> StatusSection:
     expect_every = config.settings(name).expect_backup_every
     if expect_every is not None and (newest is None or now - newest > expect_every):
         section.problems.append(f"no new backup for more than {format_duration(expect_every)}")
-    damaged = sorted(state.source_corrupt_files(name))
-    if damaged:
-        from triplicate.actions.quarantine import damage_advice
-
-        section.problems.append(f"{PRIMARY}: {damage_advice(name, damaged)}")
     health = state.location_health(name)
     max_lag = config.settings(name).max_lag
     schedule = Schedule.of(config.clients[name])  # lag is judged from when the schedule replicates

@@ -82,13 +82,6 @@ def _summarise(report: object) -> None:
         )
     console().print(table)
     print_whole_lines(lines)
-    results = report.locations.values()  # type: ignore[attr-defined]
-    corrupt = sorted({path for result in results for path in result.corrupt_files})
-    if corrupt:
-        from triplicate.actions.quarantine import damage_advice
-
-        advice = damage_advice(report.client, corrupt)  # type: ignore[attr-defined]
-        console().print(advice, highlight=False, markup=False)
     # The primary's problems are the same for every location: once, each on its own line, uncut.
     problems = dict.fromkeys(problem for result in report.locations.values()  # type: ignore[attr-defined]
                              for problem in result.problems)
