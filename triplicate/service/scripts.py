@@ -106,31 +106,32 @@ def client_files(config: Config, config_path: Path, client: str, programs: Progr
 SharedFiles = Callable[[Config, Path, Programs, str | None], dict[Path, ServiceFile]]
 
 
+def server_unit_files(config: Config, config_path: Path, programs: Programs, run_as: str | None,
+                      service: str, command: str) -> dict[Path, ServiceFile]:
+    """A server-wide unit's files (relative to its folder): ``triplicate COMMAND`` for every
+    enabled client, logging to ``log/_shared/SERVICE``."""
+    layout = Layout(config.server.state_dir)
+    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), command],
+                          layout.log_dir(SHARED_LOGS, service), HEADER.format(config=config_path), programs, run_as,
+                          log=config.server.log)
+
+
 def shared_syncd_files(config: Config, config_path: Path, programs: Programs,
                        run_as: str | None) -> dict[Path, ServiceFile]:
-    """The shared watcher's files (relative to its folder): one syncd for every enabled client."""
-    layout = Layout(config.server.state_dir)
-    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "syncd"],
-                          layout.log_dir(SHARED_LOGS, "syncd"), HEADER.format(config=config_path), programs, run_as,
-                          log=config.server.log)
+    """The shared watcher's files: one syncd for every enabled client."""
+    return server_unit_files(config, config_path, programs, run_as, "syncd", "syncd")
 
 
 def web_files(config: Config, config_path: Path, programs: Programs,
               run_as: str | None) -> dict[Path, ServiceFile]:
-    """The web service's files (relative to its folder): ``triplicate web`` for the whole server."""
-    layout = Layout(config.server.state_dir)
-    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "web"],
-                          layout.log_dir(SHARED_LOGS, "web"), HEADER.format(config=config_path), programs, run_as,
-                          log=config.server.log)
+    """The web service's files: ``triplicate web`` for the whole server."""
+    return server_unit_files(config, config_path, programs, run_as, "web", "web")
 
 
 def shared_rest_files(config: Config, config_path: Path, programs: Programs,
                       run_as: str | None) -> dict[Path, ServiceFile]:
-    """The shared endpoint's files (relative to its folder): one listener per enabled client."""
-    layout = Layout(config.server.state_dir)
-    return _service_files(Path("."), [*programs.triplicate, "-c", str(config_path), "serve"],
-                          layout.log_dir(SHARED_LOGS, "rest"), HEADER.format(config=config_path), programs, run_as,
-                          log=config.server.log)
+    """The shared endpoint's files: one listener per enabled client."""
+    return server_unit_files(config, config_path, programs, run_as, "rest", "serve")
 
 
 def _service_files(folder: Path, argv: list[str], log_dir: Path, header: str, programs: Programs,
