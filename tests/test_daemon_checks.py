@@ -196,7 +196,9 @@ def test_programs_started_by_an_actions_thread_pool_stay_in_the_daemons_scope() 
     with execute.stoppable(stop), execute.ScopedPool(max_workers=2) as pool:
         running = [pool.submit(execute.run, ["sleep", "30"]) for _ in range(2)]
         deadline = time.monotonic() + 10
-        while len(children_of(os.getpid(), "sleep")) < 2 and time.monotonic() < deadline:
+        # Both started and registered in the scope (a child exists a moment before run() records it).
+        while (len(children_of(os.getpid(), "sleep")) < 2
+               or sum(scope is stop for scope in list(execute._running.values())) < 2) and time.monotonic() < deadline:
             time.sleep(0.01)
         started = time.monotonic()
         assert execute.terminate_running(threading.Event()) == 0, "another scope's programs are left alone"

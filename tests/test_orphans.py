@@ -112,5 +112,9 @@ def test_supervise_stop_and_restart_leave_no_orphan(site: Site) -> None:
     site.start_supervision()
     wait_for(lambda: site.service_pid("gamma", "rest"), 20, "gamma's endpoint under the restarted supervisor")
     assert runit.orphans(site.layout.clients_root) == []
-    wait_for(lambda: runit.port_answers("127.0.0.1", port), 20, "gamma's endpoint to answer")
+    # Generous for a loaded 2-core machine (a fresh Python, aiohttp and the bind); the endpoint's
+    # log says why if it never answers.
+    log = site.layout.log_dir("gamma", "rest") / "current"
+    wait_for(lambda: runit.port_answers("127.0.0.1", port), 40, "gamma's endpoint to answer",
+             context=lambda: log.read_text(errors="replace")[-2000:] if log.exists() else "(no endpoint log)")
     assert site.cli("status", "gamma", "--json").code == 0
