@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.ports import listening_on
 from tests.support.server import SITE_COMMENT, Site, run_captured
+from triplicate.actions import JSON_VERSION
 from triplicate.actions.clients import add_client
 from triplicate.config.load import load_config
 from triplicate.service import htpasswd
@@ -66,7 +67,7 @@ def test_client_add_writes_everything_it_needs_and_keeps_the_files_comments(site
     result = site.cli("client", "add", "web01", "--replicate-to", "usb", "--replicate-to", "nas", "--json")
     assert result.code == 0, result.err
     added = result.json()
-    assert set(added) == {"version", "name", "url", "user", "password", "port"}
+    assert set(added) == {"version", "client", "url", "user", "password", "port"}
     port, password = added["port"], added["password"]
     assert port == site.low and added["user"] == "web01"
     assert added["url"] == f"rest:http://web01:{password}@127.0.0.1:{port}/web01/"
@@ -181,7 +182,7 @@ def test_remove_keeps_the_repository_unless_purged_and_never_touches_replicas(si
     assert not (site.root / "repos" / "db01").exists()
     for name in ("web01", "db01"):
         assert (site.root / "usb" / name / "config").read_text() == "replica"
-    assert site.cli("client", "list", "--json").json() == {"version": 1, "clients": []}
+    assert site.cli("client", "list", "--json").json() == {"version": JSON_VERSION, "clients": {}}
     # Adding web01 again finds its kept repository.
     again = site.cli("client", "add", "web01", "--replicate-to", "usb")
     assert again.code == 0 and "existed already" in again.out
@@ -191,12 +192,13 @@ def test_list_shows_urls_without_passwords(site: Site) -> None:
     added = site.add_client("web01", "usb", "nas")
     site.cli("client", "add", "db01", "--no-enable")
     listed = site.cli("client", "list", "--json").json()["clients"]
-    assert listed == [
-        {"name": "db01", "enabled": False, "port": site.low + 1, "replicate_to": [],
-         "url": f"rest:http://db01@127.0.0.1:{site.low + 1}/db01/"},
-        {"name": "web01", "enabled": True, "port": site.low, "replicate_to": ["usb", "nas"],
-         "url": f"rest:http://web01@127.0.0.1:{site.low}/web01/"},
-    ]
+    assert listed == {
+        "db01": {"enabled": False, "port": site.low + 1, "replicate_to": [],
+                 "url": f"rest:http://db01@127.0.0.1:{site.low + 1}/db01/"},
+        "web01": {"enabled": True, "port": site.low, "replicate_to": ["usb", "nas"],
+                  "url": f"rest:http://web01@127.0.0.1:{site.low}/web01/"},
+    }
+    assert list(listed) == ["db01", "web01"]  # in name order
     assert str(added["password"]) not in site.cli("client", "list").out
 
 
@@ -268,13 +270,13 @@ def test_status_reports_services_that_should_run_as_problems(site: Site) -> None
     site.cli("client", "add", "db01", "--no-enable")
     result = site.cli("status", "--json")
     assert result.code == 1
-    report = {client["name"]: client for client in result.json()["clients"]}
+    report = result.json()["clients"]
     assert report["db01"]["ok"] is True and report["db01"]["enabled"] is False
     web01 = report["web01"]
-    assert {row["state"] for row in web01["services"]} == {"unsupervised"}
+    assert {row["state"] for row in web01["services"].values()} == {"unsupervised"}
     assert "rest: unsupervised (enabled: should run)" in web01["problems"]
-    assert [row["location"] for row in web01["locations"]] == ["@primary", "usb"]
-    assert web01["locations"][1]["last_sync"] == "never"
+    assert list(web01["locations"]) == ["@primary", "usb"]
+    assert web01["locations"]["usb"]["last_sync"] == "never"
     assert site.cli("status", "db01").code == 0
     assert site.cli("status", "nosuch").code == 2
 
@@ -282,8 +284,8 @@ def test_status_reports_services_that_should_run_as_problems(site: Site) -> None
 def test_status_shows_replication_from_the_state_database(server: object) -> None:
     """With the server fixture (web01 with one snapshot): after a sync, status counts it everywhere."""
     assert server.cli("sync", "web01").code == 0  # type: ignore[attr-defined]
-    report = server.cli("status", "web01", "--json").json()["clients"][0]  # type: ignore[attr-defined]
-    rows = {row["location"]: row for row in report["locations"]}
+    report = server.cli("status", "web01", "--json").json()["clients"]["web01"]  # type: ignore[attr-defined]
+    rows = report["locations"]
     assert rows["@primary"]["snapshots"] == 1
     for location in ("usb", "nas"):
         assert rows[location]["snapshots"] == 1 and rows[location]["last_sync"] == "ok"

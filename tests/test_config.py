@@ -94,7 +94,7 @@ def test_cli_unknown_client_and_location(server: Server) -> None:
 def test_status_reads_and_creates_nothing(server: Server) -> None:
     server.write_config(server.config_path.read_text().replace(f"{server.root}/state", f"{server.root}/typo/state"))
     result = server.cli("status", "--json")
-    assert "Traceback" not in result.err and result.json()["clients"][0]["name"] == "web01"
+    assert "Traceback" not in result.err and list(result.json()["clients"]) == ["web01"]
     assert not (server.root / "typo").exists(), "a read-only command must not create the state folder"
 
 

@@ -6,14 +6,15 @@ import json
 import socket
 
 from tests.support.repository import Server
+from triplicate.actions import JSON_VERSION
 
 
 def test_a_good_configuration_is_ok(server: Server) -> None:
     result = server.cli("config", "check")
     assert result.code == 0 and result.out.strip() == f"{server.config_path}: OK (1 clients, 2 locations)"
     data = server.cli("config", "check", "--json").json()
-    assert data == {"version": 1, "ok": True, "config": str(server.config_path), "clients": 1, "locations": 2,
-                    "problems": []}
+    assert data == {"version": JSON_VERSION, "ok": True, "config": str(server.config_path), "client_count": 1,
+                    "location_count": 2, "problems": []}
 
 
 def test_every_problem_of_the_file_is_listed_with_its_key(server: Server) -> None:

@@ -52,8 +52,8 @@ def test_packs_reach_the_replica_before_the_snapshot_lands_and_it_follows_within
             during = packs(replica)
             assert during <= packs(primary)
             # status says what has been copied ahead of the snapshot.
-            status = site.cli("status", "alpha", "--json").json()["clients"][0]
-            [usb] = [row for row in status["locations"] if row["location"] == "usb"]
+            status = site.cli("status", "alpha", "--json").json()["clients"]["alpha"]
+            usb = status["locations"]["usb"]
             assert usb["copying"] and usb["copying"].startswith("copying during backup ("), usb
             assert "copying during backup" in site.cli("status", "alpha").out
             # The replica is a valid repository at this moment (restic accepts packs no index names).

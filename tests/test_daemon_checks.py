@@ -80,9 +80,9 @@ def test_scheduled_audit_and_restore_check_notify_a_broken_location(
                       f"a restore-check notification; got {titles(sink)}")
     assert restore_checks()["usb"].ok and not restore_checks()["nas"].ok
     status = server.cli("status", "web01", "--json")
-    shown = status.json()["clients"][0]
-    assert {row["location"]: row["result"] for row in shown["restore_check"]}["nas"] == "failed"
-    assert {row["location"]: row["status"] for row in shown["audit"]}["nas"] in ("CRITICAL", "UNKNOWN")
+    shown = status.json()["clients"]["web01"]
+    assert shown["restore_check"]["nas"]["result"] == "failed"
+    assert shown["audit"]["locations"]["nas"]["status"] in ("CRITICAL", "UNKNOWN")
     assert any("restore check failed" in problem for problem in shown["problems"])
     assert "Traceback" not in daemon.log
 
@@ -110,8 +110,8 @@ def test_scheduled_retention_removes_and_says_so(
                       f"a retention notification; got {titles(sink)}")
     assert server.check_read_data(server.primary()).returncode == 0
     status = server.cli("status", "web01", "--json")
-    shown = status.json()["clients"][0]
-    assert shown["retention"][0]["result"] == "ok" and shown["retention"][0]["kept"] == 2
+    shown = status.json()["clients"]["web01"]
+    assert shown["retention"]["result"] == "ok" and shown["retention"]["kept"] == 2
     assert "Traceback" not in daemon.log
 
 

@@ -384,8 +384,8 @@ def test_status_shows_what_the_endpoint_counted(endpoint: Endpoint, alpha_reposi
     site = endpoint.site
 
     def counted(client: str) -> dict[str, Any]:
-        rows = site.cli("status", client, "--json").json()["clients"][0]["endpoint"]
-        return rows[0] if rows else {}
+        counts = site.cli("status", client, "--json").json()["clients"][client]["endpoint"]
+        return counts or {}
 
     def rejected(counts: dict[str, Any], reason: str) -> int:
         return int(counts.get("rejected", {}).get(reason, 0))

@@ -49,7 +49,7 @@ def test_one_shared_endpoint_serves_every_client_and_follows_enable_disable_and_
         assert processes_mentioning(*site.markers("east", int(str(site.clients["east"]["port"])))) == []
         assert runsv_pid(unit) == pid and _answers(site, "west")  # reloaded, not restarted
         status = site.cli("status", "--json").json()
-        services = {row["service"]: row["state"] for row in status["clients"][1]["services"]}
+        services = {service: row["state"] for service, row in status["clients"]["west"]["services"].items()}
         assert services == {"supervisor": "run", "rest (shared)": "run", "syncd": "run"}
         assert status["ok"] is True
 

@@ -141,12 +141,12 @@ def test_sync_and_status_name_the_commands_for_a_damaged_primary_file(server: Se
     sync = server.cli("sync", "web01")
     assert sync.code == 1
     assert f"triplicate quarantine web01 {relative}" in " ".join(sync.out.split())
-    status = server.cli("status", "web01", "--json").json()["clients"][0]
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
     assert any("triplicate heal web01" in problem and f"triplicate quarantine web01 {relative}" in problem
                for problem in status["problems"])
     assert server.cli("quarantine", "web01", relative).code == 0
     assert server.cli("sync", "web01").code == 0
-    status = server.cli("status", "web01", "--json").json()["clients"][0]
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
     assert not any("quarantine" in problem for problem in status["problems"])
 
 

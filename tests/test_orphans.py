@@ -62,7 +62,7 @@ def test_disable_ends_an_orphaned_runsvdir_and_status_reported_it(site: Site) ->
     status = site.cli("status", "gamma", "--json")
     assert status.code == 1
     assert any(problem.startswith(f"orphaned runsvdir (pid {orphan.pid}) runs ") for problem in
-               status.json()["clients"][0]["problems"]), status.out
+               status.json()["clients"]["gamma"]["problems"]), status.out
 
     disabled = site.cli("client", "disable", "gamma")
     assert disabled.code == 0, disabled.err

@@ -112,8 +112,8 @@ def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(se
     report = result.json()
     assert report["restic_check"] == "passed" and report["recovery_seconds"] > 0
     assert repository_files(target) == repository_files(server.primary())
-    status = server.cli("status", "web01", "--json").json()["clients"][0]
-    (drill,) = status["recover_drill"]
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    drill = status["recover_drill"]
     assert drill["result"] == "passed" and drill["recovery_seconds"] == round(report["recovery_seconds"], 1)
     # Without --to, the scratch folder goes away.
     assert server.cli("recover", "web01", "--drill").code == 0
@@ -228,7 +228,8 @@ def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_othe
         shutil.rmtree(server.primary(name))
     result = server.cli("recover", "--all", "--json")
     assert result.code == 1, "app01 has no replica anywhere: said, the others rebuilt"
-    outcome = {entry["client"]: entry for entry in result.json()["clients"]}
+    outcome = result.json()["clients"]
+    assert list(outcome) == ["app01", "db01", "web01"]  # keyed by name, in name order
     assert outcome["web01"]["ok"] and outcome["db01"]["ok"] and not outcome["app01"]["ok"]
     assert "app01" in result.err and result.err.count("\n") == 1
     for name in ("web01", "db01"):

@@ -77,18 +77,19 @@ def test_a_backup_through_the_endpoint_reaches_every_location(site: Site, alpha_
         assert [snapshot["id"] for snapshot in json.loads(listed.stdout)] == [alpha_backup]
 
     def replicated() -> bool:
-        report = site.cli("status", "alpha", "--json").json()["clients"][0]
-        return all(row["snapshots"] == 1 and row["last_sync"] in (None, "ok") for row in report["locations"])
+        report = site.cli("status", "alpha", "--json").json()["clients"]["alpha"]
+        return all(row["snapshots"] == 1 and row["last_sync"] in (None, "ok") for row in report["locations"].values())
 
     wait_until(replicated, 10, "status to show the snapshot everywhere")
     status = site.cli("status", "alpha", "--json")
     assert status.code == 0, status.out
-    client = status.json()["clients"][0]
+    client = status.json()["clients"]["alpha"]
     assert client["enabled"] and client["problems"] == []
-    assert {row["service"]: row["state"] for row in client["services"]} == \
+    assert {service: row["state"] for service, row in client["services"].items()} == \
         {"supervisor": "run", "rest": "run", "syncd": "run"}
-    assert all(0 <= row["for_seconds"] <= time.time() - site.supervised_since + 1 for row in client["services"])
-    locations = {row["location"]: row for row in client["locations"]}
+    assert all(0 <= row["for_seconds"] <= time.time() - site.supervised_since + 1
+               for row in client["services"].values())
+    locations = client["locations"]
     assert locations["usb"]["lag_seconds"] == 0 and locations["usb"]["newest_age_seconds"] is not None
 
 
@@ -185,7 +186,7 @@ def test_disable_leaves_no_process_and_enable_brings_everything_back(site: Site)
     assert disabled.code == 0 and disabled.err == "", disabled.err  # nothing had to be killed
     assert processes_mentioning(*markers) == []  # the command returns only when all are gone
     assert not site.layout.link("beta").exists()
-    assert site.cli("status", "beta", "--json").json()["clients"][0]["enabled"] is False
+    assert site.cli("status", "beta", "--json").json()["clients"]["beta"]["enabled"] is False
     assert site.service_pid("alpha", "rest") == alpha_rest  # the other client is untouched
 
     enabled = site.cli("client", "enable", "beta")
@@ -299,7 +300,7 @@ def test_one_shared_watcher_serves_every_client_and_follows_enable_and_disable(t
                    "the watcher to drop east")
         assert runsv_pid(watcher) == pid  # reloaded, not restarted
         status = shared.cli("status", "--json").json()
-        services = {row["service"]: row["state"] for row in status["clients"][1]["services"]}
+        services = {service: row["state"] for service, row in status["clients"]["west"]["services"].items()}
         assert services == {"supervisor": "run", "rest": "run", "syncd (shared)": "run"}
         assert status["ok"] is True  # a disabled east beside a running shared watcher is fine
     finally:

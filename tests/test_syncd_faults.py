@@ -59,11 +59,11 @@ def on_replica(server: Server, location: str = "usb") -> bool:
 
 def status(server: Server) -> dict:  # type: ignore[type-arg]
     result = server.cli("status", "--json")
-    return json.loads(result.out)["clients"][0]  # type: ignore[no-any-return]
+    return json.loads(result.out)["clients"]["web01"]  # type: ignore[no-any-return]
 
 
 def location_row(server: Server, location: str) -> dict:  # type: ignore[type-arg]
-    return next(row for row in status(server)["locations"] if row["location"] == location)
+    return status(server)["locations"][location]  # type: ignore[no-any-return]
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -371,7 +371,7 @@ def test_a_junk_pack_uploaded_through_the_clients_endpoint_is_reported(tmp_path:
         report = site.cli("status", "alpha", "--json")
         assert report.code == 1
         assert any(problem.startswith(f"the primary's {path} is corrupt")
-                   for problem in report.json()["clients"][0]["problems"]), report.out
+                   for problem in report.json()["clients"]["alpha"]["problems"]), report.out
         print(f"\nMEASURED junk pack through the endpoint: alarm {alarm:.1f}s after the upload")
     finally:
         leftovers = site.stop_supervision()

@@ -228,7 +228,7 @@ def test_a_small_new_snapshot_overtakes_another_clients_first_copy(server: Serve
 def test_status_shows_each_locations_bwlimit(server: Server) -> None:
     _with_location_settings(server, bwlimit="00:00,5MB/s 23:59,5MB/s")
     assert server.cli("sync", "web01").code == 0
-    rows = {row["location"]: row for row in server.cli("status", "--json").json()["clients"][0]["locations"]}
+    rows = server.cli("status", "--json").json()["clients"]["web01"]["locations"]
     assert rows["usb"]["bwlimit"] == "00:00,5MB/s 23:59,5MB/s (now 5.0 MB/s)"
     assert rows["nas"]["bwlimit"] is None
     assert "bwlimit" in server.cli("status").out

@@ -20,6 +20,7 @@ from tests.support.ports import free_port_range
 from tests.support.repository import Server
 from tests.support.wait import wait_until
 from tests.support.web import browser, dump_dom, three_clients, web_service
+from triplicate.actions import JSON_VERSION
 from triplicate.config.load import load_config
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs
@@ -41,8 +42,9 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
     port = three_clients(server)
     with web_service(server, port) as web:
         overview = web.json("/api/v1/clients")
-        assert overview["version"] == 1
-        clients = {client["name"]: client for client in overview["clients"]}
+        assert overview["version"] == JSON_VERSION
+        clients = overview["clients"]
+        assert list(clients) == ["web01", "web02", "web03"]  # keyed by name, in name order
         assert [clients[name]["state"] for name in ("web01", "web02", "web03")] == ["ok", "failed", "ok"]
         usb = clients["web02"]["locations"]["usb"]
         assert usb["state"] == "failed" and usb["up"] is False and usb["error"]
@@ -51,7 +53,7 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         assert clients["web01"]["locations"]["@primary"]["snapshots"] == 1
 
         detail = web.json("/api/v1/clients/web01")
-        assert detail["name"] == "web01" and len(detail["charts"]["arrivals"]) == 1
+        assert detail["client"] == "web01" and len(detail["charts"]["arrivals"]) == 1
         assert set(detail["charts"]["latency"]) == {"usb", "nas"}
         assert {run["location"] for run in detail["runs"]} == {"usb", "nas"}
         assert detail["endpoint"]["services"]["syncd"]["state"] == "absent"  # never reconciled here
@@ -60,11 +62,12 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         runs = web.json("/api/v1/runs?client=web02")["runs"]
         assert {(run["location"], run["ok"]) for run in runs} == {("usb", False), ("nas", True)}
         assert web.json("/api/v1/audits")["audits"] == []
-        assert web.json("/api/v1/server")["locations"] == ["nas", "usb"]
+        server_info = web.json("/api/v1/server")
+        assert server_info["location_names"] == ["nas", "usb"] and server_info["client_count"] == 3
         locations = web.json("/api/v1/locations")["locations"]
-        assert locations["usb"]["clients"] == ["web01", "web02", "web03"]
+        assert locations["usb"]["client_names"] == ["web01", "web02", "web03"]
         for path in ("/api/v1/restore-checks", "/api/v1/retention-runs"):
-            assert web.json(path)["version"] == 1
+            assert web.json(path)["version"] == JSON_VERSION
 
         status, body, _ = web.get("/api/v1/clients/nobody")
         assert status == 404 and "unknown client 'nobody'" in json.loads(body)["error"]
@@ -75,7 +78,7 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         assert 'triplicate_location_up{client="web02",location="usb"} 0.0' in web.get("/metrics")[1].decode()
         (server.root / "usb" / "web02").unlink()
         assert server.cli("sync", "web02").code == 0
-        fixed = {client["name"]: client for client in web.json("/api/v1/clients")["clients"]}["web02"]
+        fixed = web.json("/api/v1/clients")["clients"]["web02"]
         assert fixed["state"] == "ok" and fixed["locations"]["usb"]["lag_seconds"] == 0
         assert 'triplicate_location_up{client="web02",location="usb"} 1.0' in web.get("/metrics")[1].decode()
 
@@ -239,7 +242,7 @@ def test_sighup_reloads_clients_and_users(server: Server) -> None:
         wait_until(lambda: web.get("/api/v1/server", second)[0] == 200, 20, "the new password to be accepted")
         assert web.get("/api/v1/server", login)[0] == 401
         _, body, _ = web.get("/api/v1/clients", second)
-        assert [client["name"] for client in json.loads(body)["clients"]][-1] == "web04"
+        assert list(json.loads(body)["clients"])[-1] == "web04"
         server.config_path.write_text("[server\n")  # a broken file is refused, the running one kept
         web.process.send_signal(signal.SIGHUP)
         assert web.get("/api/v1/server", second)[0] == 200 and web.process.poll() is None

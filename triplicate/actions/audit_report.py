@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from triplicate.actions import JSON_VERSION
+
 
 class Status(StrEnum):
     OK = "OK"
@@ -134,7 +136,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": JSON_VERSION,
             "status": self.status.value,
             "exit_code": self.status.exit_code,
             "started": round(self.started, 3),

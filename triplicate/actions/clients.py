@@ -42,7 +42,7 @@ class AddedClient:
     reused_repository: bool
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "url": self.url, "user": self.name, "password": self.password,
+        return {"client": self.name, "url": self.url, "user": self.name, "password": self.password,
                 "port": self.port}
 
     @property

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from triplicate.actions import JSON_VERSION
 from triplicate.config.model import Config
 from triplicate.errors import ConfigError
 
@@ -45,8 +46,8 @@ class CheckResult:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "ok": self.ok, "config": str(self.path), "clients": self.clients,
-                "locations": self.locations,
+        return {"version": JSON_VERSION, "ok": self.ok, "config": str(self.path), "client_count": self.clients,
+                "location_count": self.locations,
                 "problems": [{"key": problem.key, "message": problem.message} for problem in self.problems]}
 
 

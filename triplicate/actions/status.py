@@ -3,6 +3,9 @@
 A client's status is a list of sections, each a titled list of rows (plain JSON
 values) plus the problems it found. A feature adds its own section by appending
 a collector to :data:`COLLECTORS`; the CLI renders every section the same way.
+In JSON (docs/json.md) a section whose rows are named (a location, a service, a
+job) is an object keyed by that name, and a section of one record is that
+record or null.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ class StatusSection:
     title: str
     rows: list[dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    # The column naming each row: in JSON the rows are an object keyed by it, in the rows' order.
+    # None: the section holds one record at most, in JSON that row or null.
+    named_by: str | None = None
+    # The JSON value when the rows (a table for people) are not its shape; None: from the rows.
+    data: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any] | None:
+        """The section as JSON: ``data``, else the rows keyed by ``named_by``, else the one row or None."""
+        if self.data is not None:
+            return self.data
+        if self.named_by is None:
+            return self.rows[0] if self.rows else None
+        return {row[self.named_by]: {key: value for key, value in row.items() if key != self.named_by}
+                for row in self.rows}
 
 
 @dataclass(frozen=True)
@@ -59,9 +76,9 @@ class ClientStatus:
         return [problem for section in self.sections for problem in section.problems]
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"name": self.name, "enabled": self.enabled, "ok": not self.problems,
-                                  "problems": self.problems}
-        result.update({section.key: section.rows for section in self.sections})
+        """The client's JSON, without its name (the key it is found under)."""
+        result: dict[str, Any] = {"enabled": self.enabled, "ok": not self.problems, "problems": self.problems}
+        result.update({section.key: section.to_json() for section in self.sections})
         return result
 
 
@@ -69,7 +86,7 @@ def services_section(context: StatusContext) -> StatusSection:
     """Each service's runit state and how long it has been in it (its uptime when running)."""
     layout, name = context.layout, context.client
     enabled = context.config.clients[name].enabled
-    section = StatusSection("services", "services", [])
+    section = StatusSection("services", "services", [], named_by="service")
     folders = {"supervisor": layout.client_dir(name)}
     folders.update({service: layout.service_dir(name, service) for service in SERVICES
                     if layout.service_dir(name, service).is_dir()})  # no port: no REST endpoint
@@ -97,7 +114,7 @@ def locations_section(context: StatusContext) -> StatusSection:
     """Per location (and the primary): snapshots, newest snapshot's age, lag, last sync."""
     config, name, now = context.config, context.client, context.now
     state = context.replication
-    section = StatusSection("locations", "locations", [])
+    section = StatusSection("locations", "locations", [], named_by="location")
     primary = state.known_snapshots(name, PRIMARY)
     newest = max(primary.values(), default=None)
     # The primary's own integrity problems are the primary's, not each replica's.
@@ -197,6 +214,10 @@ def audit_section(context: StatusContext) -> StatusSection:
     for location, result in record.locations.items():
         section.rows.append({"location": location, "status": result.status, "age_seconds": age,
                              "reason": result.reason})
+    # As audit --json says it: the client's status, then its locations by name.
+    section.data = {"status": record.status, "age_seconds": age, "reason": record.reason,
+                    "locations": {location: {"status": result.status, "reason": result.reason}
+                                  for location, result in record.locations.items()}}
     if record.status not in ("OK", "WARNING"):
         section.problems.append(f"last audit: {record.status}: {record.reason}")
     return section
@@ -206,7 +227,7 @@ def restore_check_section(context: StatusContext) -> StatusSection:
     """The last restore check of each location: passed or failed, files, estimated full restore."""
     from triplicate.state.restore_check import RestoreCheckState
 
-    section = StatusSection("restore_check", "last restore check", [])
+    section = StatusSection("restore_check", "last restore check", [], named_by="location")
     with RestoreCheckState.opened(context.config.server.state_dir, create=False) as state:
         records = state.last_restore_checks(context.client)
     for location, record in records.items():
@@ -246,7 +267,7 @@ def scheduled_section(context: StatusContext) -> StatusSection:
     from triplicate.daemon.checks import COULD_NOT_RUN
     from triplicate.state.daemon import DaemonState
 
-    section = StatusSection("scheduled", "scheduled checks", [])
+    section = StatusSection("scheduled", "scheduled checks", [], named_by="job")
     with DaemonState.opened(context.config.server.state_dir, create=False) as state:
         runs = state.job_runs(context.client)
         hook = state.hook_last_run(context.client)

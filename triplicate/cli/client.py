@@ -33,7 +33,7 @@ def client() -> None:
               help="Also write the plain password to FILE (mode 0600; it must not exist).")
 @click.option("--issue-cert", is_flag=True, help="Also issue a client certificate (subject: NAME) from the "
               "server's CA in state_dir/tls/, for mutual TLS (server.tls_client_ca).")
-@click.option("--json", "as_json", is_flag=True, help="Print {name, url, user, password, port}.")
+@click.option("--json", "as_json", is_flag=True, help="Print {client, url, user, password, port}.")
 @click.pass_obj
 def add(app: AppContext, name: str, locations: tuple[str, ...], port: int | None, no_enable: bool,
         save_password: Path | None, issue_cert: bool, as_json: bool) -> None:
@@ -137,7 +137,7 @@ def remove(app: AppContext, name: str, purge: bool) -> None:
 
 
 @client.command(name="list", epilog="Exit status: 0; 2 bad configuration.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"version", "clients": [...]}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"version", "clients": {NAME: {...}}}.')
 @click.pass_obj
 def list_command(app: AppContext, as_json: bool) -> None:
     """List the clients with their port, locations and URL (without password)."""
@@ -148,7 +148,8 @@ def list_command(app: AppContext, as_json: bool) -> None:
 
     clients = list_clients(app.config)
     if as_json:
-        print_json({"clients": [dataclasses.asdict(entry) for entry in clients]})
+        print_json({"clients": {entry.name: {key: value for key, value in dataclasses.asdict(entry).items()
+                                              if key != "name"} for entry in clients}})
         return
     table = Table()
     for column in ("name", "enabled", "port", "replicate_to", "url"):

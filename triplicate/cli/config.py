@@ -17,7 +17,8 @@ def config() -> None:
 
 @config.command(epilog="Exit status: 0 no problem; 2 problems (each printed with its key path).")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print {"version", "ok", "config", "clients", "locations", "problems": [{"key", "message"}]}.')
+              help='Print {"version", "ok", "config", "client_count", "location_count", '
+                   '"problems": [{"key", "message"}]}.')
 @click.pass_obj
 def check(app: AppContext, as_json: bool) -> None:
     """Validate the file: everything 'client add' and 'supervise' would refuse, all at once.

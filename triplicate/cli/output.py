@@ -8,20 +8,19 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from triplicate.actions import JSON_VERSION
 from triplicate.engine.mirror import Progress as WorkProgress
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-
-# The version of every --json output's shape (docs/json.md); bumped when a field changes meaning.
-JSON_VERSION = 1
+__all__ = ["JSON_VERSION", "print_json", "print_json_error"]
 
 
 def print_json(data: dict[str, Any]) -> None:
-    """Print one JSON object on standard output, ``"version"`` first (added when missing)."""
-    versioned = data if "version" in data else {"version": JSON_VERSION, **data}
+    """Print one JSON object on standard output, ``"version"`` (:data:`JSON_VERSION`) first."""
+    versioned = {"version": JSON_VERSION, **{key: value for key, value in data.items() if key != "version"}}
     sys.stdout.write(json.dumps(versioned, indent=2, sort_keys=False) + "\n")
 
 

@@ -75,7 +75,8 @@ def recover(app: AppContext, client: str | None, sources: tuple[str, ...], every
             ok = ok and bool(data["ok"])
             results.append(data)
     if as_json:
-        print_json(results[0] if client is not None else {"ok": ok, "clients": results})
+        print_json(results[0] if client is not None else {"ok": ok, "clients": {  # keyed by name, as everywhere
+            str(data["client"]): {key: value for key, value in data.items() if key != "client"} for data in results}})
     sys.exit(0 if ok else EXIT_UNKNOWN if results and could_not_run == len(results) else 1)
 
 

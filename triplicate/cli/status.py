@@ -31,7 +31,7 @@ def status(app: AppContext, names: tuple[str, ...], as_json: bool) -> None:
     statuses = collect_status(app.config, list(names) or None)
     healthy = all(not client.problems for client in statuses)
     if as_json:
-        print_json({"ok": healthy, "clients": [client.to_json() for client in statuses]})
+        print_json({"ok": healthy, "clients": {client.name: client.to_json() for client in statuses}})
     else:
         show_status(statuses)
     sys.exit(0 if healthy else 1)

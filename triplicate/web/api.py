@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from triplicate import __version__
+from triplicate.actions import JSON_VERSION
 
 HISTORY_KINDS = ("runs", "audits", "restore-checks", "retention-runs")
 
@@ -45,33 +46,40 @@ LOCATION_STATE = {
 CLIENT = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"}, "enabled": {"type": "boolean"},
+        "enabled": {"type": "boolean"}, "port": {"type": ["integer", "null"]},
         "state": {"enum": ["ok", "never", "late", "failed", "disabled"]},
         "problems": {"type": "array", "items": {"type": "string"}},
         "audit": {"type": ["object", "null"]},
         "locations": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/LocationState"},
                       "description": "by location name; '@primary' is the client's own repository"},
     },
-    "required": ["name", "enabled", "state", "problems", "locations"],
+    "required": ["enabled", "state", "problems", "locations"],
+    "description": "a client, found under its name (in /api/v1/clients) or named by 'client' (its own page)",
 }
 
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI document of every ``/api/v1`` endpoint."""
-    versioned = {"version": {"const": 1}}
+    versioned = {"version": {"const": JSON_VERSION}}
     paths: dict[str, Any] = {
         "/api/v1/server": _get("The server: version, host, client count, location names", {
             "type": "object", "properties": {**versioned, "triplicate": {"type": "string"},
-                                             "locations": {"type": "array", "items": {"type": "string"}}}}),
+                                             "client_count": {"type": "integer"},
+                                             "enabled_client_count": {"type": "integer"},
+                                             "location_names": {"type": "array", "items": {"type": "string"}}}}),
         "/api/v1/clients": _get("Every client, each location judged", {
             "type": "object", "properties": {**versioned, "time": {"type": "number"},
-                                             "clients": {"type": "array",
-                                                         "items": {"$ref": "#/components/schemas/Client"}}}}),
+                                             "clients": {"type": "object", "description": "by client name",
+                                                         "additionalProperties": {
+                                                             "$ref": "#/components/schemas/Client"}}}}),
         "/api/v1/clients/{name}": _get(
             "One client: its locations, last audit, restore checks, retention, recent runs, chart series",
-            {"$ref": "#/components/schemas/Client"}, [NAME_PARAMETER]),
+            {"allOf": [{"$ref": "#/components/schemas/Client"},
+                       {"type": "object", "properties": {**versioned, "client": {"type": "string"}},
+                        "required": ["client"]}]}, [NAME_PARAMETER]),
         "/api/v1/locations": _get("Every location: kind, where (never a credential), clients", {
-            "type": "object", "properties": {**versioned, "locations": {"type": "object"}}}),
+            "type": "object", "properties": {**versioned, "locations": {"type": "object",
+                                                                         "description": "by location name"}}}),
     }
     for kind in HISTORY_KINDS:
         key = kind.replace("-", "_")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from triplicate import __version__
+from triplicate.actions import JSON_VERSION
 from triplicate.config.model import Config
 from triplicate.metrics import location_view
 from triplicate.state.audit import AuditState
@@ -24,7 +25,7 @@ from triplicate.state.replication import ReplicationState
 from triplicate.state.restore_check import RestoreCheckState
 from triplicate.state.retention import RetentionState
 
-API_VERSION = 1
+API_VERSION = JSON_VERSION  # one version for the CLI's --json and the API's bodies (docs/json.md)
 # The cell states of the dashboard's grid, best first.
 STATES = ("ok", "never", "late", "failed")
 # Location settings that are safe to show (no credential or key file).
@@ -58,9 +59,9 @@ def server_info(config: Config) -> dict[str, Any]:
     """The server: version, names, how many clients, its locations' names."""
     return {
         "version": API_VERSION, "triplicate": __version__, "public_host": config.server.public_host,
-        "syncd": config.server.syncd, "clients": len(config.clients),
-        "enabled_clients": sum(1 for client in config.clients.values() if client.enabled),
-        "locations": sorted(config.locations), "primary": PRIMARY,
+        "syncd": config.server.syncd, "client_count": len(config.clients),
+        "enabled_client_count": sum(1 for client in config.clients.values() if client.enabled),
+        "location_names": sorted(config.locations), "primary": PRIMARY,
     }
 
 
@@ -70,8 +71,8 @@ def locations(config: Config) -> dict[str, Any]:
     for name, location in sorted(config.locations.items()):
         settings = location.model_dump(mode="json", exclude_none=True)
         public = {key: settings[key] for key in PUBLIC_LOCATION_KEYS if key in settings}
-        public["clients"] = sorted(client for client, settings_ in config.clients.items()
-                                   if name in settings_.replicate_to)
+        public["client_names"] = sorted(client for client, settings_ in config.clients.items()
+                                        if name in settings_.replicate_to)
         result[name] = public
     return {"version": API_VERSION, "locations": result}
 
@@ -94,11 +95,10 @@ def overview(config: Config, now: float | None = None, names: list[str] | None =
             record = stores.audit.last_audit(one)
             audits = {} if record is None else {one: record}
         restore = _last_restore_checks(stores.restore, one)
-        clients = []
+        clients = {}
         for name in names or sorted(config.clients):
             count, newest = primary.get(name, (0, None))
-            clients.append(_client(config, name, now, count, rows, newest, audits.get(name),
-                                   restore.get(name, {})))
+            clients[name] = _client(config, name, now, count, rows, newest, audits.get(name), restore.get(name, {}))
     return {"version": API_VERSION, "time": round(now, 3), "clients": clients}
 
 
@@ -133,7 +133,7 @@ def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tu
         result_locations[location] = entry
     states = [entry["state"] for entry in result_locations.values()]
     return {
-        "name": name, "enabled": settings.enabled, "port": settings.port,
+        "enabled": settings.enabled, "port": settings.port,
         "state": max(states, key=STATES.index) if settings.enabled else "disabled",
         "problems": problems,
         "audit": None if audit is None else {"status": audit.status, "reason": audit.reason,
@@ -174,7 +174,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
     """
     config.client(name)
     now = time.time() if now is None else now
-    summary = overview(config, now, [name])["clients"][0]
+    summary = overview(config, now, [name])["clients"][name]
     since = now - days * DAY
     with opened(config) as stores:
         audit = stores.audit.last_audit(name)
@@ -190,7 +190,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
         for location, found in arrivals.items() if location != PRIMARY
     }
     return {
-        **summary, "version": API_VERSION, "endpoint": endpoint(config, name, now),
+        "version": API_VERSION, "client": name, **summary, "endpoint": endpoint(config, name, now),
         "last_audit": None if audit is None else {
             "status": audit.status, "reason": audit.reason, "started": audit.started, "finished": audit.finished,
             "locations": {location: {"status": result.status, "reason": result.reason}
@@ -244,7 +244,7 @@ def _run(row: Any) -> dict[str, Any]:
 
 
 def _restore(record: Any) -> dict[str, Any]:
-    return {"client": record.client, "location": record.location, "time": record.time, "ok": record.ok,
+    return {"time": record.time, "ok": record.ok,  # found under its location's name: neither named again
             "snapshot": record.snapshot, "files_checked": record.files_checked,
             "bytes_restored": record.bytes_restored, "seconds": record.seconds,
             "estimated_full_restore_seconds": record.estimated_full_restore_seconds,

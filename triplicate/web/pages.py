@@ -37,16 +37,15 @@ def _age(now: float, when: float | None) -> str:
 def dashboard(server: dict[str, Any], overview: dict[str, Any]) -> str:
     """The grid: one row per client, one column per location, each cell coloured by its state."""
     now = overview["time"]
-    columns = [PRIMARY, *server["locations"]]
+    columns = [PRIMARY, *server["location_names"]]
     counts: dict[str, int] = {}
-    for client in overview["clients"]:
+    for client in overview["clients"].values():
         counts[client["state"]] = counts.get(client["state"], 0) + 1
     summary = "".join(f'<span class="badge state-{state}">{counts[state]} {STATE_WORDS[state]}</span>'
                       for state in ("failed", "late", "never", "ok", "disabled") if state in counts)
     head = "".join(f"<th>{escape('primary' if name == PRIMARY else name)}</th>" for name in columns)
     rows = []
-    for client in overview["clients"]:
-        name = client["name"]
+    for name, client in overview["clients"].items():
         cells = []
         for location in columns:
             entry = client["locations"].get(location)
@@ -87,7 +86,7 @@ def _cell_title(entry: dict[str, Any], now: float) -> str:
 def client_page(detail: dict[str, Any]) -> str:
     """One client: its locations, plots, last audit, restore checks, retention and recent runs."""
     now = time.time()
-    name = detail["name"]
+    name = detail["client"]
     problems = "".join(f"<li>{escape(problem)}</li>" for problem in detail["problems"])
     rows = []
     for location, entry in detail["locations"].items():
