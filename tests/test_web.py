@@ -16,7 +16,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.support.ports import free_port_range
+from tests.support.ports import accepts_connections, free_port_range, listening_on
 from tests.support.repository import Server
 from tests.support.wait import wait_until
 from tests.support.web import browser, dump_dom, three_clients, web_service
@@ -246,6 +246,83 @@ def test_sighup_reloads_clients_and_users(server: Server) -> None:
         server.config_path.write_text("[server\n")  # a broken file is refused, the running one kept
         web.process.send_signal(signal.SIGHUP)
         assert web.get("/api/v1/server", second)[0] == 200 and web.process.poll() is None
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> int:
+    """The status of a GET on ``url``, 0 when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return 0
+
+
+def test_sighup_moves_the_service_to_a_new_listen_address(server: Server) -> None:
+    low, _ = free_port_range(3)
+    first, second, taken = low, low + 1, low + 2
+    server.config_path.write_text(server.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{first}"\n')
+    with web_service(server, first) as web:
+        assert web.get("/api/v1/server")[0] == 200
+        server.config_path.write_text(server.config_path.read_text().replace(f":{first}", f":{second}"))
+        web.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: _get(f"http://127.0.0.1:{second}/api/v1/server") == 200, 20, "the new address to answer")
+        wait_until(lambda: not accepts_connections(first), 10, "the old address to close")
+
+        # A taken address keeps the service where it is; the rest of the file (a new client) applies.
+        with listening_on(taken):
+            text = server.config_path.read_text().replace(f":{second}", f":{taken}")
+            server.config_path.write_text(text + '\n[clients.web04]\nreplicate_to = ["usb"]\n')
+            web.process.send_signal(signal.SIGHUP)
+
+            def web04_listed() -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{second}/api/v1/clients", timeout=10) as response:
+                    return "web04" in json.load(response)["clients"]
+
+            wait_until(web04_listed, 20, "the reload to apply the new client")
+        assert web.process.poll() is None and _get(f"http://127.0.0.1:{second}/api/v1/server") == 200
+    log = web.process.stderr.read().decode()  # type: ignore[union-attr]
+    assert f"now serving on http://127.0.0.1:{second} (was 127.0.0.1:{first})" in log, log
+    assert f"web.listen 127.0.0.1:{taken}: " in log and f"still serving on http://127.0.0.1:{second}" in log, log
+
+
+def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def _served_certificate(port: int) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", port), timeout=10))
+
+
+def test_sighup_switches_tls_on_and_serves_a_renewed_certificate(server: Server, tmp_path: Path) -> None:
+    port = free_port_range(1)[0]
+    cert, key = _certificate(tmp_path, "first")
+    plain = server.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{port}"\n'
+    server.config_path.write_text(plain)
+    with web_service(server, port) as web:
+        assert web.get("/api/v1/server")[0] == 200
+        server.config_path.write_text(plain.replace("[server]\n", f'[server]\ntls_cert = "{cert}"\n'
+                                                                  f'tls_key = "{key}"\n', 1))
+        web.process.send_signal(signal.SIGHUP)
+        trusted = ssl.create_default_context(cafile=str(cert))
+        wait_until(lambda: _get(f"https://127.0.0.1:{port}/api/v1/server", trusted) == 200, 20,
+                   "HTTPS on the same address")
+        assert _get(f"http://127.0.0.1:{port}/api/v1/server") == 0  # plain HTTP is no longer served
+
+        # A renewed certificate in the same files (as certbot writes it) is served after the reload.
+        renewed, renewed_key = _certificate(tmp_path, "renewed")
+        shutil.copyfile(renewed_key, key)
+        shutil.copyfile(renewed, cert)
+        assert _served_certificate(port) != ssl.PEM_cert_to_DER_cert(renewed.read_text())  # not before the reload
+        web.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: _served_certificate(port) == ssl.PEM_cert_to_DER_cert(renewed.read_text()), 20,
+                   "the renewed certificate to be served")
+        assert _get(f"https://127.0.0.1:{port}/api/v1/server", ssl.create_default_context(cafile=str(renewed))) == 200
 
 
 def _first_hash(server: Server) -> str:

@@ -18,8 +18,9 @@ def web(app: AppContext) -> None:
 
     Listens on [web] listen (e.g. "127.0.0.1:8200"); with [web] users every request
     needs one of their logins; with the server's tls_cert and tls_key it speaks
-    HTTPS. Reads the state database only. SIGHUP reloads the configuration. Under
-    'supervise' it runs as its own service when [web] listen is set (docs/web.md).
+    HTTPS. Reads the state database only. SIGHUP reloads the configuration, a new
+    listen address and certificate included. Under 'supervise' it runs as its own
+    service when [web] listen is set (docs/web.md).
     """
     import asyncio
 

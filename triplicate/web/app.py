@@ -199,47 +199,130 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+class Listener:
+    """The web service's listening socket: ``[web] listen`` and the server's TLS certificate.
+
+    A reload (:meth:`apply`) rebinds to a new address (the new socket is bound before
+    the old one closes, so a taken address keeps the old one serving), switches TLS on
+    or off, and reads the certificate files again (a renewed certificate serves the
+    next connection; open connections keep theirs).
+    """
+
+    def __init__(self, runner: web.AppRunner) -> None:
+        self._runner = runner
+        self._site: web.TCPSite | None = None
+        self.listen = ""
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls is not None else "http"
+
+    async def open(self, config: Config) -> None:
+        """Listen as ``config`` says; raises CannotRun when the address is taken or TLS cannot load."""
+        assert config.web.listen is not None
+        host, port = parse_listen(config.web.listen, "web.listen:")
+        tls = tls_context(config)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as error:
+            await site.stop()
+            raise CannotRun(f"web.listen {config.web.listen}: {error.strerror or error}") from None
+        self._site, self.listen, self._tls = site, config.web.listen, tls
+
+    async def apply(self, config: Config) -> str | None:
+        """Listen as the reloaded ``config`` says; return what changed (None: nothing).
+
+        Raises CannotRun when the new address or certificate cannot be used; the old socket
+        then keeps serving as before.
+        """
+        assert config.web.listen is not None and self._site is not None
+        fresh_tls = tls_context(config)  # raises before anything is touched
+        if config.web.listen == self.listen and (fresh_tls is None) == (self._tls is None):
+            if self._tls is None or fresh_tls is None:
+                return None
+            cert, key = config.server.tls_cert, config.server.tls_key
+            assert cert is not None and key is not None
+            self._tls.load_cert_chain(cert, key)  # the running socket's context: the next handshake
+            return "certificate read again"
+        old_site, old_listen, old_tls = self._site, self.listen, self._tls
+        if config.web.listen == old_listen:  # TLS switched on or off on the same address: close first
+            await old_site.stop()
+            try:
+                await self.open(config)
+            except CannotRun:
+                host, port = parse_listen(old_listen, "web.listen:")
+                self._site = web.TCPSite(self._runner, host, port, ssl_context=old_tls)
+                await self._site.start()
+                raise
+        else:
+            await self.open(config)  # bound before the old socket closes
+            await old_site.stop()
+        return f"now serving on {self.scheme}://{self.listen} (was {old_listen})"
+
+
 async def serve(config: Config, config_path: Path, reload: Callable[[], Config]) -> None:
-    """Serve until SIGTERM or SIGINT; SIGHUP reloads the configuration (a bad one is logged, kept out).
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads the configuration (a bad one is logged, kept out),
+    including a new ``[web] listen``, TLS certificate or users.
 
     Raises ConfigError for a bad ``[web]``, CannotRun when the address is taken or TLS cannot load.
     """
     check_web_settings(config, str(config_path))
-    assert config.web.listen is not None
-    host, port = parse_listen(config.web.listen, "web.listen:")
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config))
+    listener = Listener(runner)
     try:
-        await site.start()
-    except OSError as error:
+        await listener.open(config)
+    except CannotRun:
         await runner.cleanup()
-        raise CannotRun(f"web.listen {config.web.listen}: {error.strerror or error}") from None
+        raise
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: list[asyncio.Task[None]] = []
+
+    async def apply(fresh: Config) -> None:
+        live = app[LIVE]
+        live.config, live.logins = fresh, Logins(fresh.web.users)
+        live.version.close()
+        try:
+            changed = await listener.apply(fresh)
+        except CannotRun as error:
+            log.error("reload: %s; still serving on %s://%s", error, listener.scheme, listener.listen)
+            return
+        log.info("reloaded %s%s", config_path, f": {changed}" if changed else "")
 
     def on_hup() -> None:
         try:
             fresh = reload()
             check_web_settings(fresh, str(config_path))
+            tls_context(fresh)  # a certificate that does not load refuses the whole file
         except TriplicateError as error:
             log.error("reload: keeping the running configuration: %s", error)
             return
-        live = app[LIVE]
-        live.config, live.logins = fresh, Logins(fresh.web.users)  # the address and TLS: at the next start
-        live.version.close()
-        log.info("reloaded %s", config_path)
+        if reloads and not reloads[-1].done():  # one at a time, in the order the signals came
+            previous = reloads[-1]
+
+            async def after() -> None:
+                await asyncio.wait([previous])
+                await apply(fresh)
+
+            reloads.append(loop.create_task(after()))
+        else:
+            reloads.append(loop.create_task(apply(fresh)))
+        del reloads[:-1]
 
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stopped.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     # The first visitor should not pay for the first grid and scrape of a large server.
     warm = asyncio.gather(asyncio.to_thread(app[LIVE].overview), metrics_body(app), return_exceptions=True)
-    scheme = "https" if site._ssl_context is not None else "http"
-    log.warning("web: serving on %s://%s (%d clients)", scheme, config.web.listen, len(config.clients))
+    log.warning("web: serving on %s://%s (%d clients)", listener.scheme, listener.listen, len(config.clients))
     try:
         await stopped.wait()
     finally:
         warm.cancel()
+        for task in reloads:
+            task.cancel()
         await runner.cleanup()
