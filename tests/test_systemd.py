@@ -17,6 +17,7 @@ from tests.support.repository import Server
 from tests.support.server import Site
 from tests.support.wait import wait_until
 from triplicate.config.load import load_config
+from triplicate.service import runit
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
 
@@ -103,6 +104,8 @@ def test_reload_starts_the_web_service_and_hups_the_watchers(site: Site) -> None
     site.start_supervision()
     syncd = site.layout.service_dir("web01", "syncd")
     wait_until(lambda: site.service_pid("web01", "syncd"), 30, "web01's watcher to run")
+    started = site.layout.log_dir("web01", "syncd") / "current"  # its HUP handler is installed by then
+    wait_until(lambda: started.exists() and "syncd started" in started.read_text(), 30, "web01's watcher to start")
     port = free_port_range(1)[0]
     site.config_path.write_text(site.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
     pid = site.service_pid("web01", "syncd")
@@ -117,3 +120,15 @@ def test_reload_starts_the_web_service_and_hups_the_watchers(site: Site) -> None
     log = site.layout.log_dir("web01", "syncd") / "current"
     wait_until(lambda: log.exists() and "reload: configuration applied" in log.read_text(), 30, "the watcher's reload")
     assert site.service_pid("web01", "syncd") == pid  # reloaded, not restarted
+
+    # A new [web] listen: the same reload moves the running web service there, without a restart.
+    web_pid = runit.service_state(site.layout.web).pid
+    moved = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{moved}"))
+    result = site.cli("supervise", "--reload")
+    assert result.code == 0 and f"reloaded {site.layout.web}" in result.err, result.err
+    wait_until(lambda: accepts_connections(moved), 30, "the web service on its new address")
+    wait_until(lambda: not accepts_connections(port), 10, "the old address to close")
+    with urllib.request.urlopen(f"http://127.0.0.1:{moved}/api/v1/clients", timeout=20) as response:
+        assert list(json.load(response)["clients"]) == ["web01"]
+    assert runit.service_state(site.layout.web).pid == web_pid  # reloaded, not restarted

@@ -237,7 +237,9 @@ class Listener:
         Raises CannotRun when the new address or certificate cannot be used; the old socket
         then keeps serving as before.
         """
-        assert config.web.listen is not None and self._site is not None
+        assert config.web.listen is not None
+        if self._site is None:  # a HUP while the first socket opens: that one is used until the next
+            return None
         fresh_tls = tls_context(config)  # raises before anything is touched
         if config.web.listen == self.listen and (fresh_tls is None) == (self._tls is None):
             if self._tls is None or fresh_tls is None:
@@ -273,11 +275,6 @@ async def serve(config: Config, config_path: Path, reload: Callable[[], Config])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listener = Listener(runner)
-    try:
-        await listener.open(config)
-    except CannotRun:
-        await runner.cleanup()
-        raise
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: list[asyncio.Task[None]] = []
@@ -313,9 +310,15 @@ async def serve(config: Config, config_path: Path, reload: Callable[[], Config])
             reloads.append(loop.create_task(apply(fresh)))
         del reloads[:-1]
 
+    # Before the socket opens: a service that answers is one a HUP reloads (never kills).
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stopped.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await listener.open(config)
+    except CannotRun:
+        await runner.cleanup()
+        raise
     # The first visitor should not pay for the first grid and scrape of a large server.
     warm = asyncio.gather(asyncio.to_thread(app[LIVE].overview), metrics_body(app), return_exceptions=True)
     log.warning("web: serving on %s://%s (%d clients)", listener.scheme, listener.listen, len(config.clients))
