@@ -47,6 +47,11 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
         assert overview["version"] == JSON_VERSION
         clients = overview["clients"]
         assert list(clients) == ["web01", "web02", "web03"]  # keyed by name, in name order
+        status = server.cli("status", "--json").json()  # the same things, the same keys, as the CLI's
+        assert status["version"] == overview["version"] and list(status["clients"]) == list(clients)
+        for name in clients:
+            assert list(clients[name]["locations"]) == list(status["clients"][name]["locations"]) == \
+                ["@primary", "usb", "nas"]
         assert [clients[name]["state"] for name in ("web01", "web02", "web03")] == ["ok", "failed", "ok"]
         usb = clients["web02"]["locations"]["usb"]
         assert usb["state"] == "failed" and usb["up"] is False and usb["error"]
