@@ -246,7 +246,10 @@ class Listener:
                 return None
             cert, key = config.server.tls_cert, config.server.tls_key
             assert cert is not None and key is not None
-            self._tls.load_cert_chain(cert, key)  # the running socket's context: the next handshake
+            try:
+                self._tls.load_cert_chain(cert, key)  # the running socket's context: the next handshake
+            except (OSError, ssl.SSLError) as error:  # replaced again since tls_context read it
+                raise CannotRun(f"server.tls_cert/tls_key: cannot load {cert}: {error}") from None
             return "certificate read again"
         old_site, old_listen, old_tls = self._site, self.listen, self._tls
         if config.web.listen == old_listen:  # TLS switched on or off on the same address: close first
