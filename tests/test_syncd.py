@@ -217,6 +217,20 @@ def test_a_hook_that_hangs_is_killed_after_hook_timeout(server: Server, daemons:
     assert daemon.terminate()[0] == 0
 
 
+def test_a_file_edited_while_the_daemon_starts_is_applied_once_it_listens(
+    server: Server, template_repository: Path
+) -> None:
+    # The run script ignores HUP until the daemon's handler is installed (a reload must not
+    # kill a starting watcher), so an edit made meanwhile is noticed by the file itself.
+    shutil.copytree(template_repository, server.primary("web02"))
+    good = server.config_path.read_text()
+    starting = InProcessDaemon(server.config_path)  # reads the file now
+    server.config_path.write_text(good + "\n[clients.web02]\nreplicate_to = ['usb']\n")
+    with LogRecorder() as log, starting:
+        log.wait_for_log(r"reload: configuration applied, 2 client\(s\) served")
+        wait_until(lambda: replicated_everywhere(server, "web02", ("usb",)), ARRIVAL_TIMEOUT, "the added client")
+
+
 def test_sighup_keeps_running_on_a_broken_file_and_applies_a_good_one(
     server: Server, daemons: list[DaemonProcess], tmp_path: Path, template_repository: Path
 ) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -132,3 +134,14 @@ def test_reload_starts_the_web_service_and_hups_the_watchers(site: Site) -> None
     with urllib.request.urlopen(f"http://127.0.0.1:{moved}/api/v1/clients", timeout=20) as response:
         assert list(json.load(response)["clients"]) == ["web01"]
     assert runit.service_state(site.layout.web).pid == web_pid  # reloaded, not restarted
+
+
+def test_a_reload_sent_while_the_watcher_starts_neither_kills_nor_restarts_it(site: Site) -> None:
+    site.add_client("web01", "usb")
+    site.start_supervision()
+    pid = wait_until(lambda: site.service_pid("web01", "syncd"), 30, "web01's watcher to run")
+    os.kill(pid, signal.SIGHUP)  # Python is still importing: its handler is not installed yet
+    started = site.layout.log_dir("web01", "syncd") / "current"
+    wait_until(lambda: started.exists() and "syncd started" in started.read_text(), 30, "web01's watcher to start")
+    assert site.service_pid("web01", "syncd") == pid, started.read_text()
+    assert "trap '' HUP" in (site.layout.service_dir("web01", "syncd") / "run").read_text()

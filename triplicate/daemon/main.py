@@ -86,6 +86,7 @@ class Daemon:
                  events: bool = True, metrics_listen: str | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        self._loaded_stamp = _file_stamp(config_path)  # what `config` was read from
         self.names = list(names)
         self.events = events
         self.metrics_listen = metrics_listen
@@ -149,6 +150,10 @@ class Daemon:
                  os.getpid(), len(self.clients), "file events" if self.events else "rescans only",
                  format_duration(self.config.server.poll_interval),
                  f", metrics on {self.metrics_listen}" if self.metrics_listen else "")
+        if _file_stamp(self.config_path) != self._loaded_stamp:
+            # Edited while we started: a HUP sent then was ignored (the run script ignores HUP
+            # until our handler is installed, so that it cannot kill us), so reload now.
+            self.reload()
         self.started.set()
         await self._stopped.wait()
         return await self._shutdown()
@@ -597,6 +602,15 @@ def _unsettled_words(result: MirrorResult) -> str:
 
 def _poll_interval(config: Config, client: str) -> float | None:
     return config.settings(client).poll_interval
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """A file's modification time and size (None when it cannot be read): what tells an edit."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _one_line(text: str) -> str:

@@ -140,6 +140,10 @@ def _service_files(folder: Path, argv: list[str], log_dir: Path, header: str, pr
     svlogd into ``log_dir``, or with ``log`` "journald" systemd-cat tagged
     ``triplicate-<client>-<service>`` (raises MissingProgram when systemd-cat is not installed)."""
     prefix = [programs.chpst, "-u", run_as] if run_as else []
+    if tuple(argv[:len(programs.triplicate)]) == programs.triplicate:
+        # Ignored across exec until Python installs its handler: a reload sent while the
+        # service starts must not kill it (the watcher then rereads a file edited meanwhile).
+        comment += "trap '' HUP\n"
     log_argv = [programs.svlogd, "-tt", str(log_dir)]
     if log == "journald":
         if programs.systemd_cat is None:
