@@ -66,10 +66,19 @@ def _summarise(report: HealReport) -> None:
             out.print(f"  {problem} at {escape(copy)}: {outcome}")
         if entry.lost:
             out.print("  [red]lost[/]: no copy anywhere hashes to its name; the snapshots that need it are damaged")
+            if entry.snapshots_needing:
+                shown = " ".join(snapshot[:8] for snapshot in entry.snapshots_needing)
+                out.print(f"  snapshots that may need it: {shown}"
+                          + (f" ({escape(entry.snapshots_note)})" if entry.snapshots_note else ""))
+            elif entry.snapshots_note or entry.snapshots_needing is not None:
+                out.print(f"  snapshots that may need it: {'none' if entry.snapshots_needing is not None else '?'}"
+                          + (f" ({escape(entry.snapshots_note)})" if entry.snapshots_note else ""))
         if entry.quarantined:
             out.print(f"  the bad file is kept at {escape(entry.quarantined)}")
     if not report.files:
         out.print("No bad file at any copy.")
+    for note in report.notes:
+        out.print(f"[yellow]note[/]: {escape(note)}")
     if report.sync is not None:
         from triplicate.cli.sync import _summarise as summarise_sync
 
