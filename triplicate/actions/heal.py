@@ -146,13 +146,14 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     with ExitStack() as stack:
         stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
         copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        index_files = list(copies[0].files.get(FileType.INDEX, {}))  # the primary's, for restic
         if only is not None:
             for copy in copies:
                 copy.files = {file_type: {name: info for name, info in names.items()
                                           if Handle(file_type, name).relative_path() in only}
                               for file_type, names in copy.files.items()}
         checks = _check_copies(config, client, copies, report, stop, progress)
-        losses = _loss_finder(config, client, copies[0], checks[PRIMARY])
+        losses = _loss_finder(config, client, index_files, checks[PRIMARY])
         missing = _missing_at_primary(losses, copies[0], report) if losses is not None and only is None else set()
         tasks = _plan(copies, checks, missing, report)
         if not dry_run and not report.interrupted:
@@ -327,12 +328,12 @@ def _owned_like(model: Path, partial: str) -> None:
     os.chmod(partial, status.st_mode & 0o7777)
 
 
-def _loss_finder(config: Config, client: str, primary: Copy, check: CopyCheck) -> LossFinder | None:
-    """restic on the primary with the client's key, reading only its good index files; None without a key."""
+def _loss_finder(config: Config, client: str, index_files: list[str], check: CopyCheck) -> LossFinder | None:
+    """restic on the primary with the client's key, reading only the index files not found bad; None
+    without a key."""
     if not config.settings(client).has_key:
         return None
-    good_index = [name for name in primary.files.get(FileType.INDEX, {})
-                  if Handle(FileType.INDEX, name) not in check.bad]
+    good_index = [name for name in index_files if Handle(FileType.INDEX, name) not in check.bad]
     return LossFinder(config, client, good_index)
 
 

@@ -61,19 +61,24 @@ def recover_drill_interval(config: Config, client: str) -> float | None:
 
 def check_jobs(get_config: Callable[[], Config], send: Notify,
                resync: Callable[[str], None] = lambda client: None,
-               stop: threading.Event | None = None) -> list[Job]:
+               stop: threading.Event | None = None,
+               heal: Callable[[str, str], None] | None = None) -> list[Job]:
     """The scheduled checks, reading the configuration current when each runs.
 
-    ``resync(client)`` asks for a replication run of the client (thread-safe): after an
-    audit that found corrupt replica files, the run copies them again. ``stop`` set
-    (the daemon stopping) ends an audit's verification early.
+    After each audit, ``heal(client, "audit")`` (on the event loop) heals what it found
+    damaged anywhere (daemon/healing.py); without it, ``resync(client)`` asks for a
+    replication run of the client (thread-safe) when the audit found corrupt replica
+    files, which copies them again. ``stop`` set (the daemon stopping) ends an audit's
+    verification early.
     """
 
     async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], str | None]) -> None:
         heartbeat.ping(get_config(), client, "start", f"{name} started")
         try:
             problem = await asyncio.to_thread(work, get_config(), client, send)
-            if name == "audit" and _found_corrupt_replica_files(get_config(), client):
+            if name == "audit" and heal is not None:
+                heal(client, "audit")
+            elif name == "audit" and _found_corrupt_replica_files(get_config(), client):
                 resync(client)
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
