@@ -115,3 +115,31 @@ def test_a_pack_bad_at_every_copy_alarms_once_and_is_not_retried(
     assert sum("no good copy anywhere" in title for title in sink.titles()) == 1
     assert not file_hash_matches_name(pack) and pack.exists(), "a lost file is left as it is"
     assert "Traceback" not in daemon.log
+
+
+def test_a_damaged_primary_pack_a_run_trips_on_is_healed_from_the_location_that_has_it(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    assert server.cli("sync", "web01", "--to", "usb").code == 0  # nas has not got it yet
+    pack = max((path for path in (server.primary() / "data").rglob("*") if path.is_file()),
+               key=lambda path: path.stat().st_size)
+    relative = pack.relative_to(server.primary()).as_posix()
+    good = pack.read_bytes()
+    flip_byte(pack)
+    age_file(pack)
+    server.write_config(BASE_CONFIG + f'[notify]\nurls = ["{sink.url}"]\n')  # no scheduled audit at all
+    daemon = DaemonProcess(server.config_path)
+    daemons.append(daemon)
+    daemon.started()
+    daemon.wait_for_log(r"web01 -> nas: failed", TIMEOUT)  # the run to nas reads the primary's bad pack
+    daemon.wait_until(lambda: file_hash_matches_name(pack), TIMEOUT, "the heal of the primary's pack from usb")
+    assert pack.read_bytes() == good
+    nas_copy = server.replica("nas") / relative
+    daemon.wait_until(lambda: nas_copy.exists() and file_hash_matches_name(nas_copy), TIMEOUT,
+                      "the pack replicated to nas once healed")
+    daemon.wait_until(lambda: server.snapshot_ids(server.replica("nas")) == server.snapshot_ids(server.primary()),
+                      TIMEOUT, "the snapshot at nas")
+    assert server.check_read_data(server.replica("nas")).returncode == 0
+    assert last_audit(server.root / "state", "web01") is None, "healed without any audit"
+    ((_, _, ok, _),) = heal_runs(server)
+    assert ok

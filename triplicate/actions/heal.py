@@ -26,7 +26,7 @@ from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
 from triplicate.actions.sync import SyncReport, sync_client
 from triplicate.config.model import Config
-from triplicate.engine.mirror import Progress
+from triplicate.engine.mirror import MirrorOptions, Progress
 from triplicate.engine.repair import (
     Copy,
     CopyCheck,
@@ -162,7 +162,9 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
         _name_needing_snapshots(losses, report)
     usable = [name for name in locations if name in report.copies and report.copies[name].problem is None]
     if not dry_run and not report.interrupted and usable:
-        report.sync = sync_client(config, client, usable, trigger="heal")
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace,
+                                stop=stop if stop is not None else threading.Event())
+        report.sync = sync_client(config, client, usable, trigger="heal", options=options)
     return report
 
 

@@ -135,7 +135,7 @@ class Daemon:
         # Heals what an audit or a run found damaged (daemon/healing.py).
         self.healer = Healer(lambda: self.config, self.send, self.daemon_state, self._stop_flag, self._retry_client)
         # audit, restore check, retention
-        for job in check_jobs(lambda: self.config, self.send, self.resync, self._stop_flag, self.healer.look):
+        for job in check_jobs(lambda: self.config, self.send, self.healer.look, self._stop_flag):
             self.scheduler.add_job(job)
         if self.metrics_listen:
             self._start_metrics(self.metrics_listen)
@@ -490,17 +490,6 @@ class Daemon:
         if state.settled:
             heartbeat.replication_settled(self.config, state.name, state.latest)
             self._maybe_run_hook(state)
-
-    def resync(self, client: str) -> None:
-        """Ask for a run of every location of ``client`` (callable from any thread)."""
-        def request() -> None:
-            state = self.clients.get(client)
-            if state is not None and not self.stopping:
-                for runner in state.runners.values():
-                    runner.request("repair")
-
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(request)
 
     def _retry_client(self, client: str) -> None:
         """Files were healed: the client's locations that were failing try again now."""
