@@ -41,6 +41,12 @@ def heal_runs(server: Server) -> list[tuple[str, float, bool, str | None]]:
         state.close()
 
 
+def heal_rows(server: Server) -> list[dict[str, object]]:
+    """The status rows of the automatic heal ("scheduled checks")."""
+    (client,) = server.cli("status", "web01", "--json").json()["clients"]
+    return [row for row in client["scheduled"] if row["job"] == "heal"]
+
+
 def a_replicated_pack(server: Server) -> tuple[Path, str]:
     assert server.cli("sync", "web01").code == 0
     pack = max((path for path in (server.primary() / "data").rglob("*") if path.is_file()),
@@ -71,8 +77,8 @@ def test_rot_in_a_replicated_primary_pack_is_healed_without_a_command(
                       f"a success notification; got {sink.titles()}")
     ((_, _, ok, error),) = heal_runs(server)
     assert ok and error is None
-    status = server.cli("status", "web01", "--json")
-    assert '"heal"' in status.out, "status shows the last automatic heal"
+    (row,) = heal_rows(server)
+    assert row["result"] == "ok" and row["error"] is None, "status shows the last automatic heal"
     # The audit that found it reported it under @primary, as the locations' are.
     audits = [last_audit(server.root / "state", "web01")]
     assert audits[0] is not None and "@primary" in audits[0].locations
@@ -100,8 +106,8 @@ def test_a_pack_bad_at_every_copy_alarms_once_and_is_not_retried(
     assert relative in alarm["message"] and f"snapshots that may need it: {snapshot[:8]}" in alarm["message"]
     ((_, healed_at, ok, error),) = heal_runs(server)
     assert not ok and error is not None and f"lost {relative}" in error
-    status = server.cli("status", "web01", "--json")
-    assert f"lost {relative}" in status.out
+    (row,) = heal_rows(server)
+    assert row["result"] == "failed" and f"lost {relative}" in row["error"]
 
     # Three more audits find the same file bad again: no new heal, no new alarm.
     def audit_finished() -> float:

@@ -110,7 +110,10 @@ class Healer:
         try:
             while True:
                 entry.again = False
-                await self._once(client, entry, why)
+                try:
+                    await self._once(client, entry, why)
+                except Exception:  # reading the state database failed: the next look tries again
+                    log.exception("heal %s: looking for damaged files failed", client)
                 if not entry.again or self._stop.is_set():
                     return
         finally:
@@ -132,11 +135,16 @@ class Healer:
         started = self._clock()
         try:
             report = await asyncio.to_thread(_heal_files, config, client, todo, self._stop)
-        except TriplicateError as error:
-            log.warning("heal %s could not run: %s", client, error)
-            self._state.record_job_run(client, JOB, started, False, f"could not run: {error}")
+        except Exception as error:  # a heal must never take the daemon down
+            if isinstance(error, TriplicateError):
+                log.warning("heal %s could not run: %s", client, error)
+            else:
+                log.exception("heal %s failed unexpectedly", client)
+            failure = f"could not run: {error}" if isinstance(error, TriplicateError) else \
+                f"failed unexpectedly: {type(error).__name__}: {error}"
+            self._state.record_job_run(client, JOB, started, False, failure)
             entry.failed, entry.failed_at = entry.failed | todo, self._clock()
-            self._send(f"triplicate: heal of {client} could not run", str(error), "failure")
+            self._send(f"triplicate: heal of {client} could not run", failure, "failure")
             return
         if report.interrupted:
             return  # the daemon is stopping: no record, the next start looks again
