@@ -342,10 +342,12 @@ def _loss_finder(config: Config, client: str, index_files: list[str], check: Cop
 def _missing_at_primary(losses: LossFinder, primary: Copy, report: HealReport) -> set[Handle]:
     """The packs the primary's index names that the primary lacks (each index read by restic)."""
     missing = losses.missing_packs(primary.files.get(FileType.DATA, {}))
-    if losses.view is not None:
-        for index, error in losses.view.unreadable.items():
-            report.notes.append(f"restic could not read the primary's index/{index} (the packs it names were not "
-                                f"looked for): {error}")
+    unreadable = losses.view.unreadable if losses.view is not None else {}
+    if unreadable:
+        index, error = next(iter(unreadable.items()))
+        others = f" and {len(unreadable) - 1} other index file(s)" if len(unreadable) > 1 else ""
+        report.notes.append(f"restic could not read the primary's index/{index}{others} (the packs they name "
+                            f"were not looked for): {error}")
     return missing
 
 
