@@ -31,6 +31,9 @@ def heal(app: AppContext, client: str, dry_run: bool, as_json: bool) -> None:
     hash to its name anywhere is replaced by a copy from another location that
     does, verified while copied, in restic's order. The primary's bad files are
     kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack.
+    With the client's key, restic also finds the packs the primary's index names
+    but the primary lacks (put back from a location), and names the snapshots
+    that may need each lost file.
     """
     from triplicate.actions.heal import heal_client
     with progress_bars(enabled=not as_json) as bars:
