@@ -16,12 +16,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import Future
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from triplicate.actions.heal_losses import LossFinder
+from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
 from triplicate.actions.sync import SyncReport, sync_client
@@ -38,7 +39,7 @@ from triplicate.engine.repair import (
     read_config,
 )
 from triplicate.errors import CannotRun
-from triplicate.execute import ScopedPool
+from triplicate.execute import Interrupted, ScopedPool
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
 from triplicate.state.locks import client_locks
@@ -152,9 +153,12 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
                 copy.files = {file_type: {name: info for name, info in names.items()
                                           if Handle(file_type, name).relative_path() in only}
                               for file_type, names in copy.files.items()}
-        checks = _check_copies(config, client, copies, report, stop, progress)
-        losses = _loss_finder(config, client, index_files, checks[PRIMARY])
-        missing = _missing_at_primary(losses, copies[0], report) if losses is not None and only is None else set()
+        losses = LossFinder(config, client, index_files) if config.settings(client).has_key else None
+        with ScopedPool(max_workers=1, thread_name_prefix="heal-index") as pool:
+            # restic reads the primary's index (for missing packs) while every copy is hashed.
+            reading = pool.submit(losses.read_index) if losses is not None and only is None else None
+            checks = _check_copies(config, client, copies, report, stop, progress)
+            missing = _missing_at_primary(reading, copies[0], checks[PRIMARY], report)
         tasks = _plan(copies, checks, missing, report)
         if not dry_run and not report.interrupted:
             _repair(config, client, tasks, copies, stop, report)
@@ -330,25 +334,26 @@ def _owned_like(model: Path, partial: str) -> None:
     os.chmod(partial, status.st_mode & 0o7777)
 
 
-def _loss_finder(config: Config, client: str, index_files: list[str], check: CopyCheck) -> LossFinder | None:
-    """restic on the primary with the client's key, reading only the index files not found bad; None
-    without a key."""
-    if not config.settings(client).has_key:
-        return None
-    good_index = [name for name in index_files if Handle(FileType.INDEX, name) not in check.bad]
-    return LossFinder(config, client, good_index)
-
-
-def _missing_at_primary(losses: LossFinder, primary: Copy, report: HealReport) -> set[Handle]:
-    """The packs the primary's index names that the primary lacks (each index read by restic)."""
-    missing = losses.missing_packs(primary.files.get(FileType.DATA, {}))
-    unreadable = losses.view.unreadable if losses.view is not None else {}
+def _missing_at_primary(reading: Future[IndexView] | None, primary: Copy, check: CopyCheck, report: HealReport,
+                        ) -> set[Handle]:
+    """The packs the primary's index names that the primary lacks, once restic has read the index
+    (``reading``; None: not looked for). An index file found bad at the primary is healed, not noted."""
+    if reading is None:
+        return set()
+    try:
+        view = reading.result()
+    except Interrupted:
+        report.interrupted = True
+        return set()
+    listed = primary.files.get(FileType.DATA, {})
+    unreadable = {index: error for index, error in view.unreadable.items()
+                  if Handle(FileType.INDEX, index) not in check.bad}
     if unreadable:
         index, error = next(iter(unreadable.items()))
         others = f" and {len(unreadable) - 1} other index file(s)" if len(unreadable) > 1 else ""
         report.notes.append(f"restic could not read the primary's index/{index}{others} (the packs they name "
                             f"were not looked for): {error}")
-    return missing
+    return {Handle(FileType.DATA, pack) for pack in view.packs if pack not in listed}
 
 
 def _name_needing_snapshots(losses: LossFinder | None, report: HealReport) -> None:
