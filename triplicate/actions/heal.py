@@ -6,7 +6,9 @@ location that does, verified while it is copied, in restic's write order. A
 primary file is replaced only once the good copy is complete, fsynced and
 verified (a rename over it: the endpoint never serves half a file), and the bad
 one is kept in ``state_dir/quarantine/<client>/``. What a replica merely lacks
-is then copied by the ordinary sync. Keyless throughout.
+is then copied by the ordinary sync. Keyless; with the client's key, restic adds
+what only the index knows (actions/heal_losses.py): packs the primary lacks, and
+the snapshots a lost file may hurt.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
         if not dry_run and not report.interrupted:
             _repair(config, client, tasks, copies, stop, report)
             _record_stamps(config, client, copies, checks, report)
-        _name_needing_snapshots(losses, report)
+    if not report.interrupted:
+        _name_needing_snapshots(losses, report)  # restic reads only: no lock held meanwhile
     usable = [name for name in locations if name in report.copies and report.copies[name].problem is None]
     if not dry_run and not report.interrupted and usable:
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace,
