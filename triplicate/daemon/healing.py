@@ -10,7 +10,8 @@ wait for (each holds one lock at a time, so neither deadlocks the other). Each
 heal is recorded as the job ``heal`` (``status`` shows the last one) and
 notified: success when every file was healed, failure when a file has no good
 copy anywhere. A file that stays bad is not tried again until what is known bad
-changes, or, when it was not lost but its copy failed, after ``retry_max_backoff``.
+changes, or, when it was not lost but its copy failed (or a copy could not be looked
+at), after ``retry_max_backoff``.
 """
 
 from __future__ import annotations
@@ -102,10 +103,6 @@ class Healer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def look_threadsafe(self, loop: asyncio.AbstractEventLoop, client: str, why: str) -> None:
-        """:meth:`look` from a worker thread (the scheduled audit's)."""
-        loop.call_soon_threadsafe(self.look, client, why)
-
     async def _heal(self, client: str, entry: _Client, why: str) -> None:
         try:
             while True:
@@ -151,10 +148,14 @@ class Healer:
         healed = [item.file for item in report.files if item.healed_from and not item.not_healed]
         lost = [item for item in report.files if item.lost]
         failed = [item for item in report.files if item.not_healed and not item.lost]
-        entry.handled |= todo - {item.file for item in failed}
-        if failed:
-            entry.failed, entry.failed_at = entry.failed | {item.file for item in failed}, self._clock()
-        problem = _problem(lost, failed)
+        unchecked = {name: copy.problem for name, copy in report.copies.items() if copy.problem}
+        retried = {item.file for item in failed}
+        if unchecked:  # a copy could not be looked at (unreachable?): what was not healed is tried again later
+            retried |= todo - set(healed)
+        entry.handled |= todo - retried
+        if retried:
+            entry.failed, entry.failed_at = entry.failed | retried, self._clock()
+        problem = _problem(lost, failed, unchecked)
         self._state.record_job_run(client, JOB, started, problem is None, problem)
         log.log(logging.WARNING if problem else logging.INFO, "heal %s: %d file(s) healed%s", client,
                 len(healed), f"; {problem}" if problem else "")
@@ -178,11 +179,12 @@ def _heal_files(config: Config, client: str, files: set[str], stop: threading.Ev
     return heal_client(config, client, stop=stop, only=frozenset(files))
 
 
-def _problem(lost: list[FileHeal], failed: list[FileHeal]) -> str | None:
+def _problem(lost: list[FileHeal], failed: list[FileHeal], unchecked: dict[str, str]) -> str | None:
     """The job's error: "lost data/ab/<id> (no good copy anywhere); ..."; None when all was healed."""
     parts = [f"lost {item.file} (no good copy anywhere)" for item in lost]
     parts += [f"{item.file}: " + "; ".join(f"{copy}: {why}" for copy, why in item.not_healed.items())
               for item in failed]
+    parts += [f"{name} not looked at: {why}" for name, why in unchecked.items()]
     if not parts:
         return None
     return "; ".join(parts[:QUOTED]) + (f" and {len(parts) - QUOTED} more" if len(parts) > QUOTED else "")
