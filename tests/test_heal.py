@@ -230,3 +230,17 @@ def test_a_pack_missing_at_the_primary_only_is_put_back_from_a_location(server: 
     assert pack.read_bytes() == good and entry["quarantined"] is None
     check = server.check_read_data(server.primary())
     assert check.returncode == 0, check.stderr
+
+
+def test_a_lost_pack_of_directory_trees_names_every_snapshot(server: Server, tmp_path: Path) -> None:
+    new_packs, first, second = _new_packs_of_a_second_backup(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    pack = min(new_packs, key=lambda path: path.stat().st_size)  # the backup's trees: its smallest pack
+    relative = pack.relative_to(server.primary()).as_posix()
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        (repo / relative).unlink()
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1
+    (entry,) = result.json()["files"]
+    assert entry["lost"] and entry["snapshots_needing"] == sorted([first, second])
+    assert "directory trees" in entry["snapshots_note"]
