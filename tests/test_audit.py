@@ -392,3 +392,30 @@ def test_a_remote_location_is_audited_alike_and_unknown_once_unreachable(server:
     locations = report["clients"]["web01"]["locations"]
     assert code == 3 and locations["far"]["status"] == "UNKNOWN" and "far" in locations["far"]["reasons"][0]
     assert locations["usb"]["status"] == "OK" and locations["usb"]["snapshots"] == 1
+
+
+def test_verification_covers_the_primary_too_reported_as_at_primary(server: Server) -> None:
+    synced(server)
+    age_tree(server.primary())
+    pack = first(server.primary(), "data")
+    flip_byte(pack)  # rot on the server's own disk, after the pack was replicated
+    age_file(pack)
+    fresh = first(server.primary(), "snapshots")
+    flip_byte(fresh, 10)  # corrupt but modified just now: a backup may still be writing it
+    total = len(content_files(server.primary()))
+
+    assert "@primary" not in audit(server)[1]["clients"]["web01"]["locations"], "nothing verified: not shown"
+    code, report = audit(server, "--verify", "100")
+    primary = report["clients"]["web01"]["locations"]["@primary"]
+    assert code == 2 and primary["status"] == "CRITICAL"
+    assert primary["corrupt_files"] == [relative(pack, server.primary())]
+    assert primary["verified_files"] == total - 1 and primary["not_judged_in_progress"] == 1
+    assert any(relative(pack, server.primary()) in reason for reason in primary["reasons"])
+    assert report["clients"]["web01"]["locations"]["usb"]["corrupt_files"] == []
+    # Known bad: re-read by every later audit, even without --verify.
+    assert audit(server)[1]["clients"]["web01"]["locations"]["@primary"]["corrupt_files"] == [
+        relative(pack, server.primary())]
+    # An audit narrowed to a location leaves the primary alone.
+    assert "@primary" not in audit(server, "--location", "usb", "--verify", "100")[1]["clients"]["web01"]["locations"]
+    table = server.cli("audit", "--verify", "100")
+    assert "@primary: 1 corrupt file" in " ".join(table.out.split())

@@ -126,7 +126,7 @@ def test_a_corrupt_replica_file_found_by_the_scheduled_audit_is_repaired(
     age_file(pack)
     daemon = start(daemons, server, 'audit_every = "1s"\naudit_verify_percent = 100', "")
     daemon.wait_until(lambda: file_hash_matches_name(pack), TIMEOUT, "the repair of the corrupt pack")
-    daemon.wait_for_log(r"web01 -> nas: copied 1 file.*\[repair\]")
+    daemon.wait_for_log(r"heal web01: 1 file\(s\) healed")  # from a good copy (daemon/healing.py)
     assert server.check_read_data(server.replica("nas")).returncode == 0
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.support.repository import Server, age_file, file_hash_matches_name, flip_byte
+from tests.support.repository import Server, age_file, file_hash_matches_name, flip_byte, write_files
 
 
 def _a_pack(repo: Path) -> Path:
@@ -179,3 +180,67 @@ def test_heal_replaces_a_recent_primary_file_the_last_sync_already_found_corrupt
     assert healed.code == 0, healed.out
     assert healed.json()["files"][0]["healed_from"] == {"@primary": "usb"}
     assert file_hash_matches_name(pack)
+
+
+def _new_packs_of_a_second_backup(server: Server, tmp_path: Path) -> tuple[set[Path], str, str]:
+    """Back up other files into the primary: (the packs that backup added, the first and the new snapshot ID)."""
+    (first,) = server.snapshot_ids(server.primary())
+    before = {path for path in (server.primary() / "data").rglob("*") if path.is_file()}
+    write_files(tmp_path / "more", "more", count=2, size=1 << 20)
+    server.backup(tmp_path / "more")
+    (second,) = set(server.snapshot_ids(server.primary())) - {first}
+    after = {path for path in (server.primary() / "data").rglob("*") if path.is_file()}
+    return after - before, first, second
+
+
+def test_a_pack_lost_at_every_copy_names_the_snapshots_that_need_it(server: Server, tmp_path: Path) -> None:
+    new_packs, first, second = _new_packs_of_a_second_backup(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    pack = max(new_packs, key=lambda path: path.stat().st_size)  # file contents: a data pack, no trees
+    relative = pack.relative_to(server.primary()).as_posix()
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        (repo / relative).unlink()  # gone everywhere: only the index still names it
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1, result.out + result.err
+    report = result.json()
+    assert report["lost"] == [relative]
+    (entry,) = report["files"]
+    assert entry["bad_at"] == {"@primary": "missing"} and entry["not_healed"] == {"@primary": "no good copy anywhere"}
+    listed = json.loads(server.restic(server.primary(), "--no-lock", "snapshots", "--json").stdout)
+    assert {snapshot["id"] for snapshot in listed} == {first, second}
+    assert entry["snapshots_needing"] == [second], "the new files' pack: the older snapshot does not need it"
+    text = server.cli("heal", "web01")
+    assert text.code == 1
+    assert relative in text.out and "no good copy anywhere" in text.out
+    assert f"snapshots that may need it: {second[:8]}" in text.out
+
+
+def test_a_pack_missing_at_the_primary_only_is_put_back_from_a_location(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    good = pack.read_bytes()
+    relative = pack.relative_to(server.primary()).as_posix()
+    pack.unlink()
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    (entry,) = result.json()["files"]
+    assert entry["file"] == relative and entry["bad_at"] == {"@primary": "missing"}
+    assert entry["healed_from"]["@primary"] in ("usb", "nas")
+    assert pack.read_bytes() == good and entry["quarantined"] is None
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_lost_pack_of_directory_trees_names_every_snapshot(server: Server, tmp_path: Path) -> None:
+    new_packs, first, second = _new_packs_of_a_second_backup(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    pack = min(new_packs, key=lambda path: path.stat().st_size)  # the backup's trees: its smallest pack
+    relative = pack.relative_to(server.primary()).as_posix()
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        (repo / relative).unlink()
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1
+    (entry,) = result.json()["files"]
+    assert entry["lost"] and entry["snapshots_needing"] == sorted([first, second])
+    assert "directory trees" in entry["snapshots_note"]

@@ -65,8 +65,10 @@ class _Context:
     replication: ReplicationState
     audits: AuditState
     # Per location, its `workers` reads at a time however many clients verify there at once
-    # (one disk, or one server's connections).
+    # (one disk, or one server's connections); '@primary' for the primaries (repos_dir).
     readers: dict[str, threading.Semaphore]
+    # Verify a sample of each primary's files too (not when the audit is limited to named locations).
+    verify_primary: bool = True
 
 
 def select(config: Config, clients: Iterable[str] = (), locations: Iterable[str] = ()) -> dict[str, list[str]]:
@@ -102,8 +104,9 @@ def run_audit(config: Config, clients: Iterable[str] = (), locations: Iterable[s
     started = options.clock()
     readers = {name: threading.Semaphore(settings.workers or config.server.workers)
                for name, settings in config.locations.items()}
+    readers[PRIMARY] = threading.Semaphore(config.server.workers)
     context = _Context(config, options, ReplicationState(config.server.state_dir),
-                       AuditState(config.server.state_dir), readers)
+                       AuditState(config.server.state_dir), readers, verify_primary=not list(locations))
     try:
         with ScopedPool(max_workers=max(1, min(CLIENT_WORKERS, len(plan))),
                                 thread_name_prefix="audit") as pool:
@@ -156,6 +159,7 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
         primary.prepare(create=False)
         listing = list_source(primary)
         primary_config = _read_config(primary)
+        checked = _verify_primary(context, client, primary, listing) if context.verify_primary else None
     except StorageError as error:
         audit.findings.append(Finding(Status.UNKNOWN, f"primary repository: {error}"))
         for location in locations:
@@ -171,14 +175,35 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
     _judge_freshness(context.config, client, audit, listing, arrival, now)
     for problem in primary_problems(context.replication, context.config, client, now):
         audit.findings.append(Finding(Status.CRITICAL, problem.text))
+    if checked is not None:
+        audit.locations[PRIMARY] = checked
     with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
         audited = pool.map(
             lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),
             locations,
         )
-        audit.locations = dict(zip(locations, audited, strict=True))
+        audit.locations.update(zip(locations, audited, strict=True))
     audit.finished = context.options.clock()
     return audit
+
+
+def _verify_primary(context: _Context, client: str, primary: Backend, listing: SourceListing) -> LocationAudit | None:
+    """Re-read a sample of the primary's own files (the same share and rotation as a location's).
+
+    Returns the primary's integrity, reported as location '@primary'; None when nothing is
+    verified there (a share of 0 and no file last found bad). Files younger than
+    in_progress_grace may still be being written by a backup: they are left for a later audit.
+    """
+    percent = context.options.verify_percent
+    if percent is None:
+        percent = context.config.settings(client).audit_verify_percent
+    if percent <= 0 and not any(not stamp.ok for stamp in context.audits.stamps(client, PRIMARY).values()):
+        return None
+    result = LocationAudit(snapshots=len(listing.files[FileType.SNAPSHOT]))
+    _verify(context, client, PRIMARY, primary, listing.files, context.options.clock(), result)
+    if not result.findings:
+        result.findings.append(Finding(Status.OK, f"{result.verified_files} file(s) hash to their names"))
+    return result
 
 
 def _arrivals(listing: SourceListing, first_seen: Mapping[str, float]) -> dict[str, float]:

@@ -212,6 +212,8 @@ def nagios_text(report: AuditReport, lag_thresholds: Mapping[str, tuple[float, f
     for name, client in report.clients.items():
         warning, critical = lag_thresholds.get(name, (0.0, 0.0))
         for location_name, location in client.locations.items():
+            if location_name.startswith("@"):  # '@primary': its integrity only, no lag to plot
+                continue
             label = f"{name}_{location_name}"
             perfdata.append(f"{label}_lag={location.lag_seconds:.0f}s;{warning:.0f};{critical:.0f};0")
             perfdata.append(f"{label}_missing_snapshots={len(location.missing_snapshots)};;1;0")

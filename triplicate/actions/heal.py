@@ -6,24 +6,30 @@ location that does, verified while it is copied, in restic's write order. A
 primary file is replaced only once the good copy is complete, fsynced and
 verified (a rename over it: the endpoint never serves half a file), and the bad
 one is kept in ``state_dir/quarantine/<client>/``. What a replica merely lacks
-is then copied by the ordinary sync. Keyless throughout.
+is then copied by the ordinary sync. Keyless; with the client's key, restic adds
+what only the index knows (actions/heal_losses.py): packs the primary lacks, and
+the snapshots a lost file may hurt.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import BinaryIO
 
+from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
 from triplicate.actions.sync import SyncReport, sync_client
 from triplicate.config.model import Config
-from triplicate.engine.mirror import Progress
+from triplicate.engine.mirror import MirrorOptions, Progress
 from triplicate.engine.repair import (
     Copy,
     CopyCheck,
@@ -35,7 +41,7 @@ from triplicate.engine.repair import (
     read_config,
 )
 from triplicate.errors import CannotRun
-from triplicate.execute import ScopedPool
+from triplicate.execute import Interrupted, ScopedPool
 from triplicate.state.audit import AuditState, Verification
 from triplicate.state.db import PRIMARY
 from triplicate.state.locks import client_locks
@@ -69,10 +75,13 @@ class FileHeal:
     """One file bad at one copy or more: where, and what became of each bad copy."""
 
     file: str
-    bad_at: dict[str, str]  # copy -> "corrupt" | "unreadable"
+    bad_at: dict[str, str]  # copy -> "corrupt" | "unreadable" | "missing" (the primary's index names it)
     healed_from: dict[str, str] = field(default_factory=dict)  # copy -> the copy its good file came from
     not_healed: dict[str, str] = field(default_factory=dict)  # copy -> why
     quarantined: str | None = None  # where the primary's bad file was kept
+    # Lost files, with the client's key: the snapshots that may need it (None: unknown) and why.
+    snapshots_needing: list[str] | None = None
+    snapshots_note: str | None = None
 
     @property
     def lost(self) -> bool:
@@ -81,7 +90,8 @@ class FileHeal:
 
     def to_json(self) -> dict[str, object]:
         return {"file": self.file, "bad_at": self.bad_at, "healed_from": self.healed_from,
-                "not_healed": self.not_healed, "lost": self.lost, "quarantined": self.quarantined}
+                "not_healed": self.not_healed, "lost": self.lost, "quarantined": self.quarantined,
+                "snapshots_needing": self.snapshots_needing, "snapshots_note": self.snapshots_note}
 
 
 @dataclass
@@ -92,6 +102,7 @@ class HealReport:
     files: list[FileHeal] = field(default_factory=list)
     sync: SyncReport | None = None
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)  # what could not be looked at with the key
 
     @property
     def ok(self) -> bool:
@@ -105,17 +116,23 @@ class HealReport:
                 "copies": {name: copy.to_json() for name, copy in self.copies.items()},
                 "files": [entry.to_json() for entry in self.files],
                 "lost": [entry.file for entry in self.files if entry.lost],
-                "sync": None if self.sync is None else self.sync.to_json()}
+                "notes": self.notes, "sync": None if self.sync is None else self.sync.to_json()}
 
 
 def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
-                progress: Callable[[str], Progress] | None = None) -> HealReport:
+                progress: Callable[[str], Progress] | None = None, only: Collection[str] | None = None,
+                ) -> HealReport:
     """Hash every copy of ``client``'s repository and repair each bad file from a good copy.
 
     With ``dry_run`` nothing is written and no lock is taken: the report says what
     would be healed from where. Otherwise the client's replication locks are held
-    while healing, then a sync copies what the locations lack. Raises UsageError for
-    an unknown client, CannotRun when the primary repository cannot be read.
+    while healing, then a sync copies what the locations lack. With the client's key,
+    restic also names the packs the primary's index names that it lacks (healed as
+    "missing") and the snapshots that may need each lost file. ``only`` (paths in the
+    repository, e.g. ``data/ab/<id>``) hashes those files alone at every copy: the
+    daemon heals what an audit or a sync found bad without re-reading everything.
+    Returns the report; raises UsageError for an unknown client, CannotRun when the
+    primary repository cannot be read.
     """
     locations = list(config.client(client).replicate_to)
     primary = open_primary(config, client)
@@ -132,14 +149,29 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     with ExitStack() as stack:
         stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
         copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
-        checks = _check_copies(config, client, copies, report, stop, progress)
-        tasks = _plan(copies, checks, report)
+        index_files = list(copies[0].files.get(FileType.INDEX, {}))  # the primary's, for restic
+        if only is not None:
+            for copy in copies:
+                copy.files = {file_type: {name: info for name, info in names.items()
+                                          if Handle(file_type, name).relative_path() in only}
+                              for file_type, names in copy.files.items()}
+        losses = LossFinder(config, client, index_files) if config.settings(client).has_key else None
+        with ScopedPool(max_workers=1, thread_name_prefix="heal-index") as pool:
+            # restic reads the primary's index (for missing packs) while every copy is hashed.
+            reading = pool.submit(losses.read_index) if losses is not None and only is None else None
+            checks = _check_copies(config, client, copies, report, stop, progress)
+            missing = _missing_at_primary(reading, copies[0], checks[PRIMARY], report)
+        tasks = _plan(copies, checks, missing, report)
         if not dry_run and not report.interrupted:
             _repair(config, client, tasks, copies, stop, report)
             _record_stamps(config, client, copies, checks, report)
+    if not report.interrupted:
+        _name_needing_snapshots(losses, report)  # restic reads only: no lock held meanwhile
     usable = [name for name in locations if name in report.copies and report.copies[name].problem is None]
     if not dry_run and not report.interrupted and usable:
-        report.sync = sync_client(config, client, usable, trigger="heal")
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace,
+                                stop=stop if stop is not None else threading.Event())
+        report.sync = sync_client(config, client, usable, trigger="heal", options=options)
     return report
 
 
@@ -173,6 +205,9 @@ def _check_copies(config: Config, client: str, copies: list[Copy], report: HealR
     grace = config.server.in_progress_grace
     with ReplicationState.opened(config.server.state_dir) as replication:
         known = replication.source_corrupt_files(client)
+    with AuditState.opened(config.server.state_dir) as audits:  # what an audit found bad in the primary
+        known |= {Handle(FileType(kind), name).relative_path()
+                  for (kind, name), stamp in audits.stamps(client, PRIMARY).items() if not stamp.ok}
 
     def check(copy: Copy) -> CopyCheck:
         primary = copy.name == PRIMARY
@@ -201,17 +236,21 @@ class _Task:
     entry: FileHeal
 
 
-def _plan(copies: list[Copy], checks: dict[str, CopyCheck], report: HealReport) -> list[_Task]:
-    """One task per bad copy of a file that a good copy elsewhere can replace; the rest reported."""
-    bad_handles = sorted({handle for check in checks.values() for handle in check.bad},
+def _plan(copies: list[Copy], checks: dict[str, CopyCheck], missing: set[Handle], report: HealReport
+          ) -> list[_Task]:
+    """One task per bad copy of a file (or pack ``missing`` at the primary) that a good copy elsewhere
+    can replace; the rest reported."""
+    bad_handles = sorted({handle for check in checks.values() for handle in check.bad} | missing,
                          key=lambda handle: handle.relative_path())
     tasks = []
     for handle in bad_handles:
-        entry = FileHeal(handle.relative_path(), {copy.name: checks[copy.name].bad[handle] for copy in copies
-                                                  if handle in checks[copy.name].bad})
+        bad_at = {copy.name: checks[copy.name].bad[handle] for copy in copies if handle in checks[copy.name].bad}
+        if handle in missing:
+            bad_at = {PRIMARY: "missing", **bad_at}
+        entry = FileHeal(handle.relative_path(), bad_at)
         report.files.append(entry)
         for copy in copies:
-            if handle not in checks[copy.name].bad:
+            if copy.name not in bad_at:
                 continue
             sources = good_sources(handle, copies, checks, copy.name)
             if sources:
@@ -261,6 +300,9 @@ def _saver(config: Config, client: str, task: _Task, kept: list[QuarantineEntry]
         return lambda reader: backend.save(task.handle, reader)
     assert isinstance(backend, LocalBackend)  # the primary is always a local folder
     original = backend.root / task.handle.relative_path()
+    if not original.exists():  # missing: nothing to keep aside; owned as the repository's config is
+        return lambda reader: backend.save(task.handle, reader, before_rename=functools.partial(
+            _owned_like, backend.root / "config"))
 
     def before_rename(partial: str) -> None:
         # Verified, complete and fsynced: keep the bad file aside, then the rename replaces it.
@@ -281,9 +323,50 @@ def _record_stamps(config: Config, client: str, copies: list[Copy], checks: dict
     healed = {(name, entry.file) for entry in report.files for name in entry.healed_from}
     with AuditState.opened(config.server.state_dir) as audits:
         for copy in copies:
-            if copy.name == PRIMARY:
-                continue
             stamps = [stamp if (copy.name, Handle(FileType(stamp.type), stamp.name).relative_path()) not in healed
                       else Verification(stamp.type, stamp.name, now, True) for stamp in checks[copy.name].stamps]
             audits.record_verifications(client, copy.name, stamps)
 
+
+
+def _owned_like(model: Path, partial: str) -> None:
+    """Give ``partial`` the owner and mode of ``model`` (restic's files are read-only: 0o444 or so)."""
+    status = os.stat(model)
+    if os.geteuid() == 0:
+        os.chown(partial, status.st_uid, status.st_gid)
+    os.chmod(partial, status.st_mode & 0o7777)
+
+
+def _missing_at_primary(reading: Future[IndexView] | None, primary: Copy, check: CopyCheck, report: HealReport,
+                        ) -> set[Handle]:
+    """The packs the primary's index names that the primary lacks, once restic has read the index
+    (``reading``; None: not looked for). An index file found bad at the primary is healed, not noted."""
+    if reading is None:
+        return set()
+    try:
+        view = reading.result()
+    except Interrupted:
+        report.interrupted = True
+        return set()
+    listed = primary.files.get(FileType.DATA, {})
+    unreadable = {index: error for index, error in view.unreadable.items()
+                  if Handle(FileType.INDEX, index) not in check.bad}
+    if unreadable:
+        index, error = next(iter(unreadable.items()))
+        others = f" and {len(unreadable) - 1} other index file(s)" if len(unreadable) > 1 else ""
+        report.notes.append(f"restic could not read the primary's index/{index}{others} (the packs they name "
+                            f"were not looked for): {error}")
+    return {Handle(FileType.DATA, pack) for pack in view.packs if pack not in listed}
+
+
+def _name_needing_snapshots(losses: LossFinder | None, report: HealReport) -> None:
+    """For each lost file, the snapshots that may need it (with the key), else why they are not named."""
+    for entry in report.files:
+        if not entry.lost:
+            continue
+        if losses is None:
+            entry.snapshots_note = "no password_file or password_command: restic cannot tell which snapshots need it"
+            continue
+        kind, _, rest = entry.file.partition("/")
+        needing = losses.needing(Handle(FileType(kind), rest.rpartition("/")[2]))
+        entry.snapshots_needing, entry.snapshots_note = needing.snapshots, needing.note

@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from triplicate import restic
@@ -72,20 +73,34 @@ class ResticDependents:
         return answer
 
     def _ask(self, packs: frozenset[str], new_index: list[str], new_snapshots: frozenset[str]) -> HoldBack:
-        contents = {index: self._json(["cat", "index", index]) for index in new_index}
-        named = {index: {str(pack["id"]): pack for pack in content.get("packs", [])}
-                 for index, content in contents.items()}
+        named = self.index_packs(new_index)
         held = frozenset(index for index, by_id in named.items() if packs & by_id.keys())
         if not held:
             return HoldBack(frozenset(), frozenset())  # no new index names them: nothing needs them
+        blobs = [blob for index in held for pack in named[index].values() for blob in pack.get("blobs", [])]
         if any(blob.get("type") == "tree" for index in held for pack_id, pack in named[index].items()
                if pack_id in packs for blob in pack.get("blobs", [])):
             # A bad pack holds trees: restic could not walk the snapshots (it would retry reading
             # them for minutes), and any new snapshot may need them.
             return HoldBack(held, None)
-        blobs = [blob for index in held for pack in named[index].values() for blob in pack.get("blobs", [])]
-        data = sorted({str(blob["id"]) for blob in blobs if blob.get("type") == "data"})
-        trees = sorted({str(blob["id"]) for blob in blobs if blob.get("type") == "tree"})
+        return HoldBack(held, frozenset(self.snapshots_using(blobs)) & new_snapshots)
+
+    def index_packs(self, index_files: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Index file -> {pack ID: its entry, with its blobs}, as ``restic cat index`` decrypts each.
+
+        Raises CommandFailed (an index restic cannot read), Interrupted, or ValueError,
+        KeyError, TypeError on output restic should not give.
+        """
+        return {index: {str(pack["id"]): pack for pack in self._json(["cat", "index", index]).get("packs", [])}
+                for index in index_files}
+
+    def snapshots_using(self, blobs: Iterable[dict[str, Any]]) -> set[str]:
+        """The snapshots that need any of ``blobs`` (index entries: "id" and "type"), found by blob ID
+        in the index and the trees: restic never reads the packs that hold the blobs themselves,
+        except a tree's (to walk into it). Raises as :meth:`index_packs`."""
+        entries = list(blobs)
+        data = sorted({str(blob["id"]) for blob in entries if blob.get("type") == "data"})
+        trees = sorted({str(blob["id"]) for blob in entries if blob.get("type") == "tree"})
         snapshots: set[str] = set()
         # By blob ID, from the index: restic's `find --pack` would read the (bad) packs themselves.
         for start in range(0, len(data), FIND_BATCH):
@@ -94,10 +109,16 @@ class ResticDependents:
             # Sub-trees (`find --tree`), and the snapshots whose root tree is one of them.
             for start in range(0, len(trees), FIND_BATCH):
                 snapshots |= self._found(["find", "--json", "--tree", *trees[start:start + FIND_BATCH]])
-            listed = json.loads(self._run(["snapshots", "--json"]) or "[]") or []
             wanted = set(trees)
-            snapshots |= {str(snapshot["id"]) for snapshot in listed if snapshot.get("tree") in wanted}
-        return HoldBack(held, frozenset(snapshots) & new_snapshots)
+            snapshots |= {str(snapshot["id"]) for snapshot in self.snapshots() if snapshot.get("tree") in wanted}
+        return snapshots
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """``restic snapshots --json``. Raises as :meth:`index_packs`."""
+        listed = json.loads(self._run(["snapshots", "--json"]) or "[]") or []
+        if not isinstance(listed, list):
+            raise ValueError("restic snapshots: unexpected output")
+        return listed
 
     def _found(self, args: list[str]) -> set[str]:
         """The snapshots `restic find --json` matched in."""

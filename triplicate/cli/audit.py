@@ -129,7 +129,7 @@ def _print_tables(report: Any) -> None:
     from rich.table import Table
 
     from triplicate.actions.audit_report import summary, worst
-    from triplicate.units import format_bytes, format_duration
+    from triplicate.units import format_duration
 
     out = console()
     if not report.clients:
@@ -140,25 +140,37 @@ def _print_tables(report: Any) -> None:
             table.add_column(column, justify="right" if column in ("snapshots", "lag") else "left")
         # The reasons name files: each goes whole on its own line under the table (a cell would cut it).
         reasons: list[str] = []
-        own = worst(finding.status for finding in audit.findings)
         age = audit.newest_snapshot_age_seconds
         newest = "no snapshot yet" if age is None else f"newest snapshot {format_duration(age)} old"
-        table.add_row(PRIMARY, f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", "")
-        reasons.append(f"{PRIMARY}: {summary(audit.findings) or _notes(audit.findings) or newest}")
+        # The primary's own row: its freshness, and the integrity of its verified files when an audit re-read some.
+        checked = audit.locations.get(PRIMARY)
+        findings = [*audit.findings, *(checked.findings if checked is not None else [])]
+        own = worst(finding.status for finding in findings)
+        table.add_row(PRIMARY, f"[{STYLE[own]}]{own}[/]", str(audit.snapshots), "", _verified(checked))
+        reasons.append(f"{PRIMARY}: {summary(findings) or _notes(findings) or newest}")
         for name, location in audit.locations.items():
+            if name == PRIMARY:
+                continue
             present = ("" if location.snapshots is None
                        else f"{audit.snapshots - len(location.missing_snapshots)}/{audit.snapshots}")
-            verified = (f"{location.verified_files} files, {format_bytes(location.verified_bytes)}"
-                        if location.verified_files else "")
             table.add_row(
                 name, f"[{STYLE[location.status]}]{location.status}[/]", present,
-                format_duration(location.lag_seconds) if location.lag_seconds else "", verified,
+                format_duration(location.lag_seconds) if location.lag_seconds else "", _verified(location),
             )
             reason = summary(location.findings) or _notes(location.findings)
             if reason:
                 reasons.append(f"{name}: {reason}")
         out.print(table)
         print_whole_lines(reasons)
+
+
+def _verified(location: Any) -> str:
+    """"12 files, 3.0 MiB" re-read and hashed at a copy; "" when none."""
+    from triplicate.units import format_bytes
+
+    if location is None or not location.verified_files:
+        return ""
+    return f"{location.verified_files} files, {format_bytes(location.verified_bytes)}"
 
 
 def _notes(findings: list[Any]) -> str:

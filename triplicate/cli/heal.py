@@ -31,6 +31,9 @@ def heal(app: AppContext, client: str, dry_run: bool, as_json: bool) -> None:
     hash to its name anywhere is replaced by a copy from another location that
     does, verified while copied, in restic's order. The primary's bad files are
     kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack.
+    With the client's key, restic also finds the packs the primary's index names
+    but the primary lacks (put back from a location), and names the snapshots
+    that may need each lost file.
     """
     from triplicate.actions.heal import heal_client
     with progress_bars(enabled=not as_json) as bars:
@@ -66,10 +69,19 @@ def _summarise(report: HealReport) -> None:
             out.print(f"  {problem} at {escape(copy)}: {outcome}")
         if entry.lost:
             out.print("  [red]lost[/]: no copy anywhere hashes to its name; the snapshots that need it are damaged")
+            if entry.snapshots_needing:
+                shown = " ".join(snapshot[:8] for snapshot in entry.snapshots_needing)
+                out.print(f"  snapshots that may need it: {shown}"
+                          + (f" ({escape(entry.snapshots_note)})" if entry.snapshots_note else ""))
+            elif entry.snapshots_note or entry.snapshots_needing is not None:
+                out.print(f"  snapshots that may need it: {'none' if entry.snapshots_needing is not None else '?'}"
+                          + (f" ({escape(entry.snapshots_note)})" if entry.snapshots_note else ""))
         if entry.quarantined:
             out.print(f"  the bad file is kept at {escape(entry.quarantined)}")
     if not report.files:
         out.print("No bad file at any copy.")
+    for note in report.notes:
+        out.print(f"[yellow]note[/]: {escape(note)}")
     if report.sync is not None:
         from triplicate.cli.sync import _summarise as summarise_sync
 

@@ -60,21 +60,21 @@ def recover_drill_interval(config: Config, client: str) -> float | None:
 
 
 def check_jobs(get_config: Callable[[], Config], send: Notify,
-               resync: Callable[[str], None] = lambda client: None,
+               heal: Callable[[str, str], None] = lambda client, why: None,
                stop: threading.Event | None = None) -> list[Job]:
     """The scheduled checks, reading the configuration current when each runs.
 
-    ``resync(client)`` asks for a replication run of the client (thread-safe): after an
-    audit that found corrupt replica files, the run copies them again. ``stop`` set
-    (the daemon stopping) ends an audit's verification early.
+    After each audit, ``heal(client, "audit")`` (called on the event loop) heals what it
+    found damaged anywhere, at the primary or a location (daemon/healing.py). ``stop``
+    set (the daemon stopping) ends an audit's verification early.
     """
 
     async def in_thread(name: str, client: str, work: Callable[[Config, str, Notify], str | None]) -> None:
         heartbeat.ping(get_config(), client, "start", f"{name} started")
         try:
             problem = await asyncio.to_thread(work, get_config(), client, send)
-            if name == "audit" and _found_corrupt_replica_files(get_config(), client):
-                resync(client)
+            if name == "audit":
+                heal(client, "audit")
         except TriplicateError as error:
             log.warning("%s %s: %s", name, client, error)
             send(f"triplicate: {name} of {client} could not run", str(error), "warning")
@@ -124,13 +124,6 @@ def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.E
     if report.status.value in ("OK", "WARNING"):  # a late replica warns; a loss or an unreadable copy fails
         return None
     return f"{report.status.value}: {audit.reason if audit is not None else 'see triplicate audit'}"
-
-
-def _found_corrupt_replica_files(config: Config, client: str) -> bool:
-    from triplicate.state.audit import last_audit
-
-    record = last_audit(config.server.state_dir, client)
-    return record is not None and any(result.report.get("corrupt_files") for result in record.locations.values())
 
 
 def scheduled_restore_check(config: Config, client: str, send: Notify) -> str | None:

@@ -31,6 +31,7 @@ from triplicate.daemon import heartbeat
 from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.detection import snapshot_names, snapshot_status, unchanged
+from triplicate.daemon.healing import Healer
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
 from triplicate.daemon.notify import Kind, notify
 from triplicate.daemon.runner import LocationRunner, RunOutcome
@@ -105,6 +106,7 @@ class Daemon:
         self.replication: ReplicationState | None = None
         self.daemon_state: DaemonState | None = None
         self.scheduler: Scheduler | None = None
+        self.healer: Healer | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -131,8 +133,10 @@ class Daemon:
         self.daemon_state = DaemonState(state_dir)
         self.scheduler = Scheduler(self.daemon_state)
         self.scheduler.add_job(Job("rescan", _poll_interval, self._rescan, persist=False))
+        # Heals what an audit or a run found damaged (daemon/healing.py).
+        self.healer = Healer(lambda: self.config, self.send, self.daemon_state, self._stop_flag, self._retry_client)
         # audit, restore check, retention
-        for job in check_jobs(lambda: self.config, self.send, self.resync, self._stop_flag):
+        for job in check_jobs(lambda: self.config, self.send, self.healer.look, self._stop_flag):
             self.scheduler.add_job(job)
         if self.metrics_listen:
             self._start_metrics(self.metrics_listen)
@@ -180,6 +184,7 @@ class Daemon:
             self.watcher.stop()
         self.announcements.close()
         pending: list[asyncio.Future[Any]] = list(self.scheduler.stop()) if self.scheduler else []
+        pending += list(self.healer.tasks) if self.healer is not None else []  # they stop between files
         for state in self.clients.values():
             if state.recheck is not None:
                 state.recheck.cancel()
@@ -481,6 +486,8 @@ class Daemon:
             log.warning("%s: failed (%d in a row; next try in %s) [%s]: %s", runner.name, runner.failures,
                         format_duration(runner.retry_delay), outcome.trigger, outcome.error)
         self._report_health(runner, outcome)
+        if not outcome.ok and not outcome.interrupted and self.healer is not None and not self.stopping:
+            self.healer.look(runner.client, f"a run to {runner.location or 'nowhere'}")  # a damaged primary file?
         state = self.clients.get(runner.client)
         if state is None or state.runners.get(runner.location) is not runner:
             return
@@ -489,16 +496,12 @@ class Daemon:
             heartbeat.replication_settled(self.config, state.name, state.latest)
             self._maybe_run_hook(state)
 
-    def resync(self, client: str) -> None:
-        """Ask for a run of every location of ``client`` (callable from any thread)."""
-        def request() -> None:
-            state = self.clients.get(client)
-            if state is not None and not self.stopping:
-                for runner in state.runners.values():
-                    runner.request("repair")
-
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(request)
+    def _retry_client(self, client: str) -> None:
+        """Files were healed: the client's locations that were failing try again now."""
+        state = self.clients.get(client)
+        if state is not None and not self.stopping:
+            for runner in state.runners.values():
+                runner.retry_now()
 
     def _report_health(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """Tell people once when a location starts failing and once when it recovers."""
