@@ -1,0 +1,70 @@
+"""The lock watch's parts (daemon/lockwatch.py) on real folders: which new files count as final,
+and which locks as live. The whole path, restic through rclone's endpoint with the daemon, is
+in tests/test_copy_during_backup.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.support.repository import age_file
+from triplicate.daemon.lockwatch import NewFiles, live_locks
+
+
+def name(seed: int) -> str:
+    return f"{seed:064x}"
+
+
+def test_a_new_pack_is_final_only_once_it_stopped_growing_and_is_reported_once(tmp_path: Path) -> None:
+    old = tmp_path / "data" / "00" / name(1)
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"there before the lock")
+    (tmp_path / "index").mkdir()
+    files = NewFiles(tmp_path)
+    files.baseline()
+    assert files.poll() == {}, "what was there before is not new"
+
+    pack = tmp_path / "data" / "ab" / name(0xAB)  # in a data/XX folder made during the backup
+    pack.parent.mkdir()
+    with pack.open("wb") as growing:
+        growing.write(b"x" * 1000)
+        growing.flush()
+        assert files.poll() == {}, "seen for the first time: not final yet"
+        growing.write(b"x" * 1000)
+        growing.flush()
+        assert files.poll() == {}, "still growing"
+    assert files.poll() == {pack: 2000}, "the same size as at the poll before: final"
+    assert files.poll() == {}, "reported once"
+
+    index = tmp_path / "index" / name(2)
+    index.write_bytes(b"an index")
+    empty = tmp_path / "data" / "ab" / name(3)
+    empty.touch()  # rclone creates the file before writing to it
+    assert files.poll() == {}
+    assert files.poll() == {index: 8}, "an empty file is not final"
+
+
+def test_a_pack_that_vanishes_before_it_is_final_is_forgotten(tmp_path: Path) -> None:
+    (tmp_path / "data" / "cd").mkdir(parents=True)
+    files = NewFiles(tmp_path)
+    files.baseline()
+    pack = tmp_path / "data" / "cd" / name(0xCD)
+    pack.write_bytes(b"partial")
+    assert files.poll() == {}
+    pack.unlink()  # an aborted upload
+    assert files.poll() == {}
+    assert files.poll() == {}
+
+
+def test_only_recent_locks_are_live(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    assert live_locks(tmp_path, time.time()) == 0, "no locks/ folder yet"
+    locks.mkdir()
+    (locks / f"{name(5)}-tmp").write_bytes(b"not a lock's name")
+    assert live_locks(tmp_path, time.time()) == 0
+    stale = locks / name(6)
+    stale.write_bytes(b"lock")
+    age_file(stale, 31 * 60)  # restic refreshes a lock every 5 minutes; 30 without is stale
+    assert live_locks(tmp_path, time.time()) == 0
+    (locks / name(7)).write_bytes(b"lock")
+    assert live_locks(tmp_path, time.time()) == 1
