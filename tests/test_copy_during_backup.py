@@ -7,23 +7,32 @@ slowed with --limit-upload so that the backup lasts several seconds."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
+import re
+import struct
 import subprocess
+import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.repository import restic_env, snapshot_files
+from tests.support.repository import BASE_CONFIG, Server, restic_env, snapshot_files
 from tests.support.server import Site, http_status
 from tests.support.wait import wait_until
+from triplicate.storage.handle import is_id
 
 BACKUP_MB = 24
 UPLOAD_KIB_PER_SECOND = 3000  # about 8 s for the backup: long enough to look inside it
 
 
 def packs(repo: Path) -> set[str]:
+    """The pack files under their final names (not restic's or the mirror's temporary ones)."""
     folder = repo / "data"
-    return {path.name for path in folder.glob("*/*") if path.is_file()} if folder.is_dir() else set()
+    return {path.name for path in folder.glob("*/*") if is_id(path.name)} if folder.is_dir() else set()
 
 
 @contextlib.contextmanager
@@ -156,3 +165,78 @@ def test_with_rclones_endpoint_a_watch_on_locks_copies_packs_during_the_backup(t
         latency = snapshot_follows(site, time.monotonic())
         print(f"\nMEASURED copy during backup through rclone: replica checked {checked} times mid-backup; "
               f"snapshot there {latency:.2f}s after restic returned")
+
+
+def run_in_terminal(argv: list[str], columns: int = 160) -> tuple[int, str, str]:
+    """Run ``argv`` with its standard error on a pseudo-terminal ``columns`` wide (what a person
+    at a terminal sees), its standard output on a pipe; return its exit status, what the terminal
+    received (escape sequences removed) and its standard output."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    received = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the last holder of the terminal's other side closed it
+                return
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("COLUMNS", None)
+    try:
+        process = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                                 env=env, text=True, timeout=60)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", received.decode(errors="replace"))
+    return process.returncode, screen, process.stdout
+
+
+def test_sync_by_hand_during_a_backup_shows_its_progress_bar(server: Server, tmp_path: Path) -> None:
+    """issue 15, item 5: a `triplicate sync` taken while a backup runs draws the same progress
+    bar at a terminal: the location, the bar, bytes done of the packs there so far."""
+    # A bandwidth limit on usb: the copy lasts about a second, long enough for several frames.
+    server.write_config(BASE_CONFIG.replace('path = "{root}/usb"\n', 'path = "{root}/usb"\nbwlimit = "8MB/s"\n'))
+    assert server.cli("sync", "web01", "--to", "usb").code == 0  # the replica holds what came before
+    primary = server.primary()
+    before = packs(primary)
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(BACKUP_MB):
+        (data / f"file-{index}").write_bytes(os.urandom(1 << 20))
+    backup = subprocess.Popen(["restic", "--no-cache", "--limit-upload", "2000", "backup", "-q", str(data)],
+                              env=restic_env(primary, server.password_file),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    replicated = snapshot_files(server.replica("usb"))
+
+    def data_pack_landed() -> bool:  # restic's local backend renames a pack into place: one seen is whole
+        return any((primary / "data" / name[:2] / name).stat().st_size > 1 << 20 for name in packs(primary) - before)
+
+    try:
+        wait_until(lambda: data_pack_landed() or backup.poll() is not None, 60, "a data pack of the backup")
+        assert backup.poll() is None, "the backup ended before its first data pack was seen"
+        code, screen, out = run_in_terminal([sys.executable, "-m", "triplicate", "-c", str(server.config_path),
+                                             "sync", "web01", "--to", "usb"])
+        finish_backup(backup)
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+    assert code == 0, screen + out
+    assert snapshot_files(server.replica("usb")) == replicated, "the sync was not taken mid-backup"
+    frames = [(float(done), float(total)) for done, total
+              in re.findall(r"usb +━+ +([0-9.]+)/([0-9.]+) MB", screen)]
+    assert frames, f"no progress bar for usb on the terminal:\n{screen!r}"
+    total = frames[-1][1]
+    assert total >= 4, f"the bar planned {total} MB: less than a pack"
+    assert any(done < total for done, _ in frames), f"no frame of the copy under way: {frames}"
+    assert frames[-1][0] == total, f"the bar did not reach its end: {frames}"
+    assert "usb" in out and "ok" in out, out  # the summary after the bar
+    print(f"\nMEASURED sync mid-backup: {len(frames)} frames of the bar, the last {frames[-1]}")
