@@ -30,11 +30,13 @@ def test_a_new_pack_is_final_only_once_it_stopped_growing_and_is_reported_once(t
         growing.write(b"x" * 1000)
         growing.flush()
         assert files.poll() == {}, "seen for the first time: not final yet"
+        assert files.active, "a new file: polls stay frequent"
         growing.write(b"x" * 1000)
         growing.flush()
         assert files.poll() == {}, "still growing"
     assert files.poll() == {pack: 2000}, "the same size as at the poll before: final"
     assert files.poll() == {}, "reported once"
+    assert not files.active, "nothing new or growing: polls may slow down"
 
     index = tmp_path / "index" / name(2)
     index.write_bytes(b"an index")

@@ -34,8 +34,11 @@ from triplicate.storage.handle import is_id
 
 log = logging.getLogger("triplicate.daemon")
 
-# How often data/ and index/ are looked at while a lock is held.
+# How often data/ and index/ are looked at while a lock is held and files arrive; after a poll
+# that saw nothing new or growing the pause grows by half, up to QUIET_POLL_SECONDS (restic
+# scanning unchanged files for a long time, or a lock left behind by a killed restic).
 POLL_SECONDS = 0.5
+QUIET_POLL_SECONDS = 5.0
 # A folder changed less than this long ago is listed again even if its time did not move (file
 # systems with coarse timestamps give a file added in the same tick the same folder time).
 RECENT_SECONDS = 1.0
@@ -71,6 +74,7 @@ class NewFiles:
         self._known: set[Path] = set()  # reported, or there at the baseline
         self._growing: dict[Path, int] = {}  # new files not yet final -> size at the last poll
         self._subfolders: list[Path] = []  # data/XX
+        self.active = False
 
     def baseline(self) -> None:
         """Take every file there now as known."""
@@ -78,7 +82,9 @@ class NewFiles:
         self._growing = {}
 
     def poll(self) -> dict[Path, int]:
-        """The new files that are final now (path -> size): listed before, same size since."""
+        """The new files that are final now (path -> size): listed before, same size since.
+        Sets :attr:`active`: whether this poll saw a file appear or grow."""
+        self.active = False
         for path in self._scan():
             if path not in self._known and path not in self._growing:
                 self._growing[path] = -1  # seen for the first time: final at the earliest next poll
@@ -95,6 +101,7 @@ class NewFiles:
                 self._known.add(path)
             else:
                 self._growing[path] = size
+                self.active = True
         return final
 
     def _scan(self) -> list[Path]:
@@ -193,10 +200,12 @@ class LockWatch:
         files = NewFiles(primary)
         reported = 0
         await asyncio.to_thread(files.baseline)
+        pause = self.poll_seconds
         while not self._stopping:
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(pause)
             final = await asyncio.to_thread(files.poll)
             self.polls += 1
+            pause = self.poll_seconds if files.active else min(pause * 1.5, max(QUIET_POLL_SECONDS, pause))
             if final:
                 reported += len(final)
                 self._on_final(client)
