@@ -14,7 +14,8 @@ at --upload (``restic --limit-upload``). The client replicates to three location
 Measured: the seconds from the snapshot file's arrival in the primary (polled every
 2 ms) to its arrival at each location, and how much of the backup each location held
 when restic returned. "after" is triplicate as it is (the endpoint announces each pack
-and the watcher copies it at once); "before" is the same watcher with
+and the watcher copies it at once; with --endpoint rclone, the watcher sees restic's
+lock and polls for new packs); "before" is the same watcher with
 ``copy_during_backup`` made a no-op (a benchmark's swap, as before issue 15: the copy
 starts when the snapshot lands). Prints a Markdown report with the ratios.
 
@@ -22,7 +23,7 @@ starts when the snapshot lands). Prints a Markdown report with the ratios.
         --upload 20MB/s --slow 15MB/s --fast 40MB/s
 
 Sizes the disk cannot hold (data, primary and three replicas: five times the size,
-plus a margin) are left out, and the report says so. Needs: restic, openssh-server.
+plus a margin) are left out, and the report says so. Needs: restic, openssh-server, rclone.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from bench_syncd import ArrivalPoller  # noqa: E402 - after the path is set
 
 from tests.support.remote import SshServer, start_sshd, stop  # noqa: E402
 from tests.support.wait import wait_until  # noqa: E402
+from triplicate.config.load import load_config  # noqa: E402
+from triplicate.service.scripts import Programs, rest_command  # noqa: E402
 from triplicate.units import parse_rate  # noqa: E402
 
 TRIPLICATE = [sys.executable, "-m", "triplicate"]
@@ -66,7 +69,7 @@ def make_data(folder: Path, megabytes: int) -> None:
         (folder / f"file-{index:05d}.bin").write_bytes(os.urandom(min(64, megabytes - index) * MB))
 
 
-def make_server(root: Path, ssh: SshServer, slow: str, fast: str) -> tuple[Path, str]:
+def make_server(root: Path, ssh: SshServer, slow: str, fast: str, endpoint: str) -> tuple[Path, str]:
     """A server with client alpha replicating to usb, slow and fast; return the configuration
     and alpha's repository URL."""
     import socket
@@ -80,7 +83,8 @@ def make_server(root: Path, ssh: SshServer, slow: str, fast: str) -> tuple[Path,
                     "--public-host", "127.0.0.1", "--ports", f"{port}-{port}"], check=True, capture_output=True)
     for name in LOCATIONS:
         (root / name).mkdir()
-    config.write_text(config.read_text().replace("[server]\n", '[server]\npoll_interval = "10m"\n')
+    config.write_text(config.read_text().replace(
+        "[server]\n", f'[server]\npoll_interval = "10m"\nendpoint_program = "{endpoint}"\n')
                       + f'\n[locations.usb]\ntype = "local"\npath = "{root / "usb"}"\n\n'
                       + ssh.location_toml("slow", root / "slow", bwlimit=slow) + "\n"
                       + ssh.location_toml("fast", root / "fast", bwlimit=fast))
@@ -114,10 +118,11 @@ def one_run(work: Path, mode: str, megabytes: int, data: Path, ssh: SshServer,
     root.mkdir()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        config, url = make_server(root, ssh, args.slow, args.fast)
+        config, url = make_server(root, ssh, args.slow, args.fast, args.endpoint)
+        # The client's endpoint as its service runs it: triplicate serve, or rclone serve restic.
+        serve = rest_command(load_config(config), config, "alpha", Programs.find())
         with (root / "endpoint.log").open("wb") as endpoint_log:
-            processes.append(subprocess.Popen([*TRIPLICATE, "-c", str(config), "serve", "alpha"],
-                                              stdout=subprocess.DEVNULL, stderr=endpoint_log))
+            processes.append(subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=endpoint_log))
         syncd_log = root / "syncd.log"
         watcher = BEFORE_SYNCD if mode == "before" else TRIPLICATE
         with syncd_log.open("wb") as log:
@@ -178,6 +183,8 @@ def main() -> int:
     parser.add_argument("--slow", default="15MB/s", help="bwlimit of location slow (below --upload)")
     parser.add_argument("--fast", default="40MB/s", help="bwlimit of location fast (above --upload)")
     parser.add_argument("--work", default=tempfile.gettempdir(), help="where the data and servers go")
+    parser.add_argument("--endpoint", choices=("triplicate", "rclone"), default="triplicate",
+                        help="server.endpoint_program: announcements, or rclone and the watch on locks/")
     parser.add_argument("--keep", action="store_true", help="keep each run's server (logs, repositories)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -205,7 +212,8 @@ def main() -> int:
 
 def report(args: argparse.Namespace, results: dict[int, dict[str, dict[str, float]]], left_out: list[int],
            free: int) -> None:
-    print(f"Client upload {args.upload} (restic --limit-upload) through triplicate's endpoint; locations: "
+    endpoint = "triplicate's endpoint" if args.endpoint == "triplicate" else "rclone serve restic"
+    print(f"Client upload {args.upload} (restic --limit-upload) through {endpoint}; locations: "
           f"usb (local, no limit), slow (SFTP, bwlimit {args.slow}), fast (SFTP, bwlimit {args.fast}). "
           f"Seconds from the snapshot's arrival in the primary to its arrival at each location; "
           f"before: copy starts when the snapshot lands; after: copy during the backup.\n")
