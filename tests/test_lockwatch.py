@@ -4,11 +4,13 @@ in tests/test_copy_during_backup.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.repository import age_file
-from triplicate.daemon.lockwatch import NewFiles, live_locks
+from triplicate.daemon.lockwatch import LockWatch, NewFiles, live_locks
 
 
 def name(seed: int) -> str:
@@ -70,3 +72,45 @@ def test_only_recent_locks_are_live(tmp_path: Path) -> None:
     assert live_locks(tmp_path, time.time()) == 0
     (locks / name(7)).write_bytes(b"lock")
     assert live_locks(tmp_path, time.time()) == 1
+
+
+def test_a_lock_turns_polling_on_new_packs_are_reported_and_polling_ends_with_the_lock(tmp_path: Path) -> None:
+    """The watch itself, on a real folder with file events: nothing is polled without a lock; a
+    lock starts the polling; a pack that stopped growing is reported; the lock's removal ends it."""
+    repos = tmp_path / "repos"
+    primary = repos / "alpha"
+    (primary / "data").mkdir(parents=True)
+    (primary / "index").mkdir()
+    reported: list[str] = []
+
+    async def scenario() -> None:
+        watch = LockWatch(reported.append, poll_seconds=0.05)
+        task = asyncio.create_task(watch.run())
+        try:
+            watch.set_clients(repos, ["alpha"])
+            await until(lambda: watch.watching, "the watch on alpha's repository")
+            assert watch.polling == []
+            (primary / "locks").mkdir()  # restic makes it with its first lock
+            await until(lambda: watch.watching == (str(primary / "locks"),), "the watch to move down to locks/")
+            lock = primary / "locks" / name(9)
+            lock.write_bytes(b"a backup's lock")
+            await until(lambda: watch.polling == ["alpha"], "polling to start")
+            pack = primary / "data" / "ef" / name(0xEF)
+            pack.parent.mkdir()
+            pack.write_bytes(b"a pack")
+            await until(lambda: reported == ["alpha"], "the pack to be reported")
+            lock.unlink()
+            await until(lambda: watch.polling == [], "polling to end with the lock")
+        finally:
+            watch.stop()
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the running loop until it is true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.02)

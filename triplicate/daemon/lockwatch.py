@@ -158,7 +158,6 @@ class LockWatch:
         self._repos_dir: Path | None = None
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
-        self.polls = 0  # for tests: polls done over all clients
 
     def set_clients(self, repos_dir: Path, clients: list[str]) -> None:
         """Watch the locks of exactly ``clients`` (none: watch nothing)."""
@@ -166,6 +165,11 @@ class LockWatch:
         for client in [client for client in self._pollers if client not in clients]:
             self._pollers.pop(client).cancel()
         self._watcher.set_clients(repos_dir, clients)
+
+    @property
+    def watching(self) -> tuple[str, ...]:
+        """The folders watched now: each client's locks/, or its nearest existing parent."""
+        return self._watcher.watching
 
     @property
     def polling(self) -> list[str]:
@@ -204,7 +208,6 @@ class LockWatch:
         while not self._stopping:
             await asyncio.sleep(pause)
             final = await asyncio.to_thread(files.poll)
-            self.polls += 1
             pause = self.poll_seconds if files.active else min(pause * 1.5, max(QUIET_POLL_SECONDS, pause))
             if final:
                 reported += len(final)
