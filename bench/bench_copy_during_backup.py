@@ -83,8 +83,10 @@ def make_server(root: Path, ssh: SshServer, slow: str, fast: str, endpoint: str)
                     "--public-host", "127.0.0.1", "--ports", f"{port}-{port}"], check=True, capture_output=True)
     for name in LOCATIONS:
         (root / name).mkdir()
+    # The rescan (the safety net, every poll_interval) also copies what a location lacks, packs of
+    # a backup under way included: a day keeps it out of the measured minutes.
     config.write_text(config.read_text().replace(
-        "[server]\n", f'[server]\npoll_interval = "10m"\nendpoint_program = "{endpoint}"\n')
+        "[server]\n", f'[server]\npoll_interval = "24h"\nendpoint_program = "{endpoint}"\n')
                       + f'\n[locations.usb]\ntype = "local"\npath = "{root / "usb"}"\n\n'
                       + ssh.location_toml("slow", root / "slow", bwlimit=slow) + "\n"
                       + ssh.location_toml("fast", root / "fast", bwlimit=fast))
