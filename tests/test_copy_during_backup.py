@@ -17,10 +17,10 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.support.repository import BASE_CONFIG, Server, restic_env, snapshot_files
+from tests.support.repository import BASE_CONFIG, Server, file_hash_matches_name, restic_env, snapshot_files
 from tests.support.server import Site, http_status
 from tests.support.wait import wait_until
 from triplicate.storage.handle import is_id
@@ -90,6 +90,32 @@ def snapshot_follows(site: Site, landed: float) -> float:
     return latency
 
 
+def pack_sizes(repo: Path) -> dict[str, int]:
+    """Name -> size of the pack files under their final names (one removed meanwhile is left out)."""
+    sizes = {}
+    for name in packs(repo):
+        with contextlib.suppress(FileNotFoundError):
+            sizes[name] = (repo / "data" / name[:2] / name).stat().st_size
+    return sizes
+
+
+def sizes_settled(repo: Path, seconds: float = 0.5) -> Callable[[], bool]:
+    """A condition: the sizes of ``repo``'s packs are the same as ``seconds`` or more ago."""
+    looked: list[tuple[float, dict[str, int]]] = []
+
+    def settled() -> bool:
+        now = pack_sizes(repo)
+        if looked and time.monotonic() - looked[0][0] >= seconds:
+            if looked[0][1] == now:
+                return True
+            looked.clear()
+        if not looked:
+            looked.append((time.monotonic(), now))
+        return False
+
+    return settled
+
+
 def replica_check(replica: Path, password: Path) -> subprocess.CompletedProcess[str]:
     """restic check of the replica as it is now (no lock: the replica is being written)."""
     return subprocess.run(["restic", "--no-cache", "--no-lock", "check"],
@@ -142,12 +168,12 @@ def test_with_rclones_endpoint_a_watch_on_locks_copies_packs_during_the_backup(t
         checked = 0
         try:
             wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
-            assert backup.poll() is None, "the replica received packs only after the backup ended"
+            assert backup.poll() is None and not snapshot_files(primary), \
+                "the replica received packs only after the backup ended"
             # Sample the replica while the backup runs: valid each time, and never a file the
             # primary does not hold whole (rclone writes in place: a partial pack is not copied).
             while backup.poll() is None:
                 during = packs(replica)
-                assert not snapshot_files(primary), "the snapshot landed before packs reached the replica"
                 check = replica_check(replica, site.restic_password)
                 assert check.returncode == 0, check.stdout + check.stderr
                 checked += 1
@@ -240,3 +266,26 @@ def test_sync_by_hand_during_a_backup_shows_its_progress_bar(server: Server, tmp
     assert frames[-1][0] == total, f"the bar did not reach its end: {frames}"
     assert "usb" in out and "ok" in out, out  # the summary after the bar
     print(f"\nMEASURED sync mid-backup: {len(frames)} frames of the bar, the last {frames[-1]}")
+
+
+def test_with_rclones_endpoint_a_killed_backup_leaves_the_replica_valid_with_its_packs(tmp_path: Path) -> None:
+    """restic killed mid-backup through rclone: its lock stays (so the polling goes on) and the
+    upload it was making ends. The runs the lock watch asks for copy every whole pack it left and
+    nothing else: the replica is a valid repository without a snapshot."""
+    with served_client(tmp_path / "site", 'endpoint_program = "rclone"\n') as (site, url):
+        primary, replica = site.root / "repos" / "alpha", site.root / "usb" / "alpha"
+        backup = slow_backup(site, url)
+        try:
+            wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
+            assert backup.poll() is None, "the replica received packs only after the backup ended"
+        finally:
+            backup.kill()
+            backup.wait()
+        wait_until(sizes_settled(primary), 10, "rclone to finish with the cut upload")
+        whole = {name for name in packs(primary) if file_hash_matches_name(primary / "data" / name[:2] / name)}
+        log = site.layout.log_root / "alpha" / "syncd" / "current"
+        wait_until(lambda: packs(replica) == whole, 30, "every whole pack on the replica", context=log.read_text)
+        assert not snapshot_files(replica) and not snapshot_files(primary)
+        check = replica_check(replica, site.restic_password)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert all(file_hash_matches_name(replica / "data" / name[:2] / name) for name in packs(replica))
