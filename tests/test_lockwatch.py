@@ -9,8 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.repository import age_file
-from triplicate.daemon.lockwatch import LockWatch, NewFiles, live_locks
+from tests.support.repository import Server, age_file
+from triplicate.config.load import load_config
+from triplicate.daemon.lockwatch import LockWatch, NewFiles, live_locks, settle_seconds
+from triplicate.engine.mirror import MirrorOptions, list_source, mirror
+from triplicate.state.replication import BACKUP_TRIGGER
+from triplicate.storage.local import LocalBackend
 
 
 def name(seed: int) -> str:
@@ -114,3 +118,28 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 10.
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+def test_a_run_during_a_backup_through_rclone_leaves_a_file_still_growing_unread(server: Server) -> None:
+    """MirrorOptions.settle (set for runs during a backup through rclone's endpoint): a pack
+    written in the last moments is left for a later run, and what may need it waits too;
+    once it is older, the next run copies it."""
+    config = load_config(server.config_path)
+    assert settle_seconds(config, BACKUP_TRIGGER) == 0, "triplicate's endpoint: files land whole"
+    rclone = config.model_copy(update={"server": config.server.model_copy(update={"endpoint_program": "rclone"})})
+    assert settle_seconds(rclone, BACKUP_TRIGGER) > 0
+    assert settle_seconds(rclone, "event") == 0, "the snapshot landed: the backup is over"
+    source, replica = LocalBackend(server.primary()), LocalBackend(server.replica("usb"))
+    for path in server.primary().rglob("*"):
+        if path.is_file():
+            age_file(path, 60)  # the backup's files landed a minute ago
+    packs = sorted((server.primary() / "data").glob("*/*"))
+    packs[0].touch()  # being written now
+    options = MirrorOptions(settle=settle_seconds(rclone, BACKUP_TRIGGER))
+    result = mirror(source, replica, list_source(source), options)
+    copied = {path.name for path in (server.replica("usb") / "data").glob("*/*")}
+    assert copied == {pack.name for pack in packs[1:]}
+    assert result.files_skipped_in_progress == 1 and result.held_back, "its index and snapshot wait for it"
+    age_file(packs[0], 60)
+    result = mirror(source, replica, list_source(source), options)
+    assert result.complete and packs[0].name in {path.name for path in (server.replica("usb") / "data").glob("*/*")}

@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from triplicate.config.model import Config
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import STALE_LOCK_SECONDS
+from triplicate.state.replication import BACKUP_TRIGGER
 from triplicate.storage.handle import is_id
 
 log = logging.getLogger("triplicate.daemon")
@@ -42,6 +44,18 @@ QUIET_POLL_SECONDS = 5.0
 # A folder changed less than this long ago is listed again even if its time did not move (file
 # systems with coarse timestamps give a file added in the same tick the same folder time).
 RECENT_SECONDS = 1.0
+# A run during a backup through rclone does not read a file written less than this long ago: it
+# is growing. Below POLL_SECONDS, which a file reported final has been unchanged for at least.
+SETTLE_SECONDS = 0.4
+
+
+def settle_seconds(config: Config, trigger: str) -> float:
+    """``MirrorOptions.settle`` for a run: during a backup through rclone's endpoint, files
+    written in the last poll are left alone (the lock watch asks for a run for each file only
+    once its size stayed the same over a poll); 0 otherwise."""
+    if trigger == BACKUP_TRIGGER and config.server.endpoint_program == "rclone":
+        return SETTLE_SECONDS
+    return 0.0
 
 
 def live_locks(primary: Path, now: float) -> int:

@@ -32,7 +32,7 @@ from triplicate.daemon.announce import AnnouncementListener
 from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.detection import snapshot_names, snapshot_status, unchanged
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
-from triplicate.daemon.lockwatch import LockWatch
+from triplicate.daemon.lockwatch import LockWatch, settle_seconds
 from triplicate.daemon.notify import Kind, notify
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.schedule_wait import wait_for_schedule
@@ -444,7 +444,8 @@ class Daemon:
             state.in_sync = None
         heartbeat.replication_started(self.config, runner.client)
         config = self.config
-        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag,
+                                settle=settle_seconds(config, trigger))
         locations = [runner.location] if runner.location is not None else []
         started = time.monotonic()
         call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options,
