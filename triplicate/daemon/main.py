@@ -33,6 +33,7 @@ from triplicate.daemon.checks import check_jobs
 from triplicate.daemon.detection import snapshot_names, snapshot_status, unchanged
 from triplicate.daemon.healing import Healer
 from triplicate.daemon.hooks import ChangeEvent, run_on_change
+from triplicate.daemon.lockwatch import LockWatch, settle_seconds
 from triplicate.daemon.notify import Kind, notify
 from triplicate.daemon.runner import LocationRunner, RunOutcome
 from triplicate.daemon.schedule_wait import wait_for_schedule
@@ -101,7 +102,9 @@ class Daemon:
         self._notifier = ThreadPoolExecutor(1, thread_name_prefix="notify")
         self._background: set[asyncio.Future[Any]] = set()
         self.watcher: SnapshotWatcher | None = None
+        self.lock_watch: LockWatch | None = None  # copy during backup without announcements
         self._watch_task: asyncio.Task[None] | None = None
+        self._lock_task: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
         self.replication: ReplicationState | None = None
         self.daemon_state: DaemonState | None = None
@@ -147,6 +150,8 @@ class Daemon:
         if self.events:
             self.watcher = SnapshotWatcher(self.examine)
             self._watch_task = self._loop.create_task(self.watcher.run(), name="watcher")
+            self.lock_watch = LockWatch(self.copy_during_backup)
+            self._lock_task = self._loop.create_task(self.lock_watch.run(), name="lock watch")
         # The endpoint's word that a snapshot landed, or a pack or index file during a backup.
         self.announcements = AnnouncementListener(self.examine, self.copy_during_backup)
         self._apply(self.config)
@@ -182,6 +187,8 @@ class Daemon:
         log.info("stopping: %d run(s) in progress finish their current file", len(running))
         if self.watcher is not None:
             self.watcher.stop()
+        if self.lock_watch is not None:
+            self.lock_watch.stop()
         self.announcements.close()
         pending: list[asyncio.Future[Any]] = list(self.scheduler.stop()) if self.scheduler else []
         pending += list(self.healer.tasks) if self.healer is not None else []  # they stop between files
@@ -194,14 +201,15 @@ class Daemon:
                 state.hook_task.cancel()  # kills the hook's process
                 pending.append(state.hook_task)
         tasks = [runner.task for runner in running if runner.task is not None]
-        waited = [*tasks, *pending] + ([self._watch_task] if self._watch_task else [])
+        waited = [*tasks, *pending] + [task for task in (self._watch_task, self._lock_task) if task]
         if waited:
             await asyncio.wait(waited, timeout=STOP_GRACE_SECONDS)
         abandoned = [task for task in tasks if not task.done()]
         for task in abandoned:
             task.cancel()
-        if self._watch_task is not None and not self._watch_task.done():
-            self._watch_task.cancel()
+        for watch in (self._watch_task, self._lock_task):
+            if watch is not None and not watch.done():
+                watch.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._notifier.shutdown(wait=False, cancel_futures=True)
         if self._metrics_server is not None:
@@ -300,6 +308,9 @@ class Daemon:
                 self.examine(name, "start")
         self.scheduler.schedule(config, served)
         self.announcements.set_clients(config.server.state_dir, served)
+        if self.lock_watch is not None:  # rclone's endpoint announces nothing: watch the locks
+            self.lock_watch.set_clients(config.server.repos_dir,
+                                        served if config.server.endpoint_program == "rclone" else [])
 
     def _forget_client(self, state: ClientState) -> None:
         for runner in state.runners.values():
@@ -443,7 +454,8 @@ class Daemon:
             state.in_sync = None
         heartbeat.replication_started(self.config, runner.client)
         config = self.config
-        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag)
+        options = MirrorOptions(in_progress_grace=config.server.in_progress_grace, stop=self._stop_flag,
+                                settle=settle_seconds(config, trigger))
         locations = [runner.location] if runner.location is not None else []
         started = time.monotonic()
         call = functools.partial(sync_client, config, runner.client, locations, trigger=trigger, options=options,

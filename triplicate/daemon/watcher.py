@@ -33,11 +33,12 @@ POLL_DELAY_MS = 1000  # the fallback's scan period
 RETRY_SECONDS = 1.0  # after a watched folder vanished while (re)starting
 
 
-def watch_target(repos_dir: Path, client: str) -> Path | None:
-    """The folder to watch for ``client``: its ``snapshots/``, else the nearest existing parent
-    (its repository folder, ``repos_dir``, or the folder ``repos_dir`` will be made in)."""
+def watch_target(repos_dir: Path, client: str, folder: str = "snapshots") -> Path | None:
+    """The folder to watch for ``client``: its ``folder`` (``snapshots/``), else the nearest
+    existing parent (its repository folder, ``repos_dir``, or the folder ``repos_dir`` will be
+    made in)."""
     primary = repos_dir / client
-    for candidate in (primary / "snapshots", primary, repos_dir, repos_dir.parent):
+    for candidate in (primary / folder, primary, repos_dir, repos_dir.parent):
         if candidate.is_dir():
             return candidate
     return None
@@ -50,12 +51,15 @@ class SnapshotWatcher:
     its watch is armed, so nothing between the two is missed) and "rescan" for a
     client whose watched folder moved (its repository or ``snapshots/`` appeared
     or vanished: events may have been missed while the watch was re-armed).
-    Runs on the event loop (:meth:`run`).
+    Runs on the event loop (:meth:`run`). ``folder`` is the repository folder watched
+    (``snapshots``; ``locks`` for the lock watch of daemon/lockwatch.py).
     """
 
-    def __init__(self, on_change: Callable[[str, str], None], force_polling: bool = False) -> None:
+    def __init__(self, on_change: Callable[[str, str], None], force_polling: bool = False,
+                 folder: str = "snapshots") -> None:
         self._on_change = on_change
         self.force_polling = force_polling
+        self.folder = folder
         self._repos_dir: Path | None = None
         self._targets: dict[str, Path | None] = {}
         self._catch_up: dict[str, str] = {}  # client -> trigger, called once the watch is armed
@@ -73,7 +77,7 @@ class SnapshotWatcher:
             if client not in self._targets:
                 self._catch_up[client] = "start"
         before = set(self._targets.values())
-        self._targets = {client: watch_target(repos_dir, client) for client in clients}
+        self._targets = {client: watch_target(repos_dir, client, self.folder) for client in clients}
         self._catch_up = {client: trigger for client, trigger in self._catch_up.items() if client in self._targets}
         if set(self._targets.values()) != before or self._catch_up:
             self._restart()
@@ -87,7 +91,7 @@ class SnapshotWatcher:
         for client in clients:
             if client not in self._targets:
                 continue
-            target = watch_target(self._repos_dir, client)
+            target = watch_target(self._repos_dir, client, self.folder)
             if target != self._targets[client]:
                 self._targets[client] = target
                 self._catch_up.setdefault(client, "rescan")
@@ -128,8 +132,8 @@ class SnapshotWatcher:
                     self._call_catch_up()
                     await self._rearm.wait()
                     continue
-                log.warning("file events unavailable (%s); falling back to polling the snapshot "
-                            "folders every %.0fs", _describe(error), POLL_DELAY_MS / 1000)
+                log.warning("file events unavailable (%s); falling back to polling the %s "
+                            "folders every %.0fs", _describe(error), self._noun, POLL_DELAY_MS / 1000)
                 self.force_polling = True
 
     async def _watch(self, folders: list[str], stop: asyncio.Event) -> None:
@@ -146,7 +150,8 @@ class SnapshotWatcher:
             if first.done() and first.exception() is not None:
                 raise first.exception()  # type: ignore[misc]
             self.watching = tuple(folders)
-            log.info("watching %d folder(s) for new snapshots (%s)", len(folders),
+            log.info("watching %d folder(s) for %s (%s)", len(folders),
+                     "new snapshots" if self.folder == "snapshots" else f"changes in {self.folder}/",
                      "polling" if self.force_polling else "file events")
             # A folder made between choosing the targets and arming the watch raised no event:
             # look again now that events are flowing (re-arms at once if something moved).
@@ -182,7 +187,7 @@ class SnapshotWatcher:
         for _change, path in batch:
             folder, name = os.path.split(path)
             for client in by_folder.get(folder, ()):
-                if self._targets[client] == self._snapshots_dir(client):
+                if self._targets[client] == self._watched_dir(client):
                     if is_id(name):
                         changed.add(client)
                 else:  # a parent is watched: the way down to snapshots/ may have appeared
@@ -192,9 +197,13 @@ class SnapshotWatcher:
         for client in sorted(changed):
             self._on_change(client, "event")
 
-    def _snapshots_dir(self, client: str) -> Path:
+    def _watched_dir(self, client: str) -> Path:
         assert self._repos_dir is not None
-        return self._repos_dir / client / "snapshots"
+        return self._repos_dir / client / self.folder
+
+    @property
+    def _noun(self) -> str:
+        return "snapshot" if self.folder == "snapshots" else self.folder
 
     def _restart(self) -> None:
         self._rearm.set()

@@ -137,6 +137,11 @@ class MirrorOptions:
     # With the client's key: what unsettled packs hold back, narrower than every new index
     # and snapshot (None: keyless, today's rule).
     dependents: Dependents | None = None
+    # Source files modified less than this many seconds ago are left for a later run without
+    # being read, as still being written (0: none). For runs during a backup through rclone's
+    # endpoint, which writes in place: reading a pack still growing would spend the location's
+    # bandwidth on a copy thrown away.
+    settle: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -401,6 +406,8 @@ def _copy_file(source: Backend, replica: Backend, handle: Handle, info: FileInfo
     time), is judged again by time without being read. Problems of the source file
     become an outcome; the replica's raise StorageError.
     """
+    if options.settle and info.mtime is not None and options.clock() - info.mtime < options.settle:
+        return Outcome.IN_PROGRESS
     known = options.known_mismatches.get(handle.relative_path())
     if known is not None and info.mtime is not None and known == (info.size, info.mtime):
         return judge_mismatch(info.mtime, options.clock(), options.in_progress_grace)
