@@ -149,3 +149,23 @@ def test_a_damaged_primary_pack_a_run_trips_on_is_healed_from_the_location_that_
     assert last_audit(server.root / "state", "web01") is None, "healed without any audit"
     ((_, _, ok, _),) = heal_runs(server)
     assert ok
+
+
+def test_a_pack_gone_from_the_primarys_disk_is_put_back_with_the_key(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    # Keyless, a pack missing at the primary looks like one a prune removed; the index says otherwise.
+    pack, relative = a_replicated_pack(server)
+    good = pack.read_bytes()
+    pack.unlink()  # lost from the server's disk (a bad sector, a mistaken rm), long after the backup
+
+    daemon = start(daemons, server, sink)
+    daemon.wait_until(pack.exists, TIMEOUT, "the daemon to put the primary's pack back")
+    assert pack.read_bytes() == good
+    check = server.check_read_data(server.primary())
+    assert check.returncode == 0, check.stderr
+    daemon.wait_until(lambda: any(message["type"] == "success" and "healed 1 file" in message["title"]
+                                  for message in list(sink.received)), TIMEOUT,
+                      f"a success notification; got {sink.titles()}")
+    assert relative in next(message["message"] for message in sink.received if "healed" in message["title"])
+    assert "Traceback" not in daemon.log

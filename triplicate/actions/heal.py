@@ -121,6 +121,7 @@ class HealReport:
 
 def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
                 progress: Callable[[str], Progress] | None = None, only: Collection[str] | None = None,
+                missing: Collection[str] = (),
                 ) -> HealReport:
     """Hash every copy of ``client``'s repository and repair each bad file from a good copy.
 
@@ -131,6 +132,8 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     "missing") and the snapshots that may need each lost file. ``only`` (paths in the
     repository, e.g. ``data/ab/<id>``) hashes those files alone at every copy: the
     daemon heals what an audit or a sync found bad without re-reading everything.
+    ``missing`` (paths, with ``only``) are packs the caller found the primary's index names
+    and the primary lacks (:func:`packs_missing_at_primary`): healed as "missing" there.
     Returns the report; raises UsageError for an unknown client, CannotRun when the
     primary repository cannot be read.
     """
@@ -150,7 +153,10 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
         stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
         copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
         index_files = list(copies[0].files.get(FileType.INDEX, {}))  # the primary's, for restic
+        gone = {Handle(FileType.DATA, path.rpartition("/")[2]) for path in missing
+                if path.rpartition("/")[2] not in copies[0].files.get(FileType.DATA, {})}
         if only is not None:
+            only = {*only, *(handle.relative_path() for handle in gone)}
             for copy in copies:
                 copy.files = {file_type: {name: info for name, info in names.items()
                                           if Handle(file_type, name).relative_path() in only}
@@ -160,8 +166,8 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
             # restic reads the primary's index (for missing packs) while every copy is hashed.
             reading = pool.submit(losses.read_index) if losses is not None and only is None else None
             checks = _check_copies(config, client, copies, report, stop, progress)
-            missing = _missing_at_primary(reading, copies[0], checks[PRIMARY], report)
-        tasks = _plan(copies, checks, missing, report)
+            gone |= _missing_at_primary(reading, copies[0], checks[PRIMARY], report)
+        tasks = _plan(copies, checks, gone, report)
         if not dry_run and not report.interrupted:
             _repair(config, client, tasks, copies, stop, report)
             _record_stamps(config, client, copies, checks, report)

@@ -20,7 +20,7 @@ from typing import Any
 from triplicate.actions.holdback import ResticDependents
 from triplicate.config.model import Config
 from triplicate.execute import CommandFailed, Interrupted, ScopedPool
-from triplicate.storage import FileType, Handle
+from triplicate.storage import FileType, Handle, open_primary
 
 log = logging.getLogger("triplicate.heal")
 
@@ -106,3 +106,15 @@ class LossFinder:
             log.warning("%s: restic could not tell which snapshots need %s: %s", self.dependents.client,
                         handle.relative_path(), error)
             return Needing(None, f"restic could not tell: {error}")
+
+
+def packs_missing_at_primary(config: Config, client: str) -> set[str]:
+    """The packs the primary's index names that the primary lacks (``data/ab/<id>`` paths): lost
+    from its disk, since a prune removes a pack from the index before the pack itself. Reads
+    every index file with restic (the client's key). Raises StorageError when the primary cannot
+    be listed, Interrupted when the daemon stops."""
+    primary = open_primary(config, client)
+    listed = {info.name for info in primary.list(FileType.DATA)}
+    index_files = [info.name for info in primary.list(FileType.INDEX)]
+    view = LossFinder(config, client, index_files).read_index()
+    return {Handle(FileType.DATA, pack).relative_path() for pack in view.packs if pack not in listed}

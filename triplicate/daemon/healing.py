@@ -3,6 +3,8 @@
 What is known bad about a client, anywhere, is read from the state database: the
 files an audit's verification found corrupt or unreadable at a location or at the
 primary (their stamps), and the primary's files a run found corrupt or unreadable.
+With the client's key, after each audit restic also reads the primary's index: a
+pack it names that the primary lacks (lost from its disk) is healed as missing.
 When that holds a file not already tried, ``heal_client`` runs for those files
 alone (hashed at every copy, replaced from any copy that hashes to its name) in a
 worker thread; it takes the client's replication locks, which the runners' syncs
@@ -24,15 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from triplicate.actions.heal import FileHeal, HealReport, heal_client
+from triplicate.actions.heal_losses import packs_missing_at_primary
 from triplicate.config.model import Config
 from triplicate.daemon.checks import Notify
 from triplicate.engine.judgement import Outcome
 from triplicate.errors import TriplicateError
+from triplicate.execute import Interrupted
 from triplicate.state.audit import AuditState
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
-from triplicate.storage import FileType, Handle
+from triplicate.storage import FileType, Handle, StorageError
 
 log = logging.getLogger("triplicate.daemon")
 
@@ -121,6 +125,17 @@ class Healer:
         if client not in config.clients:
             return
         damaged = await asyncio.to_thread(known_damage, config, client)
+        missing: set[str] = set()
+        if why == "audit" and config.settings(client).has_key:
+            # Keyless, a pack gone from the primary's disk looks like one a prune removed: with
+            # the key, the index says which packs the primary should hold.
+            try:
+                missing = await asyncio.to_thread(packs_missing_at_primary, config, client)
+            except Interrupted:
+                return  # the daemon is stopping
+            except (TriplicateError, StorageError) as error:
+                log.warning("heal %s: the primary's index could not be read for missing packs: %s", client, error)
+            damaged |= missing
         entry.handled &= damaged  # healed (or replaced by hand) since: a new damage is news again
         if self._clock() - entry.failed_at >= config.server.retry_max_backoff:
             entry.failed = set()
@@ -131,7 +146,7 @@ class Healer:
         log.info("heal %s: %d file(s) known bad after %s; healing from any good copy", client, len(todo), why)
         started = self._clock()
         try:
-            report = await asyncio.to_thread(_heal_files, config, client, todo, self._stop)
+            report = await asyncio.to_thread(_heal_files, config, client, todo, missing & todo, self._stop)
         except Exception as error:  # a heal must never take the daemon down
             if isinstance(error, TriplicateError):
                 log.warning("heal %s could not run: %s", client, error)
@@ -175,8 +190,9 @@ class Healer:
                                                        if len(healed) > QUOTED else ""), "success")
 
 
-def _heal_files(config: Config, client: str, files: set[str], stop: threading.Event) -> HealReport:
-    return heal_client(config, client, stop=stop, only=frozenset(files))
+def _heal_files(config: Config, client: str, files: set[str], missing: set[str], stop: threading.Event
+                ) -> HealReport:
+    return heal_client(config, client, stop=stop, only=frozenset(files), missing=frozenset(missing))
 
 
 def _problem(lost: list[FileHeal], failed: list[FileHeal], unchecked: dict[str, str]) -> str | None:
