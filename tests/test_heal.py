@@ -232,6 +232,21 @@ def test_a_pack_missing_at_the_primary_only_is_put_back_from_a_location(server: 
     assert check.returncode == 0, check.stderr
 
 
+def test_the_daemons_look_for_packs_gone_from_the_primary_reads_each_index_file_once(server: Server) -> None:
+    from triplicate.actions.heal_losses import packs_missing_at_primary
+    from triplicate.config.load import load_config
+
+    config = load_config(server.config_path)
+    known: dict[str, frozenset[str]] = {}
+    assert packs_missing_at_primary(config, "web01", known) == set()
+    assert set(known) == {path.name for path in (server.primary() / "index").iterdir()}
+    pack = _a_pack(server.primary())
+    pack.unlink()
+    # restic can no longer read any index: what it read before is still known, and enough.
+    server.password_file.write_text("not the password")
+    assert packs_missing_at_primary(config, "web01", known) == {pack.relative_to(server.primary()).as_posix()}
+
+
 def test_a_lost_pack_of_directory_trees_names_every_snapshot(server: Server, tmp_path: Path) -> None:
     new_packs, first, second = _new_packs_of_a_second_backup(server, tmp_path)
     assert server.cli("sync", "web01").code == 0

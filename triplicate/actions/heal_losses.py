@@ -36,6 +36,7 @@ class IndexView:
 
     packs: dict[str, dict[str, Any]] = field(default_factory=dict)  # pack ID -> its entry (with its blobs)
     unreadable: dict[str, str] = field(default_factory=dict)  # index ID -> restic's error
+    by_index: dict[str, frozenset[str]] = field(default_factory=dict)  # index ID -> the packs it names
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class LossFinder:
                     view.unreadable[index] = outcome
                 else:
                     view.packs.update(outcome)
+                    view.by_index[index] = frozenset(outcome)
         self.view = view
         return view
 
@@ -108,13 +110,19 @@ class LossFinder:
             return Needing(None, f"restic could not tell: {error}")
 
 
-def packs_missing_at_primary(config: Config, client: str) -> set[str]:
+def packs_missing_at_primary(config: Config, client: str, known: dict[str, frozenset[str]]) -> set[str]:
     """The packs the primary's index names that the primary lacks (``data/ab/<id>`` paths): lost
-    from its disk, since a prune removes a pack from the index before the pack itself. Reads
-    every index file with restic (the client's key). Raises StorageError when the primary cannot
-    be listed, Interrupted when the daemon stops."""
+    from its disk, since a prune removes a pack from the index before the pack itself.
+
+    ``known`` (index ID -> the packs it names) is the caller's memory across calls, updated
+    here: an index file never changes (named by its content), so restic reads only the new
+    ones, with the client's key. Raises StorageError when the primary cannot be listed,
+    Interrupted when the daemon stops."""
     primary = open_primary(config, client)
     listed = {info.name for info in primary.list(FileType.DATA)}
-    index_files = [info.name for info in primary.list(FileType.INDEX)]
-    view = LossFinder(config, client, index_files).read_index()
-    return {Handle(FileType.DATA, pack).relative_path() for pack in view.packs if pack not in listed}
+    index_files = {info.name for info in primary.list(FileType.INDEX)}
+    for gone in known.keys() - index_files:
+        del known[gone]
+    known.update(LossFinder(config, client, index_files - known.keys()).read_index().by_index)
+    named = set().union(*known.values()) if known else set()
+    return {Handle(FileType.DATA, pack).relative_path() for pack in named - listed}

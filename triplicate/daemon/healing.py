@@ -73,6 +73,7 @@ class _Client:
     handled: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # healing failed otherwise: tried again after a while
     failed_at: float = 0.0
+    index: dict[str, frozenset[str]] = field(default_factory=dict)  # the primary's index files read: their packs
 
 
 class Healer:
@@ -130,7 +131,7 @@ class Healer:
             # Keyless, a pack gone from the primary's disk looks like one a prune removed: with
             # the key, the index says which packs the primary should hold.
             try:
-                missing = await asyncio.to_thread(packs_missing_at_primary, config, client)
+                missing = await asyncio.to_thread(packs_missing_at_primary, config, client, entry.index)
             except Interrupted:
                 return  # the daemon is stopping
             except (TriplicateError, StorageError) as error:
