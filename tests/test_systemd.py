@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import accepts_connections, free_port_range
+from tests.support.processes import command_line
 from tests.support.repository import Server
 from tests.support.server import Site
 from tests.support.wait import wait_until
@@ -140,7 +141,10 @@ def test_a_reload_sent_while_the_watcher_starts_neither_kills_nor_restarts_it(si
     site.add_client("web01", "usb")
     site.start_supervision()
     pid = wait_until(lambda: site.service_pid("web01", "syncd"), 30, "web01's watcher to run")
-    os.kill(pid, signal.SIGHUP)  # Python is still importing: its handler is not installed yet
+    # Once the run script has exec'd Python (after its trap), and while Python still imports:
+    # its own handler is not installed yet.
+    wait_until(lambda: "syncd" in (command_line(pid) or []), 30, "the run script to exec the watcher")
+    os.kill(pid, signal.SIGHUP)
     started = site.layout.log_dir("web01", "syncd") / "current"
     wait_until(lambda: started.exists() and "syncd started" in started.read_text(), 30, "web01's watcher to start")
     assert site.service_pid("web01", "syncd") == pid, started.read_text()
