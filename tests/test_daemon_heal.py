@@ -169,3 +169,26 @@ def test_a_pack_gone_from_the_primarys_disk_is_put_back_with_the_key(
                       f"a success notification; got {sink.titles()}")
     assert relative in next(message["message"] for message in sink.received if "healed" in message["title"])
     assert "Traceback" not in daemon.log
+
+
+def test_damage_a_manual_audit_found_is_healed_at_the_next_rescan(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    pack, relative = a_replicated_pack(server)
+    replica_pack = server.replica("usb") / relative
+    flip_byte(replica_pack)
+    age_file(replica_pack)
+    # No scheduled audit; the daemon rescans every second.
+    server.write_config(BASE_CONFIG.replace('password_file = "{root}/password"\n',
+                                            'password_file = "{root}/password"\npoll_interval = "1s"\n')
+                        + f'[notify]\nurls = ["{sink.url}"]\n')
+    daemon = DaemonProcess(server.config_path)
+    daemons.append(daemon)
+    daemon.started()
+    audit = server.cli("audit", "web01", "--verify", "100")
+    assert audit.code == 2 and "corrupt" in audit.out, audit.out + audit.err
+    daemon.wait_until(lambda: file_hash_matches_name(replica_pack), TIMEOUT, "the daemon to heal usb's pack")
+    daemon.wait_until(lambda: any(message["type"] == "success" and "healed 1 file" in message["title"]
+                                  for message in list(sink.received)), TIMEOUT,
+                      f"a success notification; got {sink.titles()}")
+    assert file_hash_matches_name(pack) and "Traceback" not in daemon.log

@@ -1,4 +1,5 @@
-"""The daemon heals by itself: after an audit or a replication run that found damaged files.
+"""The daemon heals by itself: after an audit or a replication run that found damaged files,
+and at each rescan (damage a manual audit recorded).
 
 What is known bad about a client, anywhere, is read from the state database: the
 files an audit's verification found corrupt or unreadable at a location or at the

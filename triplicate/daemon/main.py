@@ -330,6 +330,8 @@ class Daemon:
             self.watcher.refresh([client])
         await self.look(client)
         self.examine(client, "poll")
+        if self.healer is not None and not self.stopping:  # damage a manual audit recorded (cheap: the database)
+            self.healer.look(client, "a rescan")
 
     async def look(self, client: str) -> None:
         """List each location of ``client`` (names only) against the primary: record what is
