@@ -43,7 +43,8 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_syncd import ArrivalPoller  # noqa: E402 - after the path is set
+from bench_endpoint import init_server  # noqa: E402 - after the path is set
+from bench_syncd import ArrivalPoller  # noqa: E402
 
 from tests.support.remote import SshServer, start_sshd, stop  # noqa: E402
 from tests.support.wait import wait_until  # noqa: E402
@@ -72,15 +73,7 @@ def make_data(folder: Path, megabytes: int) -> None:
 def make_server(root: Path, ssh: SshServer, slow: str, fast: str, endpoint: str) -> tuple[Path, str]:
     """A server with client alpha replicating to usb, slow and fast; return the configuration
     and alpha's repository URL."""
-    import socket
-
-    with socket.socket() as probe:  # a port the kernel says is free
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = root / "triplicate.toml"
-    subprocess.run([*TRIPLICATE, "-c", str(config), "init", "--state-dir", str(root / "state"),
-                    "--repos-dir", str(root / "repos"), "--listen-host", "127.0.0.1",
-                    "--public-host", "127.0.0.1", "--ports", f"{port}-{port}"], check=True, capture_output=True)
+    config = init_server(root)
     for name in LOCATIONS:
         (root / name).mkdir()
     # The rescan (the safety net, every poll_interval) also copies what a location lacks, packs of

@@ -101,7 +101,9 @@ def triplicate(config: Path, *args: str) -> str:
                           text=True).stdout
 
 
-def set_up_server(root: Path, syncd: str) -> Path:
+def init_server(root: Path) -> Path:
+    """``triplicate init`` in ``root`` on loopback, with one free port for a client; returns the
+    configuration file."""
     import socket
 
     with socket.socket() as probe:  # a port the kernel says is free
@@ -111,6 +113,11 @@ def set_up_server(root: Path, syncd: str) -> Path:
     subprocess.run([*TRIPLICATE, "-c", str(config), "init", "--state-dir", str(root / "state"),
                     "--repos-dir", str(root / "repos"), "--listen-host", "127.0.0.1",
                     "--public-host", "127.0.0.1", "--ports", f"{port}-{port}"], check=True, capture_output=True)
+    return config
+
+
+def set_up_server(root: Path, syncd: str) -> Path:
+    config = init_server(root)
     config.write_text(config.read_text().replace("[server]\n", f'[server]\nsyncd = "{syncd}"\n'))
     (root / "password").write_text("benchmark\n")
     return config
