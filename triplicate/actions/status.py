@@ -11,7 +11,6 @@ record or null.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from triplicate.service import runit
 from triplicate.service.layout import SERVICES, Layout
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import BACKUP_TRIGGER, PRIMARY_PROBLEM_PREFIX, ReplicationState
-from triplicate.storage.handle import is_id
+from triplicate.storage.local import lock_times
 from triplicate.units import format_bytes, format_duration, parse_bandwidth, rate_at
 
 
@@ -161,12 +160,7 @@ def locations_section(context: StatusContext) -> StatusSection:
 
 def _backup_started(primary: Path) -> float | None:
     """When the oldest lock in the primary was made (restic holds one for a whole backup), or None."""
-    try:
-        with os.scandir(primary / "locks") as entries:
-            times = [entry.stat(follow_symlinks=False).st_mtime for entry in entries if is_id(entry.name)]
-    except OSError:
-        return None
-    return min(times, default=None)
+    return min(lock_times(primary), default=None)
 
 
 def _copying_during_backup(state: ReplicationState, client: str, location: str, since: float | None) -> str | None:

@@ -33,6 +33,7 @@ from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.mirror import STALE_LOCK_SECONDS
 from triplicate.state.replication import BACKUP_TRIGGER
 from triplicate.storage.handle import is_id
+from triplicate.storage.local import lock_times
 
 log = logging.getLogger("triplicate.daemon")
 
@@ -60,19 +61,7 @@ def settle_seconds(config: Config, trigger: str) -> float:
 
 def live_locks(primary: Path, now: float) -> int:
     """How many lock files in ``primary/locks`` are live (younger than restic's stale age)."""
-    try:
-        with os.scandir(primary / "locks") as entries:
-            return sum(1 for entry in entries if is_id(entry.name)
-                       and now - _mtime(entry) < STALE_LOCK_SECONDS)
-    except OSError:
-        return 0
-
-
-def _mtime(entry: os.DirEntry[str]) -> float:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime
-    except OSError:
-        return float("-inf")  # gone meanwhile: not live
+    return sum(1 for made in lock_times(primary) if now - made < STALE_LOCK_SECONDS)
 
 
 class NewFiles:

@@ -20,7 +20,7 @@ from triplicate.storage.backend import (
     UnreadableFile,
     copy_verified,
 )
-from triplicate.storage.handle import FileType, Handle
+from triplicate.storage.handle import FileType, Handle, is_id
 
 # Saves are written here, inside the repository but in a folder restic never reads,
 # and renamed into place: a final name only ever holds a complete, fsynced file.
@@ -206,6 +206,23 @@ class _Limited:
 
     def tell(self) -> int:
         return self._file.tell()
+
+
+def lock_times(repository: Path) -> list[float]:
+    """The modification times of the restic lock files in a local ``repository``'s ``locks/``
+    (restic holds one for a whole backup and refreshes it); empty when there is no such folder."""
+    times = []
+    try:
+        with os.scandir(repository / "locks") as entries:
+            for entry in entries:
+                if is_id(entry.name):
+                    try:
+                        times.append(entry.stat(follow_symlinks=False).st_mtime)
+                    except OSError:
+                        continue  # gone meanwhile: restic removed it
+    except OSError:
+        return []
+    return times
 
 
 def _open_regular(path: Path, what: str) -> BinaryIO:
