@@ -192,11 +192,16 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     if cert is None or key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load_certificate(context, cert, key)
+    return context
+
+
+def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """Read the certificate and key into ``context``; raises CannotRun naming the file."""
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as error:
         raise CannotRun(f"server.tls_cert/tls_key: cannot load {cert}: {error}") from None
-    return context
 
 
 class Listener:
@@ -246,10 +251,9 @@ class Listener:
                 return None
             cert, key = config.server.tls_cert, config.server.tls_key
             assert cert is not None and key is not None
-            try:
-                self._tls.load_cert_chain(cert, key)  # the running socket's context: the next handshake
-            except (OSError, ssl.SSLError) as error:  # replaced again since tls_context read it
-                raise CannotRun(f"server.tls_cert/tls_key: cannot load {cert}: {error}") from None
+            # Into the running socket's context: the next handshake uses it (the files may have
+            # been replaced again since tls_context read them: then this raises).
+            _load_certificate(self._tls, cert, key)
             return "certificate read again"
         old_site, old_listen, old_tls = self._site, self.listen, self._tls
         if config.web.listen == old_listen:  # TLS switched on or off on the same address: close first
