@@ -143,7 +143,9 @@ def test_a_reload_sent_while_the_watcher_starts_neither_kills_nor_restarts_it(si
     pid = wait_until(lambda: site.service_pid("web01", "syncd"), 30, "web01's watcher to run")
     # Once the run script has exec'd Python (after its trap), and while Python still imports:
     # its own handler is not installed yet.
-    wait_until(lambda: "syncd" in (command_line(pid) or []), 30, "the run script to exec the watcher")
+    # (Not just "syncd" in it: runsv's child is "runsv syncd" until it execs ./run.)
+    wait_until(lambda: (command_line(pid) or [])[-3:] == [str(site.config_path), "syncd", "web01"], 30,
+               "the run script to exec the watcher")
     os.kill(pid, signal.SIGHUP)
     started = site.layout.log_dir("web01", "syncd") / "current"
     wait_until(lambda: started.exists() and "syncd started" in started.read_text(), 30, "web01's watcher to start")
