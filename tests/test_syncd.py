@@ -25,6 +25,7 @@ from tests.support.syncd import (
     read_hook_calls,
 )
 from tests.support.wait import wait_until
+from triplicate.actions import JSON_VERSION
 from triplicate.daemon.runner import LocationRunner, RunOutcome, backoff_delay
 from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.state.daemon import DaemonState
@@ -164,6 +165,7 @@ def test_hooks_get_the_ids_added_and_removed_since_their_last_run(
     assert call["env"] == {"TRIPLICATE_CLIENT": "web01", "TRIPLICATE_SNAPSHOTS_ADDED": " ".join(first),
                            "TRIPLICATE_SNAPSHOTS_REMOVED": "", "TRIPLICATE_RESULT": "ok"}
     assert call["stdin"]["snapshots_added"] == first and call["stdin"]["result"] == "ok"
+    assert call["stdin"]["version"] == JSON_VERSION  # the version every JSON output carries
     assert call["stdin"]["locations"] == {"usb": {"ok": True, "error": None}, "nas": {"ok": True, "error": None}}
     assert replicated_everywhere(server), "the hook ran before replication finished"
     daemon.wait_for_log(r"hook web01: \| hook saw 1 new snapshot")

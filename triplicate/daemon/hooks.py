@@ -3,7 +3,8 @@
 A hook learns what changed from its environment (``TRIPLICATE_CLIENT``,
 ``TRIPLICATE_SNAPSHOTS_ADDED``, ``TRIPLICATE_SNAPSHOTS_REMOVED`` as
 space-separated IDs, ``TRIPLICATE_RESULT`` = ``ok``/``failed``) and the same as
-one JSON object on standard input. Its output goes to the log, line by line. A
+one JSON object on standard input (with the ``version`` of every JSON triplicate
+prints, docs/json.md). Its output goes to the log, line by line. A
 hook that fails or times out is reported to the caller; it is never fatal.
 """
 
@@ -13,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from triplicate.actions import JSON_VERSION
 from triplicate.execute import CommandFailed, environment, run_async
 
 log = logging.getLogger("triplicate.hooks")  # the name operators grep the log for
@@ -41,6 +43,7 @@ class ChangeEvent:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "version": JSON_VERSION,
             "client": self.client,
             "snapshots_added": self.added,
             "snapshots_removed": self.removed,
