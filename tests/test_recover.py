@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import json
 import shutil
 import subprocess
 import sys
@@ -115,10 +114,26 @@ def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(se
     status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
     drill = status["recover_drill"]
     assert drill["result"] == "passed" and drill["recovery_seconds"] == round(report["recovery_seconds"], 1)
+    # Into the kept folder again: nothing would be rebuilt, so no recovery time would be measured.
+    again = server.cli("recover", "web01", "--drill", "--to", str(target))
+    assert again.code == 2 and "--to" in again.err and "not empty" in again.err and again.err.count("\n") == 1
+    after = server.cli("status", "web01", "--json").json()["clients"]["web01"]["recover_drill"]
+    assert after["recovery_seconds"] == drill["recovery_seconds"], "no drill recorded"
     # Without --to, the scratch folder goes away.
     assert server.cli("recover", "web01", "--drill").code == 0
     assert not any((server.root / "state" / "drills").iterdir())
-    assert json.loads(server.cli("status", "web01", "--json").out)["ok"] in (True, False)
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    assert status["recover_drill"]["result"] == "passed"
+    assert not any("recovery drill" in problem for problem in status["problems"])
+    # A pack gone from every location: restic check fails on the rebuilt repository, and status says so.
+    pack = min(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
+    for location in ("usb", "nas"):
+        (server.replica(location) / pack.relative_to(server.replica("usb"))).unlink()
+    failed = server.cli("recover", "web01", "--drill", "--json")
+    assert failed.code == 1 and failed.json()["restic_check"] == "failed", failed.out
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    assert status["recover_drill"]["result"] == "failed"
+    assert any(problem.startswith("last recovery drill failed: restic check failed") for problem in status["problems"])
 
 
 def test_recover_killed_midway_completes_when_run_again(server: Server, tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 @click.option("--drill", is_flag=True, help="Rebuild into a scratch folder instead of the primary, run restic "
               "check on it (with the client's key) and record the time taken.")
 @click.option("--to", "to", type=click.Path(path_type=Path), metavar="DIR",
-              help="With --drill: rebuild into DIR and keep it [default: a temporary folder under state_dir].")
+              help="With --drill: rebuild into DIR (new or empty) and keep it [default: a temporary folder under "
+              "state_dir].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @click.pass_obj
 def recover(app: AppContext, client: str | None, sources: tuple[str, ...], every: bool, dry_run: bool, drill: bool,
