@@ -103,6 +103,20 @@ def test_a_location_holding_another_repository_is_refused_as_a_source(server: Se
     assert not pack.exists(), "never taken from another repository"
 
 
+def test_recover_that_no_location_can_serve_says_why_of_each(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    shutil.rmtree(server.primary())
+    shutil.rmtree(server.replica("usb"))
+    server.replica("usb").write_text("not a folder")
+    shutil.rmtree(server.replica("nas"))
+    result = server.cli("recover", "web01")
+    assert result.code == 3 and result.err.count("\n") == 1, result.err
+    assert "(usb: " in result.err and "not a folder" in result.err
+    assert "nas: no repository" in result.err
+    drill = server.cli("recover", "web01", "--drill", "--from", "usb")
+    assert drill.code == 3 and "(usb: " in drill.err and "not a folder" in drill.err and drill.err.count("\n") == 1
+
+
 def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
     assert server.cli("sync", "web01").code == 0
     target = tmp_path / "drill"

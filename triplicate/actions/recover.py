@@ -131,7 +131,9 @@ def _open_sources(config: Config, client: str, sources: list[str], target: Targe
             report.sources[name].problem = opened.reason
         else:
             held[name] = opened
-    wanted = _reference_config(target, {name: config_file for name, (config_file, _) in held.items()}, client)
+    unusable = [f"{name}: {source.problem}" for name, source in report.sources.items() if source.problem]
+    wanted = _reference_config(target, {name: config_file for name, (config_file, _) in held.items()}, client,
+                               unusable)
     copies = []
     for name, (config_file, copy) in held.items():
         if config_file != wanted:
@@ -169,19 +171,24 @@ def open_copy(config: Config, client: str, location: str, stack: ExitStack) -> t
         return Unusable(f"could not be read: {error}")
 
 
-def _reference_config(target: Target, configs: dict[str, bytes], client: str) -> bytes:
-    """The repository to rebuild: the target's own config, else the one most locations hold."""
+def _reference_config(target: Target, configs: dict[str, bytes], client: str, unusable: list[str]) -> bytes:
+    """The repository to rebuild: the target's own config, else the one most locations hold.
+
+    Raises CannotRun, naming why each location could not be used (``unusable``: "name: why").
+    """
     try:
         existing = read_config(target.backend) if target.backend.root.is_dir() else None
     except StorageError as error:
         raise CannotRun(f"client '{client}': {error}") from None
     if existing is not None:
         if existing not in configs.values():
+            others = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "
-                            "(every location's config differs from it, or none could be read)")
+                            f"({'; '.join(others + unusable) or 'no location'})")
         return existing
     if not configs:
-        raise CannotRun(f"client '{client}': no location could give its repository")
+        raise CannotRun(f"client '{client}': no location could give its repository "
+                        f"({'; '.join(unusable) or 'no location'})")
     counts = Counter(configs.values()).most_common()
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         groups = ", ".join(sorted(name for name, config_file in configs.items() if config_file == counts[0][0]))
