@@ -182,9 +182,9 @@ def _reference_config(target: Target, configs: dict[str, bytes], client: str, un
         raise CannotRun(f"client '{client}': {error}") from None
     if existing is not None:
         if existing not in configs.values():
-            others = [f"{name}: holds another repository (its config differs)" for name in configs]
+            strangers = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "
-                            f"({'; '.join(others + unusable) or 'no location'})")
+                            f"({'; '.join(strangers + unusable) or 'no location'})")
         return existing
     if not configs:
         raise CannotRun(f"client '{client}': no location could give its repository "
