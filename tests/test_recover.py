@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.endpoint import Endpoint, partial_files, read_status, sha
 from tests.support.ports import free_port
 from tests.support.remote import SshServer
 from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
+from tests.support.server import Site
 from tests.support.syncd import DaemonProcess, NotificationSink
+from tests.support.wait import wait_until
 from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
 
 
@@ -171,8 +175,13 @@ def test_recover_killed_midway_completes_when_run_again(server: Server, tmp_path
     assert result.code == 0, result.out + result.err
     assert result.json()["files_present"] > 0
     assert repository_files(server.primary()) == expected
-    assert not any((server.primary() / ".triplicate-partial").iterdir())
     assert server.check_read_data(server.primary()).returncode == 0
+    # What the killed run was writing is as young as an upload the endpoint may be writing: left alone
+    # until it is older than in_progress_grace, then removed by the next run.
+    for path in (server.primary() / ".triplicate-partial").iterdir():
+        age_file(path)
+    assert server.cli("recover", "web01", "--from", "usb").code == 0
+    assert not any((server.primary() / ".triplicate-partial").iterdir())
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -268,3 +277,31 @@ def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_othe
     assert server.cli("recover", "web01", "--all").code == 2
     wrong = server.cli("recover", "web01", "--from", "nowhere")
     assert wrong.code == 2 and "--from nowhere" in wrong.err and wrong.err.count("\n") == 1
+
+
+def test_recover_in_place_leaves_alone_an_upload_the_endpoint_is_writing(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=2)
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb")}
+    repository = site.root / "repos" / "alpha"
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    try:
+        assert site.restic(str(site.clients["alpha"]["url"]), "init").returncode == 0
+        assert site.cli("sync", "alpha").code == 0
+        body = os.urandom(1 << 20)
+        connection = endpoint.raw("alpha")
+        connection.sendall(endpoint.upload_head("alpha", f"/alpha/data/{sha(body)}", len(body)) + body[:1000])
+        wait_until(lambda: partial_files(repository), 10, "the upload's file in the partial folder")
+        stale = repository / ".triplicate-partial" / "left-by-a-killed-save"
+        stale.write_bytes(b"half a pack")
+        age_file(stale)
+        result = site.cli("recover", "alpha", "--json")
+        assert result.code == 0, result.out + result.err
+        assert not stale.exists(), "what a killed save left long ago is removed"
+        connection.sendall(body[1000:])
+        assert read_status(connection) == 200, endpoint.log()
+        connection.close()
+        assert (repository / "data" / sha(body)[:2] / sha(body)).read_bytes() == body
+    finally:
+        endpoint.stop()

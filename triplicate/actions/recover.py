@@ -11,6 +11,7 @@ written under a temporary name, fsynced, then renamed) simply goes on. Keyless.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from triplicate.state.locks import client_locks
 from triplicate.state.quarantine import QuarantineState
 from triplicate.storage import FileInfo, FileType, Handle, StorageError, open_location
 from triplicate.storage.backend import NoRepository
-from triplicate.storage.local import LocalBackend
+from triplicate.storage.local import PARTIAL_DIR, LocalBackend
 
 CONTENT_TYPES = (FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
 
@@ -219,7 +220,10 @@ def _rebuild(config: Config, client: str, copies: list[Copy], target: Target, re
         return
     try:
         _make_root(backend.root, target.owner)
-        backend.discard_partial_saves()
+        if target.primary:  # the endpoint streams its uploads there too: leave the young ones be
+            _discard_stale_partials(backend.root / PARTIAL_DIR, config.server.in_progress_grace)
+        else:
+            backend.discard_partial_saves()
         if read_config(backend) is None:
             with copies[0].backend.load(Handle(FileType.CONFIG)) as reader:
                 backend.save(Handle(FileType.CONFIG), reader)
@@ -292,6 +296,20 @@ def _saver(config: Config, client: str, backend: LocalBackend, handle: Handle, t
             quarantine.record(entry)
 
     return lambda reader: backend.save(handle, reader, before_rename=before_rename)
+
+
+def _discard_stale_partials(folder: Path, grace: float) -> None:
+    """Remove what killed saves left in the primary's partial folder (``folder``) more than ``grace`` seconds ago.
+
+    A younger file may be an upload the client's endpoint is writing right now. Raises OSError.
+    """
+    if not folder.is_dir():
+        return
+    oldest = time.time() - grace
+    for entry in os.scandir(folder):
+        with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: an upload just completed
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < oldest:
+                os.unlink(entry.path)
 
 
 def _make_root(root: Path, owner: tuple[int, int] | None) -> None:
