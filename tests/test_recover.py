@@ -21,6 +21,7 @@ from tests.support.server import Site
 from tests.support.syncd import DaemonProcess, NotificationSink
 from tests.support.wait import wait_until
 from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
+from triplicate.units import format_bytes
 
 
 @pytest.fixture
@@ -132,6 +133,8 @@ def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(se
     status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
     drill = status["recover_drill"]
     assert drill["result"] == "passed" and drill["recovery_seconds"] == round(report["recovery_seconds"], 1)
+    shown = " ".join(server.cli("status", "web01").out.split())
+    assert "last recovery drill" in shown and format_bytes(drill["bytes"]) in shown, shown
     # Into the kept folder again: nothing would be rebuilt, so no recovery time would be measured.
     again = server.cli("recover", "web01", "--drill", "--to", str(target))
     assert again.code == 2 and "--to" in again.err and "not empty" in again.err and again.err.count("\n") == 1
