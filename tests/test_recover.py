@@ -122,6 +122,16 @@ def test_recover_that_no_location_can_serve_says_why_of_each(server: Server) -> 
     assert drill.code == 3 and "(usb: " in drill.err and "not a folder" in drill.err and drill.err.count("\n") == 1
 
 
+def test_recover_on_a_new_server_without_its_service_user_says_so_and_writes_nothing(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    shutil.rmtree(server.primary())
+    server.write_config(BASE_CONFIG.replace("[server]\n", '[server]\nuser = "no-such-user-16"\n'))
+    result = server.cli("recover", "web01")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "server.user: no such user 'no-such-user-16'" in result.err
+    assert not server.primary().exists()
+
+
 def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
     assert server.cli("sync", "web01").code == 0
     target = tmp_path / "drill"
