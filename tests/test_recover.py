@@ -132,6 +132,25 @@ def test_recover_on_a_new_server_without_its_service_user_says_so_and_writes_not
     assert not server.primary().exists()
 
 
+def test_recover_skips_a_corrupt_copy_at_one_location_and_names_it(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = min(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
+    relative = pack.relative_to(server.replica("usb")).as_posix()
+    flip_byte(pack)
+    expected = repository_files(server.primary())
+    shutil.rmtree(server.primary())
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["sources"]["nas"]["files"] == 1 and report["lost"] == {}
+    assert list(report["bad_copies"]) == [relative] and "not to its name" in report["bad_copies"][relative]["usb"]
+    assert repository_files(server.primary()) == expected
+    assert server.check_read_data(server.primary()).returncode == 0
+    shutil.rmtree(server.primary())
+    text = " ".join(server.cli("recover", "web01").out.split())
+    assert f"usb's copy of {relative}" in text and "triplicate heal web01" in text, text
+
+
 def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
     assert server.cli("sync", "web01").code == 0
     target = tmp_path / "drill"

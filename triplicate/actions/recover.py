@@ -60,6 +60,8 @@ class RecoverReport:
     bytes_copied: int = 0
     replaced: list[str] = field(default_factory=list)  # present but bad: replaced (the bad one kept aside)
     lost: dict[str, str] = field(default_factory=dict)  # file -> why no location could give it
+    # file -> location -> why its copy was skipped for another's (corrupt, unreadable): heal it
+    bad_copies: dict[str, dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -75,7 +77,8 @@ class RecoverReport:
                 "sources": {name: source.to_json() for name, source in self.sources.items()},
                 "files_present": self.files_present, "bytes_present": self.bytes_present,
                 "files_copied": self.files_copied, "bytes_copied": self.bytes_copied,
-                "replaced": self.replaced, "lost": self.lost, "seconds": round(self.seconds, 3)}
+                "replaced": self.replaced, "lost": self.lost, "bad_copies": self.bad_copies,
+                "seconds": round(self.seconds, 3)}
 
 
 def select_sources(config: Config, client: str, requested: list[str] | tuple[str, ...]) -> list[str]:
@@ -240,6 +243,8 @@ def _rebuild(config: Config, client: str, copies: list[Copy], target: Target, re
                 report.lost[handle.relative_path()] = "; ".join(
                     f"{name}: {problem}" for name, problem in fetched.problems.items()) or "no location has it"
             else:
+                if fetched.problems:
+                    report.bad_copies[handle.relative_path()] = fetched.problems
                 report.sources[fetched.source].files += 1
                 report.sources[fetched.source].bytes += fetched.size
                 report.files_copied += 1

@@ -116,6 +116,10 @@ def _summarise(report: RecoverReport, bars: Any) -> None:
         out.print(f"  from {escape(name)}: {state}")
     for path in report.replaced:
         out.print(f"  {escape(path)}: damaged in the target, {'to be ' if report.dry_run else ''}replaced")
+    for path, problems in sorted(report.bad_copies.items()):
+        for name, why in problems.items():
+            out.print(f"  [yellow]{escape(name)}'s copy of {escape(path)}[/]: {escape(why)}; taken from another "
+                      f"location (run 'triplicate heal {escape(report.client)}')")
     for path, why in report.lost.items():
         out.print(f"  [red]lost[/] {escape(path)}: no location has a good copy ({escape(why)})")
     total = f"{report.files_copied} files ({format_bytes(report.bytes_copied)})"
