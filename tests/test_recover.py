@@ -309,6 +309,10 @@ def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_othe
     assert server.cli("recover", "web01", "--all").code == 2
     wrong = server.cli("recover", "web01", "--from", "nowhere")
     assert wrong.code == 2 and "--from nowhere" in wrong.err and wrong.err.count("\n") == 1
+    only_usb = server.cli("recover", "--all", "--from", "usb", "--dry-run", "--json")
+    assert only_usb.code == 1 and only_usb.json()["clients"]["web01"]["ok"]
+    assert "none of the locations to take it from is one of the client's" in \
+        only_usb.json()["clients"]["db01"]["error"], "db01 replicates to nas alone"
 
 
 def test_recover_in_place_leaves_alone_an_upload_the_endpoint_is_writing(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from triplicate.storage.backend import NoRepository
 from triplicate.storage.local import PARTIAL_DIR, LocalBackend
 
 CONTENT_TYPES = (FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
+NO_SOURCE = "none of the locations to take it from is one of the client's"
 
 
 @dataclass
@@ -188,11 +189,11 @@ def _reference_config(target: Target, configs: dict[str, bytes], client: str, un
         if existing not in configs.values():
             strangers = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "
-                            f"({'; '.join(strangers + unusable) or 'no location'})")
+                            f"({'; '.join(strangers + unusable) or NO_SOURCE})")
         return existing
     if not configs:
         raise CannotRun(f"client '{client}': no location could give its repository "
-                        f"({'; '.join(unusable) or 'no location'})")
+                        f"({'; '.join(unusable) or NO_SOURCE})")
     counts = Counter(configs.values()).most_common()
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         groups = ", ".join(sorted(name for name, config_file in configs.items() if config_file == counts[0][0]))
