@@ -151,6 +151,27 @@ def test_recover_skips_a_corrupt_copy_at_one_location_and_names_it(server: Serve
     assert f"usb's copy of {relative}" in text and "triplicate heal web01" in text, text
 
 
+def test_recover_in_place_replaces_a_damaged_file_keeps_it_aside_and_leaves_a_young_one(
+    server: Server, tmp_path: Path
+) -> None:
+    _two_snapshots(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    old, young = sorted(path for path in (server.primary() / "data").rglob("*") if path.is_file())[:2]
+    good = old.read_bytes()
+    flip_byte(old)
+    age_file(old)
+    bad = old.read_bytes()
+    flip_byte(young)  # modified just now: the endpoint may still be writing it
+    still_young = young.read_bytes()
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["replaced"] == [old.relative_to(server.primary()).as_posix()] and report["files_copied"] == 1
+    assert old.read_bytes() == good and young.read_bytes() == still_young
+    kept = [path for path in (server.root / "state" / "quarantine" / "web01").rglob("*") if path.is_file()]
+    assert [path.read_bytes() for path in kept] == [bad], "the damaged file is kept aside, never deleted"
+
+
 def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
     assert server.cli("sync", "web01").code == 0
     target = tmp_path / "drill"
