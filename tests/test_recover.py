@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -360,5 +361,34 @@ def test_recover_in_place_leaves_alone_an_upload_the_endpoint_is_writing(tmp_pat
         assert read_status(connection) == 200, endpoint.log()
         connection.close()
         assert (repository / "data" / sha(body)[:2] / sha(body)).read_bytes() == body
+    finally:
+        endpoint.stop()
+
+
+def test_after_recover_the_client_backs_up_through_its_endpoint_again(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=2)
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb", "nas")}
+    url = str(site.clients["alpha"]["url"])
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    try:
+        data = site.root / "data" / "alpha"
+        write_files(data, "first", count=3, size=300_000)
+        assert site.restic(url, "init").returncode == 0
+        assert site.restic(url, "backup", "-q", str(data)).returncode == 0
+        assert site.cli("sync", "alpha").code == 0
+        shutil.rmtree(site.root / "repos" / "alpha")  # the server's disk is gone; its endpoint still runs
+        assert site.restic(url, "snapshots").returncode != 0
+        result = site.cli("recover", "alpha")
+        assert result.code == 0, result.out + result.err
+        write_files(data / "after", "second", count=2, size=200_000)
+        backup = site.restic(url, "backup", "-q", str(data))
+        assert backup.returncode == 0, backup.stderr
+        check = site.restic(url, "check", "--read-data")
+        assert check.returncode == 0, check.stderr
+        snapshots = site.restic(url, "snapshots", "--json")
+        assert len(json.loads(snapshots.stdout)) == 2
+        assert site.cli("sync", "alpha").code == 0
     finally:
         endpoint.stop()
