@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.endpoint import Endpoint, partial_files, read_status, sha
 from tests.support.ports import free_port
 from tests.support.remote import SshServer
 from tests.support.repository import BASE_CONFIG, Server, age_file, flip_byte, repository_files, write_files
+from tests.support.server import Site
 from tests.support.syncd import DaemonProcess, NotificationSink
+from tests.support.wait import wait_until
 from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
+from triplicate.units import format_bytes
 
 
 @pytest.fixture
@@ -104,6 +109,70 @@ def test_a_location_holding_another_repository_is_refused_as_a_source(server: Se
     assert not pack.exists(), "never taken from another repository"
 
 
+def test_recover_that_no_location_can_serve_says_why_of_each(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    shutil.rmtree(server.primary())
+    shutil.rmtree(server.replica("usb"))
+    server.replica("usb").write_text("not a folder")
+    shutil.rmtree(server.replica("nas"))
+    result = server.cli("recover", "web01")
+    assert result.code == 3 and result.err.count("\n") == 1, result.err
+    assert "(usb: " in result.err and "not a folder" in result.err
+    assert "nas: no repository" in result.err
+    drill = server.cli("recover", "web01", "--drill", "--from", "usb")
+    assert drill.code == 3 and "(usb: " in drill.err and "not a folder" in drill.err and drill.err.count("\n") == 1
+
+
+def test_recover_on_a_new_server_without_its_service_user_says_so_and_writes_nothing(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    shutil.rmtree(server.primary())
+    server.write_config(BASE_CONFIG.replace("[server]\n", '[server]\nuser = "no-such-user-16"\n'))
+    result = server.cli("recover", "web01")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "server.user: no such user 'no-such-user-16'" in result.err
+    assert not server.primary().exists()
+
+
+def test_recover_skips_a_corrupt_copy_at_one_location_and_names_it(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = min(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
+    relative = pack.relative_to(server.replica("usb")).as_posix()
+    flip_byte(pack)
+    expected = repository_files(server.primary())
+    shutil.rmtree(server.primary())
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["sources"]["nas"]["files"] == 1 and report["lost"] == {}
+    assert list(report["bad_copies"]) == [relative] and "not to its name" in report["bad_copies"][relative]["usb"]
+    assert repository_files(server.primary()) == expected
+    assert server.check_read_data(server.primary()).returncode == 0
+    shutil.rmtree(server.primary())
+    text = " ".join(server.cli("recover", "web01").out.split())
+    assert f"usb's copy of {relative}" in text and "triplicate heal web01" in text, text
+
+
+def test_recover_in_place_replaces_a_damaged_file_keeps_it_aside_and_leaves_a_young_one(
+    server: Server, tmp_path: Path
+) -> None:
+    _two_snapshots(server, tmp_path)
+    assert server.cli("sync", "web01").code == 0
+    old, young = sorted(path for path in (server.primary() / "data").rglob("*") if path.is_file())[:2]
+    good = old.read_bytes()
+    flip_byte(old)
+    age_file(old)
+    bad = old.read_bytes()
+    flip_byte(young)  # modified just now: the endpoint may still be writing it
+    still_young = young.read_bytes()
+    result = server.cli("recover", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["replaced"] == [old.relative_to(server.primary()).as_posix()] and report["files_copied"] == 1
+    assert old.read_bytes() == good and young.read_bytes() == still_young
+    kept = [path for path in (server.root / "state" / "quarantine" / "web01").rglob("*") if path.is_file()]
+    assert [path.read_bytes() for path in kept] == [bad], "the damaged file is kept aside, never deleted"
+
+
 def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(server: Server, tmp_path: Path) -> None:
     assert server.cli("sync", "web01").code == 0
     target = tmp_path / "drill"
@@ -115,10 +184,28 @@ def test_the_drill_rebuilds_into_a_folder_checks_it_and_status_shows_the_time(se
     status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
     drill = status["recover_drill"]
     assert drill["result"] == "passed" and drill["recovery_seconds"] == round(report["recovery_seconds"], 1)
+    shown = " ".join(server.cli("status", "web01").out.split())
+    assert "last recovery drill" in shown and format_bytes(drill["bytes"]) in shown, shown
+    # Into the kept folder again: nothing would be rebuilt, so no recovery time would be measured.
+    again = server.cli("recover", "web01", "--drill", "--to", str(target))
+    assert again.code == 2 and "--to" in again.err and "not empty" in again.err and again.err.count("\n") == 1
+    after = server.cli("status", "web01", "--json").json()["clients"]["web01"]["recover_drill"]
+    assert after["recovery_seconds"] == drill["recovery_seconds"], "no drill recorded"
     # Without --to, the scratch folder goes away.
     assert server.cli("recover", "web01", "--drill").code == 0
     assert not any((server.root / "state" / "drills").iterdir())
-    assert json.loads(server.cli("status", "web01", "--json").out)["ok"] in (True, False)
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    assert status["recover_drill"]["result"] == "passed"
+    assert not any("recovery drill" in problem for problem in status["problems"])
+    # A pack gone from every location: restic check fails on the rebuilt repository, and status says so.
+    pack = min(path for path in (server.replica("usb") / "data").rglob("*") if path.is_file())
+    for location in ("usb", "nas"):
+        (server.replica(location) / pack.relative_to(server.replica("usb"))).unlink()
+    failed = server.cli("recover", "web01", "--drill", "--json")
+    assert failed.code == 1 and failed.json()["restic_check"] == "failed", failed.out
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    assert status["recover_drill"]["result"] == "failed"
+    assert any(problem.startswith("last recovery drill failed: restic check failed") for problem in status["problems"])
 
 
 def test_recover_killed_midway_completes_when_run_again(server: Server, tmp_path: Path) -> None:
@@ -142,8 +229,13 @@ def test_recover_killed_midway_completes_when_run_again(server: Server, tmp_path
     assert result.code == 0, result.out + result.err
     assert result.json()["files_present"] > 0
     assert repository_files(server.primary()) == expected
-    assert not any((server.primary() / ".triplicate-partial").iterdir())
     assert server.check_read_data(server.primary()).returncode == 0
+    # What the killed run was writing is as young as an upload the endpoint may be writing: left alone
+    # until it is older than in_progress_grace, then removed by the next run.
+    for path in (server.primary() / ".triplicate-partial").iterdir():
+        age_file(path)
+    assert server.cli("recover", "web01", "--from", "usb").code == 0
+    assert not any((server.primary() / ".triplicate-partial").iterdir())
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -239,3 +331,64 @@ def test_recover_all_rebuilds_every_client_and_one_that_cannot_run_stops_no_othe
     assert server.cli("recover", "web01", "--all").code == 2
     wrong = server.cli("recover", "web01", "--from", "nowhere")
     assert wrong.code == 2 and "--from nowhere" in wrong.err and wrong.err.count("\n") == 1
+    only_usb = server.cli("recover", "--all", "--from", "usb", "--dry-run", "--json")
+    assert only_usb.code == 1 and only_usb.json()["clients"]["web01"]["ok"]
+    assert "none of the locations to take it from is one of the client's" in \
+        only_usb.json()["clients"]["db01"]["error"], "db01 replicates to nas alone"
+
+
+def test_recover_in_place_leaves_alone_an_upload_the_endpoint_is_writing(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=2)
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb")}
+    repository = site.root / "repos" / "alpha"
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    try:
+        assert site.restic(str(site.clients["alpha"]["url"]), "init").returncode == 0
+        assert site.cli("sync", "alpha").code == 0
+        body = os.urandom(1 << 20)
+        connection = endpoint.raw("alpha")
+        connection.sendall(endpoint.upload_head("alpha", f"/alpha/data/{sha(body)}", len(body)) + body[:1000])
+        wait_until(lambda: partial_files(repository), 10, "the upload's file in the partial folder")
+        stale = repository / ".triplicate-partial" / "left-by-a-killed-save"
+        stale.write_bytes(b"half a pack")
+        age_file(stale)
+        result = site.cli("recover", "alpha", "--json")
+        assert result.code == 0, result.out + result.err
+        assert not stale.exists(), "what a killed save left long ago is removed"
+        connection.sendall(body[1000:])
+        assert read_status(connection) == 200, endpoint.log()
+        connection.close()
+        assert (repository / "data" / sha(body)[:2] / sha(body)).read_bytes() == body
+    finally:
+        endpoint.stop()
+
+
+def test_after_recover_the_client_backs_up_through_its_endpoint_again(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site", ports=2)
+    assert site.cli("init").code == 0
+    site.clients = {"alpha": site.add_client("alpha", "usb", "nas")}
+    url = str(site.clients["alpha"]["url"])
+    endpoint = Endpoint(site, "alpha")
+    endpoint.start()
+    try:
+        data = site.root / "data" / "alpha"
+        write_files(data, "first", count=3, size=300_000)
+        assert site.restic(url, "init").returncode == 0
+        assert site.restic(url, "backup", "-q", str(data)).returncode == 0
+        assert site.cli("sync", "alpha").code == 0
+        shutil.rmtree(site.root / "repos" / "alpha")  # the server's disk is gone; its endpoint still runs
+        assert site.restic(url, "snapshots").returncode != 0
+        result = site.cli("recover", "alpha")
+        assert result.code == 0, result.out + result.err
+        write_files(data / "after", "second", count=2, size=200_000)
+        backup = site.restic(url, "backup", "-q", str(data))
+        assert backup.returncode == 0, backup.stderr
+        check = site.restic(url, "check", "--read-data")
+        assert check.returncode == 0, check.stderr
+        snapshots = site.restic(url, "snapshots", "--json")
+        assert len(json.loads(snapshots.stdout)) == 2
+        assert site.cli("sync", "alpha").code == 0
+    finally:
+        endpoint.stop()

@@ -98,6 +98,25 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
             jsonschema.validate(web.json(path.replace("{name}", "web02")), {**schema, "components": spec["components"]})
 
 
+def test_the_client_api_and_page_show_the_last_recovery_drill(server: Server) -> None:
+    port = free_port_range(1)[0]
+    server.config_path.write_text(server.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    assert server.cli("sync", "web01").code == 0
+    with web_service(server, port) as web:
+        assert web.json("/api/v1/clients/web01")["recover_drill"] is None  # never drilled
+        drill = server.cli("recover", "web01", "--drill", "--json")
+        assert drill.code == 0, drill.out + drill.err
+        shown = web.json("/api/v1/clients/web01")["recover_drill"]
+        assert shown["ok"] is True and shown["restic_check"] == "passed" and shown["error"] is None
+        assert shown["recovery_seconds"] == pytest.approx(drill.json()["recovery_seconds"], abs=0.001)
+        assert shown["bytes"] == drill.json()["rebuild"]["bytes_copied"] > 0
+        page = web.get("/client/web01")[1].decode()
+        assert "recovery drill: <b>passed</b>" in page
+        spec = web.json("/api/v1/openapi.json")
+        schema = spec["paths"]["/api/v1/clients/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
+        jsonschema.validate(web.json("/api/v1/clients/web01"), {**schema["schema"], "components": spec["components"]})
+
+
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
     port = three_clients(server)
     with web_service(server, port) as web:

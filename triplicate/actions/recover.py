@@ -11,6 +11,7 @@ written under a temporary name, fsynced, then renamed) simply goes on. Keyless.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -30,9 +31,10 @@ from triplicate.state.locks import client_locks
 from triplicate.state.quarantine import QuarantineState
 from triplicate.storage import FileInfo, FileType, Handle, StorageError, open_location
 from triplicate.storage.backend import NoRepository
-from triplicate.storage.local import LocalBackend
+from triplicate.storage.local import PARTIAL_DIR, LocalBackend
 
 CONTENT_TYPES = (FileType.KEY, FileType.DATA, FileType.INDEX, FileType.SNAPSHOT)
+NO_SOURCE = "none of the locations to take it from is one of the client's"
 
 
 @dataclass
@@ -59,6 +61,8 @@ class RecoverReport:
     bytes_copied: int = 0
     replaced: list[str] = field(default_factory=list)  # present but bad: replaced (the bad one kept aside)
     lost: dict[str, str] = field(default_factory=dict)  # file -> why no location could give it
+    # file -> location -> why its copy was skipped for another's (corrupt, unreadable): heal it
+    bad_copies: dict[str, dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -74,7 +78,8 @@ class RecoverReport:
                 "sources": {name: source.to_json() for name, source in self.sources.items()},
                 "files_present": self.files_present, "bytes_present": self.bytes_present,
                 "files_copied": self.files_copied, "bytes_copied": self.bytes_copied,
-                "replaced": self.replaced, "lost": self.lost, "seconds": round(self.seconds, 3)}
+                "replaced": self.replaced, "lost": self.lost, "bad_copies": self.bad_copies,
+                "seconds": round(self.seconds, 3)}
 
 
 def select_sources(config: Config, client: str, requested: list[str] | tuple[str, ...]) -> list[str]:
@@ -131,7 +136,9 @@ def _open_sources(config: Config, client: str, sources: list[str], target: Targe
             report.sources[name].problem = opened.reason
         else:
             held[name] = opened
-    wanted = _reference_config(target, {name: config_file for name, (config_file, _) in held.items()}, client)
+    unusable = [f"{name}: {source.problem}" for name, source in report.sources.items() if source.problem]
+    wanted = _reference_config(target, {name: config_file for name, (config_file, _) in held.items()}, client,
+                               unusable)
     copies = []
     for name, (config_file, copy) in held.items():
         if config_file != wanted:
@@ -169,19 +176,24 @@ def open_copy(config: Config, client: str, location: str, stack: ExitStack) -> t
         return Unusable(f"could not be read: {error}")
 
 
-def _reference_config(target: Target, configs: dict[str, bytes], client: str) -> bytes:
-    """The repository to rebuild: the target's own config, else the one most locations hold."""
+def _reference_config(target: Target, configs: dict[str, bytes], client: str, unusable: list[str]) -> bytes:
+    """The repository to rebuild: the target's own config, else the one most locations hold.
+
+    Raises CannotRun, naming why each location could not be used (``unusable``: "name: why").
+    """
     try:
         existing = read_config(target.backend) if target.backend.root.is_dir() else None
     except StorageError as error:
         raise CannotRun(f"client '{client}': {error}") from None
     if existing is not None:
         if existing not in configs.values():
+            strangers = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "
-                            "(every location's config differs from it, or none could be read)")
+                            f"({'; '.join(strangers + unusable) or NO_SOURCE})")
         return existing
     if not configs:
-        raise CannotRun(f"client '{client}': no location could give its repository")
+        raise CannotRun(f"client '{client}': no location could give its repository "
+                        f"({'; '.join(unusable) or NO_SOURCE})")
     counts = Counter(configs.values()).most_common()
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         groups = ", ".join(sorted(name for name, config_file in configs.items() if config_file == counts[0][0]))
@@ -212,7 +224,10 @@ def _rebuild(config: Config, client: str, copies: list[Copy], target: Target, re
         return
     try:
         _make_root(backend.root, target.owner)
-        backend.discard_partial_saves()
+        if target.primary:  # the endpoint streams its uploads there too: leave the young ones be
+            _discard_stale_partials(backend.root / PARTIAL_DIR, config.server.in_progress_grace)
+        else:
+            backend.discard_partial_saves()
         if read_config(backend) is None:
             with copies[0].backend.load(Handle(FileType.CONFIG)) as reader:
                 backend.save(Handle(FileType.CONFIG), reader)
@@ -229,6 +244,8 @@ def _rebuild(config: Config, client: str, copies: list[Copy], target: Target, re
                 report.lost[handle.relative_path()] = "; ".join(
                     f"{name}: {problem}" for name, problem in fetched.problems.items()) or "no location has it"
             else:
+                if fetched.problems:
+                    report.bad_copies[handle.relative_path()] = fetched.problems
                 report.sources[fetched.source].files += 1
                 report.sources[fetched.source].bytes += fetched.size
                 report.files_copied += 1
@@ -285,6 +302,20 @@ def _saver(config: Config, client: str, backend: LocalBackend, handle: Handle, t
             quarantine.record(entry)
 
     return lambda reader: backend.save(handle, reader, before_rename=before_rename)
+
+
+def _discard_stale_partials(folder: Path, grace: float) -> None:
+    """Remove what killed saves left in the primary's partial folder (``folder``) more than ``grace`` seconds ago.
+
+    A younger file may be an upload the client's endpoint is writing right now. Raises OSError.
+    """
+    if not folder.is_dir():
+        return
+    oldest = time.time() - grace
+    for entry in os.scandir(folder):
+        with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: an upload just completed
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < oldest:
+                os.unlink(entry.path)
 
 
 def _make_root(root: Path, owner: tuple[int, int] | None) -> None:

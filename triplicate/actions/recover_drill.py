@@ -52,7 +52,7 @@ def run_drill(config: Config, client: str, sources: list[str], to: Path | None =
               stop: threading.Event | None = None, progress: Progress | None = None) -> DrillReport:
     """Rebuild ``client`` from ``sources`` into a scratch folder, check it, record the time; return the report.
 
-    Raises UsageError when ``to`` is a file or a non-empty folder that holds no repository,
+    Raises UsageError when ``to`` is a file or a non-empty folder,
     CannotRun when no location can give the repository.
     """
     config.client(client)
@@ -80,8 +80,10 @@ def _folder(config: Config, client: str, to: Path | None) -> Path:
         return make_private_folder(parent, DRILL_PREFIX)
     if to.exists() and not to.is_dir():
         raise UsageError(f"--to {to}: not a folder")
-    if to.is_dir() and any(to.iterdir()) and not (to / "config").is_file():
-        raise UsageError(f"--to {to}: not empty and not a restic repository (a drill never writes over other files)")
+    if to.is_dir() and any(to.iterdir()):
+        # A repository left there would be kept, not rebuilt: the time recorded would be no recovery's.
+        raise UsageError(f"--to {to}: not empty (a drill rebuilds the whole repository into a new or empty folder, "
+                         "and never writes over other files)")
     return to
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 @click.option("--drill", is_flag=True, help="Rebuild into a scratch folder instead of the primary, run restic "
               "check on it (with the client's key) and record the time taken.")
 @click.option("--to", "to", type=click.Path(path_type=Path), metavar="DIR",
-              help="With --drill: rebuild into DIR and keep it [default: a temporary folder under state_dir].")
+              help="With --drill: rebuild into DIR (new or empty) and keep it [default: a temporary folder under "
+              "state_dir].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @click.pass_obj
 def recover(app: AppContext, client: str | None, sources: tuple[str, ...], every: bool, dry_run: bool, drill: bool,
@@ -115,6 +116,10 @@ def _summarise(report: RecoverReport, bars: Any) -> None:
         out.print(f"  from {escape(name)}: {state}")
     for path in report.replaced:
         out.print(f"  {escape(path)}: damaged in the target, {'to be ' if report.dry_run else ''}replaced")
+    for path, problems in sorted(report.bad_copies.items()):
+        for name, why in problems.items():
+            out.print(f"  [yellow]{escape(name)}'s copy of {escape(path)}[/]: {escape(why)}; taken from another "
+                      f"location (run 'triplicate heal {escape(report.client)}')")
     for path, why in report.lost.items():
         out.print(f"  [red]lost[/] {escape(path)}: no location has a good copy ({escape(why)})")
     total = f"{report.files_copied} files ({format_bytes(report.bytes_copied)})"

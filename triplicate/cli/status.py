@@ -84,7 +84,7 @@ def _cell(column: str, value: Any) -> str:
         return "-"
     if column.endswith("_seconds"):
         return format_duration(value)
-    if column.endswith("_bytes"):
+    if column == "bytes" or column.endswith("_bytes"):
         return format_bytes(value)
     if isinstance(value, dict):
         value = "\n".join(f"{key}: {count}" for key, count in value.items()) or "-"  # one per line

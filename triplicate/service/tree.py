@@ -92,11 +92,17 @@ def run_as(config: Config) -> str | None:
 
 
 def owner_ids(config: Config) -> tuple[int, int] | None:
-    """(uid, gid) to give the files services write or read, or None to leave them ours."""
+    """(uid, gid) to give the files services write or read, or None to leave them ours.
+
+    Raises ConfigError when server.user names no user of this machine (a new server not set up yet).
+    """
     user = run_as(config)
     if user is None:
         return None
-    entry = pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError([f"server.user: no such user '{user}'"]) from None
     return entry.pw_uid, entry.pw_gid
 
 

@@ -73,7 +73,8 @@ def openapi() -> dict[str, Any]:
                                                          "additionalProperties": {
                                                              "$ref": "#/components/schemas/Client"}}}}),
         "/api/v1/clients/{name}": _get(
-            "One client: its locations, last audit, restore checks, retention, recent runs, chart series",
+            "One client: its locations, last audit, restore checks, retention, last recovery drill, recent runs, "
+            "chart series",
             {"allOf": [{"$ref": "#/components/schemas/Client"},
                        {"type": "object", "properties": {**versioned, "client": {"type": "string"}},
                         "required": ["client"]}]}, [NAME_PARAMETER]),

@@ -21,6 +21,7 @@ from triplicate.config.model import Config
 from triplicate.metrics import location_view
 from triplicate.state.audit import AuditState
 from triplicate.state.db import PRIMARY
+from triplicate.state.recover_drill import DrillRecord, RecoverDrillState
 from triplicate.state.replication import ReplicationState
 from triplicate.state.restore_check import RestoreCheckState
 from triplicate.state.retention import RetentionState
@@ -40,6 +41,7 @@ class Stores:
     audit: AuditState
     restore: RestoreCheckState
     retention: RetentionState
+    drill: RecoverDrillState
 
 
 @contextmanager
@@ -52,6 +54,7 @@ def opened(config: Config) -> Iterator[Stores]:
             stack.enter_context(AuditState.opened(state_dir, create=False)),
             stack.enter_context(RestoreCheckState.opened(state_dir, create=False)),
             stack.enter_context(RetentionState.opened(state_dir, create=False)),
+            stack.enter_context(RecoverDrillState.opened(state_dir, create=False)),
         )
 
 
@@ -168,7 +171,7 @@ def _last_restore_checks(state: RestoreCheckState, client: str | None) -> dict[s
 
 
 def client_detail(config: Config, name: str, now: float | None = None, days: int = 30) -> dict[str, Any]:
-    """One client: its grid row, last audit, restore checks and retention, runs, and chart series.
+    """One client: its grid row, last audit, restore checks, retention and recovery drill, runs, and chart series.
 
     Raises UsageError for a client not in the configuration.
     """
@@ -180,6 +183,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
         audit = stores.audit.last_audit(name)
         restore = stores.restore.last_restore_checks(name)
         retention = stores.retention.last_run(name)
+        drill = stores.drill.last_drill(name)
         arrivals = stores.replication.arrivals(name, since)
         runs = [_run(row) for row in stores.replication.recent_runs(name, since, 50)]
         daily = _bytes_per_day(stores.replication, name, since)
@@ -197,6 +201,7 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
                           for location, result in audit.locations.items()}},
         "restore_checks": {location: _restore(record) for location, record in restore.items()},
         "retention": None if retention is None else _retention(retention),
+        "recover_drill": None if drill is None else _drill(drill),
         "runs": runs,
         "charts": {"since": since, "arrivals": sorted(primary.values()), "latency": latency,
                    "bytes_per_day": daily},
@@ -249,6 +254,14 @@ def _restore(record: Any) -> dict[str, Any]:
             "bytes_restored": record.bytes_restored, "seconds": record.seconds,
             "estimated_full_restore_seconds": record.estimated_full_restore_seconds,
             "failures": record.failures}
+
+
+def _drill(record: DrillRecord) -> dict[str, Any]:
+    """The last recovery drill: its rebuild's time is the recovery time objective measured."""
+    return {"time": record.time, "ok": record.ok, "recovery_seconds": round(record.seconds, 3),
+            "check_seconds": None if record.check_seconds is None else round(record.check_seconds, 3),
+            "files": record.files, "bytes": record.bytes, "restic_check": record.restic_check,
+            "sources": record.sources, "error": record.error}
 
 
 def _retention(row: Any) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def _cell_title(entry: dict[str, Any], now: float) -> str:
 
 
 def client_page(detail: dict[str, Any]) -> str:
-    """One client: its locations, plots, last audit, restore checks, retention and recent runs."""
+    """One client: its locations, plots, last audit, restore checks, retention, recovery drill and recent runs."""
     now = time.time()
     name = detail["client"]
     problems = "".join(f"<li>{escape(problem)}</li>" for problem in detail["problems"])
@@ -161,6 +161,12 @@ def _checks(detail: dict[str, Any], now: float) -> str:
                  f"kept {retention['kept']}, removed {len(retention['removed'])}, reclaimed "
                  f"{format_bytes(retention['reclaimed_bytes'])}"
                  + (f": {escape(retention['error'])}" if retention["error"] else "") + "</li>")
+    drill = detail["recover_drill"]
+    parts.append("<li>recovery drill: never</li>" if drill is None else
+                 f"<li>recovery drill: <b>{'passed' if drill['ok'] else 'failed'}</b> {_age(now, drill['time'])}, "
+                 f"recovery time {format_duration(drill['recovery_seconds'])} for {format_bytes(drill['bytes'])}, "
+                 f"restic check {escape(drill['restic_check'])}"
+                 + (f": {escape(drill['error'])}" if drill["error"] else "") + "</li>")
     return "".join(parts) + "</ul>"
 
 
