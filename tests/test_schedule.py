@@ -175,3 +175,41 @@ def test_the_daemon_replicates_a_windowed_client_only_inside_its_window_and_sync
         # ... unless an operator syncs by hand: at once.
         assert server.cli("sync", "web01").code == 0
         assert replicated("usb") and replicated("nas")
+
+
+def test_while_a_scheduled_run_waits_status_knows_the_new_snapshot_and_judges_its_lag(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's run waiting for the schedule still records the primary's new snapshots, so
+    that status (and the metrics) count the lag from their arrival, not from the scheduled run."""
+    from tests.support.repository import snapshot_files
+    from tests.support.syncd import InProcessDaemon, LogRecorder
+    from tests.support.wait import wait_until
+    from triplicate.actions.status import collect_status
+    from triplicate.daemon import schedule_wait
+
+    server.write_config(BASE_CONFIG + 'replicate_every = "6h"\n')
+    assert server.cli("sync", "web01").code == 0  # the last run: the next one is due in 6 hours
+    write_files(tmp_path / "new", "new", count=1, size=100_000)
+    server.backup(tmp_path / "new")
+    arrived = time.time()
+    primary = snapshot_files(server.primary())
+    monkeypatch.setattr(schedule_wait, "RECHECK_SECONDS", 0.1)
+
+    def locations() -> dict[str, dict[str, object]]:
+        rows: dict[str, dict[str, object]] = server.cli("status", "web01", "--json").json()["clients"]["web01"][
+            "locations"]
+        return rows
+
+    with LogRecorder() as log, InProcessDaemon(server.config_path):
+        log.wait_for_log(r"web01 -> usb: replicates every 6h; waiting until")
+        wait_until(lambda: locations()["@primary"]["snapshots"] == len(primary), 20,
+                   "status to count the primary's new snapshot", context=lambda: str(locations()))
+        assert locations()["usb"]["snapshots"] == len(primary) - 1, "the run still waits for the schedule"
+    config = load_config(server.config_path)
+
+    def lag_problems(now: float) -> list[str]:
+        return [problem for problem in collect_status(config, ["web01"], now=now)[0].problems if "lag" in problem]
+
+    assert lag_problems(arrived + 5 * HOUR) == [], "within the schedule"
+    missed = lag_problems(arrived + 7.5 * HOUR)  # due 6h after its arrival; max_lag is 1h
+    assert len(missed) == 2 and all("past its schedule (every 6h)" in problem for problem in missed), missed

@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from triplicate.actions.sync import record_primary_snapshots
 from triplicate.config.model import Config
 from triplicate.daemon.runner import LocationRunner
 from triplicate.engine.schedule import Schedule
 from triplicate.state.replication import ReplicationState
+from triplicate.storage import StorageError
 
 log = logging.getLogger("triplicate.daemon")
 
@@ -34,7 +36,9 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
 
     The last run, which ``every`` and ``at`` count from, is the location's last attempt
     in the state database (the CLI's runs count too). A follow-up asked for while
-    waiting is dropped: the run about to start sees every change made until now.
+    waiting is dropped: the run about to start sees every change made until now. While
+    it waits, the primary's snapshots are recorded at each look (every ``RECHECK_SECONDS``),
+    so that a snapshot's lag counts from its arrival, not from the scheduled run.
     """
     waited = False
     while True:
@@ -58,6 +62,11 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
             log.info("%s: replicates %s; waiting until %s", runner.name, schedule.describe(),
                      datetime.fromtimestamp(allowed).strftime("%Y-%m-%d %H:%M"))
             waited = True
+        # What arrives meanwhile is known from its arrival (status and metrics count its lag).
+        try:
+            await asyncio.to_thread(record_primary_snapshots, config(), runner.client)
+        except StorageError as error:
+            log.debug("%s: cannot list the primary while waiting: %s", runner.name, error)
         try:
             await asyncio.wait_for(stopped.wait(), timeout=min(allowed - now, RECHECK_SECONDS))
             return False
