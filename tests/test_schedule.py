@@ -213,3 +213,29 @@ def test_while_a_scheduled_run_waits_status_knows_the_new_snapshot_and_judges_it
     assert lag_problems(arrived + 5 * HOUR) == [], "within the schedule"
     missed = lag_problems(arrived + 7.5 * HOUR)  # due 6h after its arrival; max_lag is 1h
     assert len(missed) == 2 and all("past its schedule (every 6h)" in problem for problem in missed), missed
+
+
+def test_the_overdue_gauge_judges_the_lag_against_the_schedule(server: Server) -> None:
+    """triplicate_replication_overdue_seconds (what the example alert rule watches): a snapshot
+    waiting for the client's window is lag, not overdue; for a client replicated at once the two
+    are the same."""
+    from triplicate.metrics import ReplicationCollector
+
+    assert server.cli("sync", "web01", "--to", "nas").code == 0  # usb lacks the snapshot since the sync's listing
+
+    def gauges(keys: str) -> dict[str, float]:
+        server.write_config(BASE_CONFIG + keys)
+        config = load_config(server.config_path)
+        collector = ReplicationCollector(config.server.state_dir, lambda: [("web01", "usb")],
+                                         schedule=lambda client: Schedule.of(config.client(client)))
+        return {sample.name: sample.value for family in collector.collect() for sample in family.samples
+                if sample.name in ("triplicate_replication_lag_seconds", "triplicate_replication_overdue_seconds")}
+
+    window = _window_hours_from(time.time(), 3, 1)  # opens in three hours
+    scheduled = gauges(f'replicate_window = "{window}"\n')
+    assert scheduled["triplicate_replication_lag_seconds"] > 0
+    assert scheduled["triplicate_replication_overdue_seconds"] == 0, "within the schedule: not overdue"
+    immediate = gauges("")
+    assert immediate["triplicate_replication_overdue_seconds"] > 0
+    assert immediate["triplicate_replication_overdue_seconds"] == pytest.approx(
+        immediate["triplicate_replication_lag_seconds"], abs=0.01)

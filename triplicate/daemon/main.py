@@ -41,6 +41,7 @@ from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.judgement import Outcome
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
+from triplicate.engine.schedule import Schedule
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
@@ -172,7 +173,7 @@ class Daemon:
         from triplicate.metrics import ChecksCollector, ReplicationCollector, serve
 
         state_dir = self.config.server.state_dir
-        replication = ReplicationCollector(state_dir, self.metric_pairs, self.queue_length)
+        replication = ReplicationCollector(state_dir, self.metric_pairs, self.queue_length, self.schedule_of)
         checks = ChecksCollector(state_dir, lambda: list(self.clients))
         try:
             self._metrics_server = serve(listen, replication, checks)
@@ -608,6 +609,11 @@ class Daemon:
         """(client, location) pairs served now. Called from the metrics thread: copies first."""
         return [(name, location) for name, state in list(self.clients.items())
                 for location in list(state.runners) if location is not None]
+
+    def schedule_of(self, client: str) -> Schedule:
+        """The client's replication schedule now (immediate once it is no longer configured)."""
+        section = self.config.clients.get(client)
+        return Schedule() if section is None else Schedule.of(section)
 
     def queue_length(self, client: str, location: str) -> int:
         state = self.clients.get(client)
