@@ -103,11 +103,14 @@ def _window_hours_from(moment: float, start_in: float, length: float) -> str:
     return f"{clock(moment + start_in * HOUR)}-{clock(moment + (start_in + length) * HOUR)}"
 
 
-def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
+def test_status_and_audit_judge_lag_against_the_window(server: Server, tmp_path: Path) -> None:
     from triplicate.actions.audit import AuditOptions, run_audit
     from triplicate.actions.status import collect_status
 
-    assert server.cli("sync", "web01", "--to", "nas").code == 0  # the primary's snapshot is known; usb lacks it
+    assert server.cli("sync", "web01").code == 0  # both locations have run once
+    write_files(tmp_path / "new", "new", count=1, size=10_000)
+    server.backup(tmp_path / "new")
+    assert server.cli("sync", "web01", "--to", "nas").code == 0  # the new snapshot is known; usb lacks it
     arrived = time.time()
     server.write_config(BASE_CONFIG + f'replicate_window = "{_window_hours_from(arrived, 3, 1)}"\n')
     config = load_config(server.config_path)
@@ -119,6 +122,13 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
         """Status's lag problems (the test server runs no services: those are problems too)."""
         return [problem for problem in collect_status(config, ["web01"], now=now)[0].problems if "lag" in problem]
 
+    def dashboard(now: float) -> tuple[str, list[str]]:
+        """The web dashboard's (and /api/v1/clients') state of usb, and its lag problems."""
+        from triplicate.web.data import overview
+
+        client = overview(config, now=now)["clients"]["web01"]
+        return client["locations"]["usb"]["state"], [problem for problem in client["problems"] if "lag" in problem]
+
     def usb_audit(now: float) -> tuple[str, str]:
         report = run_audit(config, ["web01"], ["usb"], AuditOptions(record=False, clock=lambda: now))
         location = report.clients["web01"].locations["usb"]
@@ -126,6 +136,7 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
 
     # Two hours late by the clock (max_lag is 1h), but the window has not even opened: no problem.
     assert problems(arrived + 2 * HOUR) == []
+    assert dashboard(arrived + 2 * HOUR) == ("ok", [])
     status, reasons = usb_audit(arrived + 2 * HOUR)
     assert status == "OK" and "waiting for the client's schedule (within" in reasons, reasons
     # Within max_lag of the window's end: a warning at most, no problem in status.
@@ -134,6 +145,8 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
     # The window was missed by more than max_lag: a problem, saying so.
     missed = problems(due + 1.5 * HOUR)
     assert len(missed) == 1 and "usb: replication lag" in missed[0] and "past its schedule (within" in missed[0]
+    state, missed = dashboard(due + 1.5 * HOUR)
+    assert state == "late" and len(missed) == 1 and "past its schedule (within" in missed[0], missed
     status, reasons = usb_audit(due + 1.5 * HOUR)
     assert status == "CRITICAL" and "past its schedule" in reasons, reasons
 
