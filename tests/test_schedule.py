@@ -252,3 +252,27 @@ def test_the_overdue_gauge_judges_the_lag_against_the_schedule(server: Server) -
     assert immediate["triplicate_replication_overdue_seconds"] > 0
     assert immediate["triplicate_replication_overdue_seconds"] == pytest.approx(
         immediate["triplicate_replication_lag_seconds"], abs=0.01)
+
+
+def test_replicate_every_counts_from_the_last_runs_start(server: Server) -> None:
+    """As documented: a run that started 7 hours ago and took 5 makes a 6-hourly client due now
+    (counted from its end, it would wait 4 more hours)."""
+    from tests.support.repository import snapshot_files
+    from tests.support.syncd import InProcessDaemon
+    from tests.support.wait import wait_until
+    from triplicate.state.replication import ReplicationState, RunRecord
+
+    server.write_config(BASE_CONFIG + 'replicate_every = "6h"\n')
+    now = time.time()
+    state = ReplicationState(load_config(server.config_path).server.state_dir)
+    try:
+        for location in ("usb", "nas"):
+            state.record_run(RunRecord("web01", location, "cli", started=now - 7 * HOUR, finished=now - 2 * HOUR,
+                                       ok=True, files_copied=0, bytes_copied=0, files_skipped_in_progress=0,
+                                       corrupt_files=[], error=None))
+    finally:
+        state.close()
+    primary = snapshot_files(server.primary())
+    with InProcessDaemon(server.config_path):
+        wait_until(lambda: primary <= snapshot_files(server.replica("usb"))
+                   and primary <= snapshot_files(server.replica("nas")), 30, "the copy due 6h after the last start")

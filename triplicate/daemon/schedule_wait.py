@@ -34,8 +34,8 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
     immediate client), False when ``stopped`` is set first or the location is no longer
     the client's.
 
-    The last run, which ``every`` and ``at`` count from, is the location's last attempt
-    in the state database (the CLI's runs count too). A follow-up asked for while
+    The last run, which ``every`` and ``at`` count from, is the start of the location's
+    last run in the state database (the CLI's runs count too). A follow-up asked for while
     waiting is dropped: the run about to start sees every change made until now. While
     it waits, the primary's snapshots are recorded at each look (every ``RECHECK_SECONDS``),
     so that a snapshot's lag counts from its arrival, not from the scheduled run.
@@ -52,8 +52,7 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
         schedule = Schedule.of(section)
         if schedule.immediate:
             break
-        row = replication.location_health(runner.client).get(runner.location) if replication else None
-        last_run = row["last_attempt"] if row is not None else None
+        last_run = replication.last_run_start(runner.client, runner.location) if replication else None
         now = clock()
         allowed = schedule.next_allowed(now, last_run)
         if allowed <= now:
