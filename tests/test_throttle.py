@@ -280,3 +280,25 @@ def test_a_slow_locations_first_copies_do_not_hold_back_another_locations_runs(
         still_copying = not all(seeded(name) for name in bigs)
     assert still_copying, "the first copies to usb must still run when the new snapshot reaches nas"
     assert latency < 5, f"{latency:.1f}s for a new snapshot to nas behind first copies to usb"
+
+
+def test_rclone_follows_a_timetable_bwlimit(server: Server, tmp_path: Path) -> None:
+    """The timetable form reaches rclone, which applies the entry in force now: 4 MB/s since a
+    minute ago, "off" from two hours on (read wrongly, the copy would run unthrottled)."""
+    local = time.localtime()
+    minute = local.tm_hour * 60 + local.tm_min
+
+    def clock(offset: int) -> str:
+        value = (minute + offset) % 1440
+        return f"{value // 60:02d}:{value % 60:02d}"
+
+    folder = tmp_path / "far"
+    folder.mkdir()
+    server.write_config(BASE_CONFIG + rclone_location_toml(
+        "far", f"far:{folder}", rclone_local_config(tmp_path),
+        bwlimit=f"{clock(-1)},4MB/s {clock(120)},off").replace(str(server.root), "{root}"))
+    blobs = _blobs(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s
+    rate = _measured_rate(lambda: _save_all(server, "far", "web01", blobs), 16 * MB)
+    assert 0.6 * 4 * MB < rate < 1.1 * 4 * MB, f"{rate / MB:.2f} MB/s"
+    for handle, content in blobs:
+        assert (folder / "web01" / handle.relative_path()).read_bytes() == content
