@@ -144,16 +144,49 @@ def test_packs_reach_the_replica_before_the_snapshot_lands_and_it_follows_within
             copying = copying_during_backup(site)
             assert copying and copying.startswith("copying during backup ("), copying
             assert "copying during backup" in site.cli("status", "alpha").out
-            # The replica is a valid repository at this moment (restic accepts packs no index names).
-            check = replica_check(replica, site.restic_password)
-            assert check.returncode == 0, check.stdout + check.stderr
+            # The replica is a valid repository at every moment sampled while the backup runs
+            # (restic accepts packs no index names; an index or snapshot before what it needs fails).
+            checked = 0
+            while backup.poll() is None:
+                check = replica_check(replica, site.restic_password)
+                assert check.returncode == 0, check.stdout + check.stderr
+                checked += 1
             finish_backup(backup)
         finally:
             if backup.poll() is None:
                 backup.kill()
+        assert checked >= 2, f"the replica was checked only {checked} time(s) during the backup"
         latency = snapshot_follows(site, time.monotonic())
-        print(f"\nMEASURED copy during backup: {len(during)} packs on the replica mid-backup; "
-              f"snapshot there {latency:.2f}s after restic returned")
+        print(f"\nMEASURED copy during backup: {len(during)} packs on the replica mid-backup, checked "
+              f"{checked} times; snapshot there {latency:.2f}s after restic returned")
+
+
+def test_a_killed_backup_leaves_the_replica_valid_with_its_packs_and_nothing_else(tmp_path: Path) -> None:
+    """restic killed mid-backup through triplicate's endpoint: the endpoint drops the upload it
+    was receiving; every pack it had announced reaches the replica, which stays a valid repository
+    holding the backup's packs and nothing else (no snapshot, no lock, no partial file)."""
+    with served_client(tmp_path / "site") as (site, url):
+        primary, replica = site.root / "repos" / "alpha", site.root / "usb" / "alpha"
+        backup = slow_backup(site, url)
+        try:
+            wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
+            assert backup.poll() is None, "the replica received packs only after the backup ended"
+        finally:
+            backup.kill()
+            backup.wait()
+        assert list((primary / "locks").iterdir()), "the killed restic left its lock"
+        log = site.layout.log_root / "alpha" / "syncd" / "current"
+        wait_until(lambda: packs(replica) == packs(primary), 30, "every pack of the primary on the replica",
+                   context=log.read_text)
+        assert not snapshot_files(replica) and not snapshot_files(primary)
+        check = replica_check(replica, site.restic_password)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert all(file_hash_matches_name(replica / "data" / name[:2] / name) for name in packs(replica))
+        held = {path.relative_to(replica).parts[0] for path in replica.rglob("*") if path.is_file()}
+        assert held <= {"config", "keys", "data", "index"}, f"the replica holds more than packs: {held}"
+        strays = [path for path in replica.rglob("*") if path.is_file() and path.parent.name != "keys"
+                  and path.name != "config" and not is_id(path.name)]
+        assert strays == [], f"files that are not restic's under their final names: {strays}"
 
 
 def test_with_rclones_endpoint_a_watch_on_locks_copies_packs_during_the_backup(tmp_path: Path) -> None:

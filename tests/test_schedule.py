@@ -103,11 +103,14 @@ def _window_hours_from(moment: float, start_in: float, length: float) -> str:
     return f"{clock(moment + start_in * HOUR)}-{clock(moment + (start_in + length) * HOUR)}"
 
 
-def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
+def test_status_and_audit_judge_lag_against_the_window(server: Server, tmp_path: Path) -> None:
     from triplicate.actions.audit import AuditOptions, run_audit
     from triplicate.actions.status import collect_status
 
-    assert server.cli("sync", "web01", "--to", "nas").code == 0  # the primary's snapshot is known; usb lacks it
+    assert server.cli("sync", "web01").code == 0  # both locations have run once
+    write_files(tmp_path / "new", "new", count=1, size=10_000)
+    server.backup(tmp_path / "new")
+    assert server.cli("sync", "web01", "--to", "nas").code == 0  # the new snapshot is known; usb lacks it
     arrived = time.time()
     server.write_config(BASE_CONFIG + f'replicate_window = "{_window_hours_from(arrived, 3, 1)}"\n')
     config = load_config(server.config_path)
@@ -119,6 +122,13 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
         """Status's lag problems (the test server runs no services: those are problems too)."""
         return [problem for problem in collect_status(config, ["web01"], now=now)[0].problems if "lag" in problem]
 
+    def dashboard(now: float) -> tuple[str, list[str]]:
+        """The web dashboard's (and /api/v1/clients') state of usb, and its lag problems."""
+        from triplicate.web.data import overview
+
+        client = overview(config, now=now)["clients"]["web01"]
+        return client["locations"]["usb"]["state"], [problem for problem in client["problems"] if "lag" in problem]
+
     def usb_audit(now: float) -> tuple[str, str]:
         report = run_audit(config, ["web01"], ["usb"], AuditOptions(record=False, clock=lambda: now))
         location = report.clients["web01"].locations["usb"]
@@ -126,6 +136,7 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
 
     # Two hours late by the clock (max_lag is 1h), but the window has not even opened: no problem.
     assert problems(arrived + 2 * HOUR) == []
+    assert dashboard(arrived + 2 * HOUR) == ("ok", [])
     status, reasons = usb_audit(arrived + 2 * HOUR)
     assert status == "OK" and "waiting for the client's schedule (within" in reasons, reasons
     # Within max_lag of the window's end: a warning at most, no problem in status.
@@ -134,6 +145,8 @@ def test_status_and_audit_judge_lag_against_the_window(server: Server) -> None:
     # The window was missed by more than max_lag: a problem, saying so.
     missed = problems(due + 1.5 * HOUR)
     assert len(missed) == 1 and "usb: replication lag" in missed[0] and "past its schedule (within" in missed[0]
+    state, missed = dashboard(due + 1.5 * HOUR)
+    assert state == "late" and len(missed) == 1 and "past its schedule (within" in missed[0], missed
     status, reasons = usb_audit(due + 1.5 * HOUR)
     assert status == "CRITICAL" and "past its schedule" in reasons, reasons
 
@@ -147,7 +160,13 @@ def test_the_daemon_replicates_a_windowed_client_only_inside_its_window_and_sync
 
     server.write_config(BASE_CONFIG + 'replicate_window = "01:00-05:00"\n')
     fake_now = [at(5, 14)]  # 14:00: outside the window
-    monkeypatch.setattr(schedule_wait, "clock", lambda: fake_now[0])
+    looks = [0]  # how many times the waiting runs looked at the clock
+
+    def clock() -> float:
+        looks[0] += 1
+        return fake_now[0]
+
+    monkeypatch.setattr(schedule_wait, "clock", clock)
     monkeypatch.setattr(schedule_wait, "RECHECK_SECONDS", 0.1)
     primary = snapshot_files(server.primary())
 
@@ -157,8 +176,9 @@ def test_the_daemon_replicates_a_windowed_client_only_inside_its_window_and_sync
     with LogRecorder() as log, InProcessDaemon(server.config_path):
         for location in ("usb", "nas"):
             log.wait_for_log(rf"web01 -> {location}: replicates within 01:00-05:00; waiting until 2026-01-06 01:00")
-        # The runs wait; several rescans later nothing has been copied.
-        wait_until(lambda: len([line for line in log.messages if "waiting until" in line]) >= 2, 5)
+        # The runs wait: after they looked at the clock twenty times more, nothing has been copied.
+        seen = looks[0]
+        wait_until(lambda: looks[0] >= seen + 20, 10, "the waiting runs to look again")
         assert not replicated("usb") and not replicated("nas")
         fake_now[0] = at(6, 1, 30)  # inside the window
         wait_until(lambda: replicated("usb") and replicated("nas"), 30, "the copy inside the window")
@@ -175,3 +195,91 @@ def test_the_daemon_replicates_a_windowed_client_only_inside_its_window_and_sync
         # ... unless an operator syncs by hand: at once.
         assert server.cli("sync", "web01").code == 0
         assert replicated("usb") and replicated("nas")
+
+
+def test_while_a_scheduled_run_waits_status_knows_the_new_snapshot_and_judges_its_lag(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's run waiting for the schedule still records the primary's new snapshots, so
+    that status (and the metrics) count the lag from their arrival, not from the scheduled run."""
+    from tests.support.repository import snapshot_files
+    from tests.support.syncd import InProcessDaemon, LogRecorder
+    from tests.support.wait import wait_until
+    from triplicate.actions.status import collect_status
+    from triplicate.daemon import schedule_wait
+
+    server.write_config(BASE_CONFIG + 'replicate_every = "6h"\n')
+    assert server.cli("sync", "web01").code == 0  # the last run: the next one is due in 6 hours
+    write_files(tmp_path / "new", "new", count=1, size=100_000)
+    server.backup(tmp_path / "new")
+    arrived = time.time()
+    primary = snapshot_files(server.primary())
+    monkeypatch.setattr(schedule_wait, "RECHECK_SECONDS", 0.1)
+
+    def locations() -> dict[str, dict[str, object]]:
+        rows: dict[str, dict[str, object]] = server.cli("status", "web01", "--json").json()["clients"]["web01"][
+            "locations"]
+        return rows
+
+    with LogRecorder() as log, InProcessDaemon(server.config_path):
+        log.wait_for_log(r"web01 -> usb: replicates every 6h; waiting until")
+        wait_until(lambda: locations()["@primary"]["snapshots"] == len(primary), 20,
+                   "status to count the primary's new snapshot", context=lambda: str(locations()))
+        assert locations()["usb"]["snapshots"] == len(primary) - 1, "the run still waits for the schedule"
+    config = load_config(server.config_path)
+
+    def lag_problems(now: float) -> list[str]:
+        return [problem for problem in collect_status(config, ["web01"], now=now)[0].problems if "lag" in problem]
+
+    assert lag_problems(arrived + 5 * HOUR) == [], "within the schedule"
+    missed = lag_problems(arrived + 7.5 * HOUR)  # due 6h after its arrival; max_lag is 1h
+    assert len(missed) == 2 and all("past its schedule (every 6h)" in problem for problem in missed), missed
+
+
+def test_the_overdue_gauge_judges_the_lag_against_the_schedule(server: Server) -> None:
+    """triplicate_replication_overdue_seconds (what the example alert rule watches): a snapshot
+    waiting for the client's window is lag, not overdue; for a client replicated at once the two
+    are the same."""
+    from triplicate.metrics import ReplicationCollector
+
+    assert server.cli("sync", "web01", "--to", "nas").code == 0  # usb lacks the snapshot since the sync's listing
+
+    def gauges(keys: str) -> dict[str, float]:
+        server.write_config(BASE_CONFIG + keys)
+        config = load_config(server.config_path)
+        collector = ReplicationCollector(config.server.state_dir, lambda: [("web01", "usb")],
+                                         schedule=lambda client: Schedule.of(config.client(client)))
+        return {sample.name: sample.value for family in collector.collect() for sample in family.samples
+                if sample.name in ("triplicate_replication_lag_seconds", "triplicate_replication_overdue_seconds")}
+
+    window = _window_hours_from(time.time(), 3, 1)  # opens in three hours
+    scheduled = gauges(f'replicate_window = "{window}"\n')
+    assert scheduled["triplicate_replication_lag_seconds"] > 0
+    assert scheduled["triplicate_replication_overdue_seconds"] == 0, "within the schedule: not overdue"
+    immediate = gauges("")
+    assert immediate["triplicate_replication_overdue_seconds"] > 0
+    assert immediate["triplicate_replication_overdue_seconds"] == pytest.approx(
+        immediate["triplicate_replication_lag_seconds"], abs=0.01)
+
+
+def test_replicate_every_counts_from_the_last_runs_start(server: Server) -> None:
+    """As documented: a run that started 7 hours ago and took 5 makes a 6-hourly client due now
+    (counted from its end, it would wait 4 more hours)."""
+    from tests.support.repository import snapshot_files
+    from tests.support.syncd import InProcessDaemon
+    from tests.support.wait import wait_until
+    from triplicate.state.replication import ReplicationState, RunRecord
+
+    server.write_config(BASE_CONFIG + 'replicate_every = "6h"\n')
+    now = time.time()
+    state = ReplicationState(load_config(server.config_path).server.state_dir)
+    try:
+        for location in ("usb", "nas"):
+            state.record_run(RunRecord("web01", location, "cli", started=now - 7 * HOUR, finished=now - 2 * HOUR,
+                                       ok=True, files_copied=0, bytes_copied=0, files_skipped_in_progress=0,
+                                       corrupt_files=[], error=None))
+    finally:
+        state.close()
+    primary = snapshot_files(server.primary())
+    with InProcessDaemon(server.config_path):
+        wait_until(lambda: primary <= snapshot_files(server.replica("usb"))
+                   and primary <= snapshot_files(server.replica("nas")), 30, "the copy due 6h after the last start")

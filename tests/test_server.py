@@ -282,9 +282,10 @@ def test_one_shared_watcher_serves_every_client_and_follows_enable_and_disable(t
         watcher = shared.layout.shared_syncd
         wait_until(lambda: shared.service_pid("east", "rest") and shared.service_pid("west", "rest"), 15, "endpoints")
         wait_until(lambda: runsv_pid(watcher), 15, "the shared watcher")
-        assert len([p for p in processes_mentioning(str(shared.config_path)) if " syncd" in p.cmdline]) == 1
         log = shared.root / "state" / "log" / "_shared" / "syncd" / "current"
         wait_until(lambda: log.is_file() and "2 client(s)" in log.read_text(), 15, "the watcher serving both")
+        # Counted once it serves (until runsv's child has exec'd the run script, it is no syncd yet).
+        assert len([p for p in processes_mentioning(str(shared.config_path)) if " syncd" in p.cmdline]) == 1
 
         url = str(clients["west"]["url"])
         wait_until(lambda: http_status("GET", _base(url) + "west/config") == 401, 10, "west's endpoint")

@@ -242,3 +242,63 @@ def test_every_remote_kind_honours_the_bwlimit(kind: str, server: Server, reques
     # Never faster than the limit (rclone's own bucket allows a small burst); a remote's own
     # overhead may make it a little slower.
     assert 0.75 * 4 * MB < rate < 1.10 * 4 * MB, f"{kind}: {rate / MB:.2f} MB/s"
+
+
+def test_a_slow_locations_first_copies_do_not_hold_back_another_locations_runs(
+        server: Server, template_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's runs to one location never wait for its runs to another: while more clients
+    than it runs at once to a location copy their first replicas to a slow usb, a new snapshot of
+    another client still reaches nas within seconds."""
+    from tests.support.repository import snapshot_files
+    from tests.support.syncd import InProcessDaemon
+    from tests.support.wait import wait_until
+    from triplicate.daemon import main as daemon_main
+
+    monkeypatch.setattr(daemon_main, "MAX_PARALLEL_RUNS", 2)  # three first copies fill usb's runs
+    server.write_config(BASE_CONFIG.replace('path = "{root}/usb"\n', 'path = "{root}/usb"\nbwlimit = "1MB/s"\n')
+                        .replace('replicate_to = ["usb", "nas"]', 'replicate_to = ["nas"]'))
+    bigs = ("big0", "big1", "big2")
+    for name in bigs:
+        _add_client(server, name)  # replicated to usb
+        _seed_primary(server, name, template_repository, packs=4, size=2 * MB)  # 11 MB each: 33 s at 1 MB/s
+    assert server.cli("sync", "web01").code == 0  # web01's replica on nas is up to date
+
+    def copying(name: str) -> bool:
+        return any(path.is_file() for path in (server.replica("usb", name) / "data").rglob("*"))
+
+    def seeded(name: str) -> bool:
+        return snapshot_files(server.primary(name)) <= snapshot_files(server.replica("usb", name))
+
+    with InProcessDaemon(server.config_path):
+        wait_until(lambda: sum(copying(name) for name in bigs) >= 2, 30, "two first copies under way to usb")
+        write_files(tmp_path / "new", "new", count=1, size=50_000)
+        server.backup(tmp_path / "new")
+        arrived = time.monotonic()
+        wait_until(lambda: snapshot_files(server.primary()) <= snapshot_files(server.replica("nas")), 60,
+                   "web01's new snapshot on nas")
+        latency = time.monotonic() - arrived
+        still_copying = not all(seeded(name) for name in bigs)
+    assert still_copying, "the first copies to usb must still run when the new snapshot reaches nas"
+    assert latency < 5, f"{latency:.1f}s for a new snapshot to nas behind first copies to usb"
+
+
+def test_rclone_follows_a_timetable_bwlimit(server: Server, tmp_path: Path) -> None:
+    """The timetable form reaches rclone, which applies the entry in force now: 4 MB/s since a
+    minute ago, "off" from two hours on (read wrongly, the copy would run unthrottled)."""
+    local = time.localtime()
+    minute = local.tm_hour * 60 + local.tm_min
+
+    def clock(offset: int) -> str:
+        value = (minute + offset) % 1440
+        return f"{value // 60:02d}:{value % 60:02d}"
+
+    folder = tmp_path / "far"
+    folder.mkdir()
+    server.write_config(BASE_CONFIG + rclone_location_toml(
+        "far", f"far:{folder}", rclone_local_config(tmp_path),
+        bwlimit=f"{clock(-1)},4MB/s {clock(120)},off").replace(str(server.root), "{root}"))
+    blobs = _blobs(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s
+    rate = _measured_rate(lambda: _save_all(server, "far", "web01", blobs), 16 * MB)
+    assert 0.6 * 4 * MB < rate < 1.1 * 4 * MB, f"{rate / MB:.2f} MB/s"
+    for handle, content in blobs:
+        assert (folder / "web01" / handle.relative_path()).read_bytes() == content

@@ -150,7 +150,7 @@ def test_the_example_alert_rules_pass_promtool(tmp_path: Path) -> None:
     assert "SUCCESS" in checked.stdout
     text = rules.read_text()
     for metric in ("triplicate_newest_snapshot_timestamp_seconds", "triplicate_location_up",
-                   "triplicate_replication_lag_seconds", "triplicate_restore_check_ok", "triplicate_audit_status"):
+                   "triplicate_replication_overdue_seconds", "triplicate_restore_check_ok", "triplicate_audit_status"):
         assert metric in text, metric
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from triplicate.engine.schedule import Schedule
 from triplicate.errors import UsageError
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
@@ -52,14 +53,18 @@ class ReplicationCollector(Collector):
 
     ``pairs`` returns the (client, location) pairs the daemon serves now;
     ``queue_length`` the live number of runs in progress or waiting for one (the
-    daemon's own; the web service has none). Called from the HTTP server's threads.
+    daemon's own; the web service has none); ``schedule`` a client's replication
+    schedule (engine/schedule.py; None: every client is replicated at once), which the
+    overdue gauge judges the lag against. Called from the HTTP server's threads.
     """
 
     def __init__(self, state_dir: Path, pairs: Callable[[], list[tuple[str, str]]],
-                 queue_length: Callable[[str, str], int] | None = None) -> None:
+                 queue_length: Callable[[str, str], int] | None = None,
+                 schedule: Callable[[str], Schedule] | None = None) -> None:
         self._state_dir = state_dir
         self._pairs = pairs
         self._queue_length = queue_length
+        self._schedule = schedule or (lambda client: Schedule())
         self._state: ReplicationState | None = None
         self._lock = threading.Lock()
 
@@ -83,6 +88,7 @@ class ReplicationCollector(Collector):
                 families["failures"].add_metric(labels, row["failed_runs"])
                 families["consecutive"].add_metric(labels, row["consecutive_failures"])
                 families["lag"].add_metric(labels, view.lag)
+                families["overdue"].add_metric(labels, self._schedule(client).overdue(now - view.lag, now))
                 if view.up is not None:
                     families["up"].add_metric(labels, float(view.up))
                 if row.get("newest") is not None:
@@ -151,6 +157,10 @@ def _families() -> dict[str, Any]:
             "triplicate_replication_lag_seconds",
             "Age of the oldest primary snapshot the location lacks (0: up to date); while the location "
             "is down, at least the time since its last success.", labels=LABELS),
+        "overdue": GaugeMetricFamily(
+            "triplicate_replication_overdue_seconds",
+            "The lag past when the client's schedule replicates (replicate_every, _at, _window); "
+            "the lag itself for a client replicated at once; 0 while within its schedule.", labels=LABELS),
         "up": GaugeMetricFamily(
             "triplicate_location_up",
             "1 when the last replication run to the location succeeded, 0 when it failed.", labels=LABELS),

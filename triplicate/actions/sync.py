@@ -152,6 +152,26 @@ def sync_client(
     return SyncReport(client, results, change)
 
 
+def record_primary_snapshots(config: Config, client: str) -> None:
+    """Record the snapshots now in ``client``'s primary, as a run does before it copies: those
+    first seen now count their lag from now (status, metrics). For a run that waits for its
+    client's schedule (the daemon), which looks every minute: the database is written only
+    when the snapshots changed. Raises StorageError when the primary cannot be listed."""
+    source = open_primary(config, client)
+    try:
+        source.prepare(create=False)  # a primary gone is not a primary without snapshots
+        listed_at = time.time()
+        names = {info.name for info in source.list(FileType.SNAPSHOT)}
+    finally:
+        source.close()
+    state = ReplicationState(config.server.state_dir)
+    try:
+        if names != set(state.known_snapshots(client, PRIMARY)):  # no write while nothing changed
+            state.record_snapshots(client, PRIMARY, names, listed_at)
+    finally:
+        state.close()
+
+
 @dataclass
 class _TrackedDeletions:
     """Deletion propagation for one replica, remembered in the state database."""

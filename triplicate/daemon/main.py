@@ -41,6 +41,7 @@ from triplicate.daemon.scheduler import Job, Scheduler
 from triplicate.daemon.watcher import SnapshotWatcher
 from triplicate.engine.judgement import Outcome
 from triplicate.engine.mirror import MirrorOptions, MirrorResult
+from triplicate.engine.schedule import Schedule
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.state.daemon import DaemonState
 from triplicate.state.db import PRIMARY
@@ -50,7 +51,8 @@ from triplicate.units import format_bytes, format_duration
 
 log = logging.getLogger("triplicate.daemon")
 
-# Replication runs at once across all clients and locations (each copies with its own workers).
+# Replication runs at once to one location, across all clients (each copies with its own
+# workers). Each location has its own runs: a slow location's never hold back another's.
 MAX_PARALLEL_RUNS = 8
 # On SIGTERM, runs get this long to stop between two files before they are abandoned.
 STOP_GRACE_SECONDS = 5.0
@@ -98,7 +100,7 @@ class Daemon:
         self._stop_flag = threading.Event()  # MirrorOptions.stop: copies stop between files
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(MAX_PARALLEL_RUNS, thread_name_prefix="sync")
+        self._executors: dict[str | None, ThreadPoolExecutor] = {}  # per location: _executor_for
         self._notifier = ThreadPoolExecutor(1, thread_name_prefix="notify")
         self._background: set[asyncio.Future[Any]] = set()
         self.watcher: SnapshotWatcher | None = None
@@ -171,7 +173,7 @@ class Daemon:
         from triplicate.metrics import ChecksCollector, ReplicationCollector, serve
 
         state_dir = self.config.server.state_dir
-        replication = ReplicationCollector(state_dir, self.metric_pairs, self.queue_length)
+        replication = ReplicationCollector(state_dir, self.metric_pairs, self.queue_length, self.schedule_of)
         checks = ChecksCollector(state_dir, lambda: list(self.clients))
         try:
             self._metrics_server = serve(listen, replication, checks)
@@ -210,7 +212,8 @@ class Daemon:
         for watch in (self._watch_task, self._lock_task):
             if watch is not None and not watch.done():
                 watch.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
         self._notifier.shutdown(wait=False, cancel_futures=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -465,7 +468,7 @@ class Daemon:
         try:
             # In the daemon's stoppable scope: a restic the run starts is interrupted on SIGTERM.
             report = await asyncio.get_running_loop().run_in_executor(
-                self._executor, contextvars.copy_context().run, call)
+                self._executor_for(runner.location), contextvars.copy_context().run, call)
         except TriplicateError as failure:
             return RunOutcome(False, str(failure), trigger, seconds=time.monotonic() - started)
         if runner.location is None:
@@ -478,6 +481,15 @@ class Daemon:
         return RunOutcome(result.ok, error, trigger, result.files_copied, result.bytes_copied,
                           result.seconds, result.interrupted, incomplete=result.ok and not result.complete,
                           blocking=result.error is not None, unsettled=_unsettled_words(result))
+
+    def _executor_for(self, location: str | None) -> ThreadPoolExecutor:
+        """The threads that run copies to ``location`` (MAX_PARALLEL_RUNS at once, made on first use):
+        first copies to a slow location hold its threads only, never another location's."""
+        executor = self._executors.get(location)
+        if executor is None:
+            executor = self._executors[location] = ThreadPoolExecutor(
+                MAX_PARALLEL_RUNS, thread_name_prefix=f"sync {location or '(no locations)'}")
+        return executor
 
     def _finished(self, runner: LocationRunner, outcome: RunOutcome) -> None:
         """After each run: one log line, failure/recovery notifications, maybe the hook."""
@@ -597,6 +609,11 @@ class Daemon:
         """(client, location) pairs served now. Called from the metrics thread: copies first."""
         return [(name, location) for name, state in list(self.clients.items())
                 for location in list(state.runners) if location is not None]
+
+    def schedule_of(self, client: str) -> Schedule:
+        """The client's replication schedule now (immediate once it is no longer configured)."""
+        section = self.config.clients.get(client)
+        return Schedule() if section is None else Schedule.of(section)
 
     def queue_length(self, client: str, location: str) -> int:
         state = self.clients.get(client)

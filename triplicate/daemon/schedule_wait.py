@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from triplicate.actions.sync import record_primary_snapshots
 from triplicate.config.model import Config
 from triplicate.daemon.runner import LocationRunner
 from triplicate.engine.schedule import Schedule
 from triplicate.state.replication import ReplicationState
+from triplicate.storage import StorageError
 
 log = logging.getLogger("triplicate.daemon")
 
@@ -32,9 +34,11 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
     immediate client), False when ``stopped`` is set first or the location is no longer
     the client's.
 
-    The last run, which ``every`` and ``at`` count from, is the location's last attempt
-    in the state database (the CLI's runs count too). A follow-up asked for while
-    waiting is dropped: the run about to start sees every change made until now.
+    The last run, which ``every`` and ``at`` count from, is the start of the location's
+    last run in the state database (the CLI's runs count too). A follow-up asked for while
+    waiting is dropped: the run about to start sees every change made until now. While
+    it waits, the primary's snapshots are recorded at each look (every ``RECHECK_SECONDS``),
+    so that a snapshot's lag counts from its arrival, not from the scheduled run.
     """
     waited = False
     while True:
@@ -48,8 +52,7 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
         schedule = Schedule.of(section)
         if schedule.immediate:
             break
-        row = replication.location_health(runner.client).get(runner.location) if replication else None
-        last_run = row["last_attempt"] if row is not None else None
+        last_run = replication.last_run_start(runner.client, runner.location) if replication else None
         now = clock()
         allowed = schedule.next_allowed(now, last_run)
         if allowed <= now:
@@ -58,6 +61,11 @@ async def wait_for_schedule(config: Callable[[], Config], replication: Replicati
             log.info("%s: replicates %s; waiting until %s", runner.name, schedule.describe(),
                      datetime.fromtimestamp(allowed).strftime("%Y-%m-%d %H:%M"))
             waited = True
+        # What arrives meanwhile is known from its arrival (status and metrics count its lag).
+        try:
+            await asyncio.to_thread(record_primary_snapshots, config(), runner.client)
+        except StorageError as error:
+            log.debug("%s: cannot list the primary while waiting: %s", runner.name, error)
         try:
             await asyncio.wait_for(stopped.wait(), timeout=min(allowed - now, RECHECK_SECONDS))
             return False

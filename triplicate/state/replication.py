@@ -242,6 +242,14 @@ class ReplicationState(Store):
         return None if row is None or row[0] is None else float(row[0])
 
     @locked
+    def last_run_start(self, client: str, location: str) -> float | None:
+        """When the location's last run (of the daemon or the CLI, whatever its outcome) started;
+        None when never."""
+        row = self.connection.execute("SELECT MAX(started) FROM runs WHERE client=? AND location=?",
+                                      (client, location)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @locked
     def location_health(self, client: str) -> dict[str, sqlite3.Row]:
         rows = self.connection.execute("SELECT * FROM location_state WHERE client=?", (client,)).fetchall()
         return {row["location"]: row for row in rows}

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from triplicate.config.model import Config
+from triplicate.engine.schedule import Schedule
 from triplicate.errors import CannotRun, TriplicateError
 from triplicate.metrics import (
     ChecksCollector,
@@ -168,8 +169,13 @@ def build_app(config: Config) -> web.Application:
     def clients() -> list[str]:
         return sorted(name for name, client in app[LIVE].config.clients.items() if client.enabled)
 
+    def schedule(client: str) -> Schedule:
+        section = app[LIVE].config.clients.get(client)
+        return Schedule() if section is None else Schedule.of(section)
+
     state_dir = config.server.state_dir
-    app[REGISTRIES] = (registry(ReplicationCollector(state_dir, pairs), ChecksCollector(state_dir, clients),
+    app[REGISTRIES] = (registry(ReplicationCollector(state_dir, pairs, schedule=schedule),
+                                ChecksCollector(state_dir, clients),
                                 process=False),
                        registry(process=True, build=False))
     app.router.add_get("/", dashboard)

@@ -18,6 +18,7 @@ from typing import Any
 from triplicate import __version__
 from triplicate.actions import JSON_VERSION
 from triplicate.config.model import Config
+from triplicate.engine.schedule import Schedule
 from triplicate.metrics import location_view
 from triplicate.state.audit import AuditState
 from triplicate.state.db import PRIMARY
@@ -83,7 +84,8 @@ def locations(config: Config) -> dict[str, Any]:
 def overview(config: Config, now: float | None = None, names: list[str] | None = None) -> dict[str, Any]:
     """Every client with each of its locations judged (the dashboard's grid and ``/api/v1/clients``).
 
-    A location's ``state``: "ok", "never" (no run yet), "late" (lag over max_lag, or the
+    A location's ``state``: "ok", "never" (no run yet), "late" (lag over max_lag past the
+    client's replication schedule (engine/schedule.py), or the
     primary's newest snapshot older than expect_backup_every) or "failed" (its last run
     failed, or its last audit found it CRITICAL or UNKNOWN). ``names``: only these clients.
     """
@@ -110,6 +112,7 @@ def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tu
     settings = config.clients[name]
     expect = config.settings(name).expect_backup_every
     max_lag = config.settings(name).max_lag
+    schedule = Schedule.of(settings)  # lag is judged from when the schedule replicates
     backups_late = isinstance(expect, (int, float)) and (newest is None or now - newest > expect)
     problems = []
     if backups_late:
@@ -122,7 +125,7 @@ def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tu
                 "newest_snapshot": newest, "snapshots": snapshots,
             }
         else:
-            entry = _location(rows.get((name, location)), now, max_lag)
+            entry = _location(rows.get((name, location)), now, max_lag, schedule)
         audit_location = audit.locations.get(location) if audit is not None else None
         entry["audit"] = audit_location.status if audit_location is not None else None
         if audit_location is not None and entry["audit"] in ("CRITICAL", "UNKNOWN") and location != PRIMARY:
@@ -132,7 +135,8 @@ def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tu
         if entry.get("error") and entry["state"] == "failed":
             problems.append(f"{location}: {entry['error']}")
         elif entry["state"] == "late" and location != PRIMARY:
-            problems.append(f"{location}: replication lag {entry['lag_seconds']:.0f}s over max_lag {max_lag:.0f}s")
+            problems.append(f"{location}: replication lag {entry['lag_seconds']:.0f}s over max_lag {max_lag:.0f}s"
+                            + ("" if schedule.immediate else f" past its schedule ({schedule.describe()})"))
         result_locations[location] = entry
     states = [entry["state"] for entry in result_locations.values()]
     return {
@@ -145,13 +149,14 @@ def _client(config: Config, name: str, now: float, snapshots: int, rows: dict[tu
     }
 
 
-def _location(row: dict[str, Any] | None, now: float, max_lag: float) -> dict[str, Any]:
+def _location(row: dict[str, Any] | None, now: float, max_lag: float, schedule: Schedule) -> dict[str, Any]:
     if row is None:
         return {"state": "never", "up": None, "snapshots": 0, "newest_snapshot": None, "lag_seconds": None,
                 "last_success": None, "last_attempt": None, "error": None, "bytes_copied_total": 0,
                 "failed_runs": 0, "consecutive_failures": 0}
     view = location_view(row, now)
-    state = "never" if view.up is None else "failed" if not view.up else "late" if view.lag > max_lag else "ok"
+    late = schedule.overdue(now - view.lag, now) > max_lag
+    state = "never" if view.up is None else "failed" if not view.up else "late" if late else "ok"
     return {
         "state": state, "up": view.up, "snapshots": row["snapshots"], "newest_snapshot": row["newest"],
         "lag_seconds": round(view.lag, 1), "last_success": row["last_success"] or None,
