@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 from tests.support.repository import Server
+from tests.support.server import Site
 from triplicate.actions import JSON_VERSION
 
 
@@ -66,3 +68,22 @@ def test_an_unreadable_or_missing_file_is_a_problem_without_key(server: Server) 
     result = server.cli("config", "check")
     assert result.code == 2 and "no configuration file" in result.err
     assert json.loads(server.cli("config", "check", "--json").out)["ok"] is False
+
+
+def test_the_web_service_and_a_client_never_share_a_port(tmp_path: Path) -> None:
+    site = Site(tmp_path, ports=3)
+    assert site.cli("init").code == 0
+    site.config_path.write_text(site.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{site.low}"\n')
+    # client add never hands out, nor takes, the web service's port (even while the service is not running)
+    assert site.add_client("web01", "usb")["port"] == site.low + 1
+    taken = site.cli("client", "add", "web02", "--replicate-to", "usb", "--port", str(site.low))
+    assert taken.code == 2 and f"--port {site.low}: the web service's ([web] listen)" in taken.err
+    # moved by hand onto the client's port: refused, naming the key, before anything fights for it
+    site.config_path.write_text(site.config_path.read_text().replace(f"127.0.0.1:{site.low}\"",
+                                                                     f"127.0.0.1:{site.low + 1}\""))
+    result = site.cli("config", "check", "--json")
+    assert result.code == 2
+    assert result.json()["problems"] == [
+        {"key": "web.listen", "message": f"port {site.low + 1} is client 'web01's REST endpoint's (on 127.0.0.1)"}]
+    refused = site.cli("web")
+    assert refused.code == 2 and f"web.listen: port {site.low + 1} is client 'web01's" in refused.err
