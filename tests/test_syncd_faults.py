@@ -87,8 +87,8 @@ def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_
     reported = time.monotonic() - emptied
     daemon.wait_for_log(r"web01 -> usb: copied \d+ file.*\[refill\]")
     assert server.check_read_data(server.replica("usb")).returncode == 0
-    assert [title for title in sink.titles() if "lost" in title] == [
-        "triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling"], "told once"
+    assert [(message["title"], message["type"]) for message in list(sink.received) if "lost" in message["title"]] == [
+        ("triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling", "warning")], "told once, a warning"
     print(f"\nMEASURED emptied replica: reported after {reported:.1f}s, refilled after {refilled:.1f}s "
           f"(poll_interval {POLL:g}s)")
 

@@ -362,7 +362,7 @@ class Daemon:
                 log.warning("%s %s; refilling", runner.name, lost)
                 self.send(f"triplicate: {runner.name} {lost}; refilling",
                           f"{runner.name} {lost} since the last look (it holds {shortfall.snapshots} "
-                          f"snapshot(s) now): a run copies everything back from the primary.")
+                          f"snapshot(s) now): a run copies everything back from the primary.", "warning")
             if shortfall.needs_run:
                 state.in_sync = None
                 runner.request("refill" if lost else "poll")
