@@ -18,8 +18,10 @@ import jsonschema
 import openapi_spec_validator
 import pytest
 
+from tests.support.endpoint import Endpoint
 from tests.support.ports import accepts_connections, free_port_range, listening_on
-from tests.support.repository import Server
+from tests.support.repository import Server, write_files
+from tests.support.server import Site
 from tests.support.wait import wait_until
 from tests.support.web import browser, dump_dom, three_clients, web_service
 from triplicate.actions import JSON_VERSION
@@ -27,6 +29,7 @@ from triplicate.config.load import load_config
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
+from triplicate.units import format_bytes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -96,6 +99,40 @@ def test_api_shows_each_location_live_and_a_failing_one_as_down(server: Server) 
                      "/api/v1/audits", "/api/v1/restore-checks", "/api/v1/retention-runs", "/api/v1/server"):
             schema = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
             jsonschema.validate(web.json(path.replace("{name}", "web02")), {**schema, "components": spec["components"]})
+
+
+def test_a_clients_page_and_api_show_what_its_endpoint_counted(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    assert site.cli("init").code == 0
+    site.clients = {"web01": site.add_client("web01", "usb")}
+    endpoint = Endpoint(site, "web01")
+    endpoint.start()
+    try:
+        url = str(site.clients["web01"]["url"])
+        write_files(site.root / "data", "one", count=2, size=1 << 18)
+        for args in (("init",), ("backup", "-q", str(site.root / "data"))):
+            assert site.restic(url, *args).returncode == 0
+        assert endpoint.request("web01", "GET", "/web01/config", user="web01", password="wrong").status == 401
+    finally:
+        assert endpoint.stop() == 0  # (its counts are written to the state database on the way out)
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    on_disk = sum(path.stat().st_size for path in (site.root / "repos" / "web01").rglob("*") if path.is_file())
+    with web_service(site, port) as web:
+        detail = web.json("/api/v1/clients/web01")
+        status, page, _ = web.get("/client/web01")
+        spec = web.json("/api/v1/openapi.json")
+    statistics = detail["endpoint"]["statistics"]
+    assert statistics["repository_bytes"] == on_disk and statistics["received_bytes"] >= on_disk
+    assert statistics["files"] >= 5 and statistics["failed_logins"] == 1
+    assert statistics["requests"]["GET 401"] == 1 and statistics["requests"]["POST 200"] >= 5
+    assert time.time() - 600 < statistics["newest_snapshot"] <= time.time()
+    schema = spec["paths"]["/api/v1/clients/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.validate(detail, {**schema["schema"], "components": spec["components"]})
+    text = page.decode()
+    assert status == 200 and '<li data-endpoint="failed-logins">failed logins: 1;' in text
+    assert f'<li data-endpoint="received">received {format_bytes(statistics["received_bytes"])} in ' in text
+    assert "GET 401: 1" in text
 
 
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
