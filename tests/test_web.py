@@ -29,6 +29,7 @@ from triplicate.config.load import load_config
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
+from triplicate.state.replication import ReplicationState, RunRecord
 from triplicate.units import format_bytes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -133,6 +134,24 @@ def test_a_clients_page_and_api_show_what_its_endpoint_counted(tmp_path: Path) -
     assert status == 200 and '<li data-endpoint="failed-logins">failed logins: 1;' in text
     assert f'<li data-endpoint="received">received {format_bytes(statistics["received_bytes"])} in ' in text
     assert "GET 401: 1" in text
+
+
+def test_the_web_service_never_creates_the_state_database_and_sees_it_once_made(tmp_path: Path) -> None:
+    site = Site(tmp_path)  # no 'init' yet: no state folder
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text() + '\n[clients.web01]\nreplicate_to = ["usb"]\n'
+                                f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    state_dir = site.root / "state"
+    with web_service(site, port) as web:
+        for path in ("/", "/client/web01", "/metrics", "/api/v1/clients", "/api/v1/clients/web01", "/api/v1/runs"):
+            assert web.get(path)[0] == 200, path
+        assert not state_dir.exists()  # read-only: a mistyped state_dir shows nothing, creates nothing
+        assert "triplicate_location_up{" not in web.get("/metrics")[1].decode()
+        now = time.time()
+        with ReplicationState.opened(state_dir) as replication:  # the first run, by whoever runs it
+            replication.record_run(RunRecord("web01", "usb", "backup", now - 1, now, True, 3, 3000, 0, [], None))
+        assert _metric(web.get("/metrics")[1].decode(), "triplicate_location_up", client="web01", location="usb") == 1
+        assert web.json("/api/v1/clients")["clients"]["web01"]["locations"]["usb"]["up"] is True
 
 
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
