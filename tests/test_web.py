@@ -191,6 +191,48 @@ def test_the_example_alert_rules_pass_promtool(tmp_path: Path) -> None:
         assert metric in text, metric
 
 
+# promtool's unit test of the example rules: each alert fires on the series it is for, and only then.
+# Time starts at 0: web01's newest snapshot arrived at 0 and nothing since (backups stopped);
+# web02's usb is down from the start; web01's usb is up throughout.
+RULE_TESTS = """\
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'triplicate_newest_snapshot_timestamp_seconds{{client="web01",location="@primary"}}'
+        values: '0x2300'
+      - series: 'triplicate_location_up{{client="web02",location="usb"}}'
+        values: '0x2300'
+      - series: 'triplicate_location_up{{client="web01",location="usb"}}'
+        values: '1x2300'
+      - series: 'triplicate_build_info{{version="0",python="3"}}'
+        values: '1x2300'
+    alert_rule_test:
+      - {{eval_time: 20m, alertname: TriplicateLocationDown, exp_alerts: []}}
+      - eval_time: 45m
+        alertname: TriplicateLocationDown
+        exp_alerts:
+          - exp_labels: {{severity: warning, client: web02, location: usb}}
+            exp_annotations: {{summary: "web02 -> usb: replication failing"}}
+      - {{eval_time: 36h, alertname: TriplicateBackupsStopped, exp_alerts: []}}
+      - eval_time: 37h
+        alertname: TriplicateBackupsStopped
+        exp_alerts:
+          - exp_labels: {{severity: critical, client: web01, location: "@primary"}}
+            exp_annotations: {{summary: "web01: no new backup for 1d 13h 0m 0s"}}
+      - {{eval_time: 37h, alertname: TriplicateMetricsMissing, exp_alerts: []}}
+"""
+
+
+def test_the_example_alerts_fire_on_what_they_are_for(tmp_path: Path) -> None:
+    tests = tmp_path / "alerts-test.yml"
+    tests.write_text(RULE_TESTS.format(rules=json.dumps(str(DOCS / "prometheus-alerts.yml"))))
+    tested = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def _save_screenshot(name: str, shot: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     if shot.exists():
