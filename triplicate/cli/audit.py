@@ -74,6 +74,9 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
     from triplicate.errors import UsageError
 
     if as_json and nagios:
+        from triplicate.cli.output import print_json_error
+
+        print_json_error("--json and --nagios: choose one", EXIT_UNKNOWN)  # --json asked: its answer is JSON
         click.echo("triplicate: --json and --nagios: choose one", err=True)
         sys.exit(EXIT_UNKNOWN)
     try:
