@@ -255,7 +255,7 @@ def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
 
 
 def endpoint_metric_families(state_dir: Path, clients: list[str]) -> Iterator[Metric]:
-    """What the REST endpoint counted per client (docs/server.md, "Counts")."""
+    """What the REST endpoint counted per client (docs/web.md, "Metrics")."""
     from triplicate.state.endpoint import EndpointState
 
     received = CounterMetricFamily("triplicate_endpoint_received_bytes", "Bytes of files received and kept.",
