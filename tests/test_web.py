@@ -154,6 +154,22 @@ def test_the_web_service_never_creates_the_state_database_and_sees_it_once_made(
         assert web.json("/api/v1/clients")["clients"]["web01"]["locations"]["usb"]["up"] is True
 
 
+def test_a_damaged_state_database_is_a_one_line_503_not_a_traceback(server: Server) -> None:
+    port = three_clients(server)
+    database = server.root / "state" / "state.db"
+    for leftover in database.parent.glob("state.db-*"):
+        leftover.unlink()
+    database.write_bytes(b"not a database " * 1000)  # a damaged disk, a bad restore
+    with web_service(server, port) as web:
+        for path in ("/", "/client/web01", "/metrics", "/api/v1/clients", "/api/v1/clients/web01", "/api/v1/runs"):
+            status, body, _ = web.get(path)
+            assert status == 503, (path, status, body[:200])
+            assert f"state database {database} is damaged" in body.decode(), path
+        assert json.loads(web.get("/api/v1/clients")[1])["error"].startswith("state database")
+    log = web.process.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in log and f"/metrics: state database {database} is damaged" in log
+
+
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
     port = three_clients(server)
     with web_service(server, port) as web:

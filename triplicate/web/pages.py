@@ -191,8 +191,9 @@ def _runs(runs: list[dict[str, Any]], now: float) -> str:
             f"<tbody>{rows}</tbody></table></div>")
 
 
-def not_found(what: str) -> str:
-    return _page("not found", f"<p>{escape(what)}</p>")
+def error_page(what: str, status: int = 404) -> str:
+    """A page saying ``what`` went wrong: "not found" (404) or "unavailable" (503, the state database)."""
+    return _page("not found" if status == 404 else "unavailable", f"<p>{escape(what)}</p>")
 
 
 def _restore_cell(restore: dict[str, Any] | None, now: float) -> str:
