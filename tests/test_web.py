@@ -170,6 +170,27 @@ def test_a_damaged_state_database_is_a_one_line_503_not_a_traceback(server: Serv
     assert "Traceback" not in log and f"/metrics: state database {database} is damaged" in log
 
 
+def test_a_shared_endpoint_and_watcher_show_as_the_clients_services(tmp_path: Path) -> None:
+    site = Site(tmp_path, ports=1)
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text().replace(
+        "[server]\n", '[server]\nendpoint = "shared"\nsyncd = "shared"\n') + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    assert site.cli("init").code == 0
+    site.add_client("web01", "usb")
+    site.start_supervision()
+    try:
+        wait_until(lambda: accepts_connections(port), 30, "the web service under runit")
+
+        def services() -> dict[str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/clients/web01", timeout=20) as response:
+                shown = json.load(response)["endpoint"]["services"]
+            return {service: row["state"] for service, row in shown.items()}
+
+        wait_until(lambda: services() == {"rest": "run", "syncd": "run"}, 30, "the shared services shown running")
+    finally:
+        assert site.stop_supervision() == []
+
+
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
     port = three_clients(server)
     with web_service(server, port) as web:

@@ -205,8 +205,8 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
 
 def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
     """The client's REST endpoint and watcher: URL (never the password), port, each service's
-    runit state and for how long it has been in it, and what the endpoint counted (``statistics``,
-    null until it first reported)."""
+    runit state (the shared one's in a shared mode) and for how long it has been in it, and
+    what the endpoint counted (``statistics``, null until it first reported)."""
     from triplicate.actions.clients import repository_url
     from triplicate.service import runit
     from triplicate.service.layout import Layout
@@ -215,6 +215,8 @@ def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
     layout = Layout(config.server.state_dir)
     port = config.clients[name].port
     folders = {"rest": layout.service_dir(name, "rest"), "syncd": layout.service_dir(name, "syncd")}
+    if config.server.endpoint == "shared":
+        folders["rest"] = layout.shared_rest
     if config.server.syncd == "shared":
         folders["syncd"] = layout.shared_syncd
     services = {}
