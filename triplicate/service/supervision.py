@@ -154,7 +154,7 @@ WantedBy=multi-user.target
 
 # Folders under which systemd's ProtectHome applies.
 HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
-# Folders PrivateTmp replaces with empty private ones (a replica written there would be thrown away).
+# Folders PrivateTmp replaces with empty private ones (a path there would be hidden from the services).
 TEMPORARY = (Path("/tmp"), Path("/var/tmp"))
 
 
