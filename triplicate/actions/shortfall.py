@@ -62,9 +62,9 @@ def look_at_locations(config: Config, client: str, locations: list[str]) -> dict
 
     Records the snapshots found at each location as its state. A location being
     written by a run (its lock is held) is left out; one that cannot be listed is
-    returned ``unreadable``, needing a run, which fails and records why (so it shows
-    down even when no backup comes). Never raises StorageError: an unreadable primary
-    gives no answer at all.
+    returned ``unreadable``, needing a run (the daemon asks for it when a second look
+    agrees), which fails and records why (so it shows down even when no backup
+    comes). Never raises StorageError: an unreadable primary gives no answer at all.
     """
     primary = open_primary(config, client)
     try:

@@ -356,6 +356,9 @@ class Daemon:
             runner = state.runners.get(location)
             if runner is None:
                 continue
+            unlisted, runner.unlisted = runner.unlisted, shortfall.unreadable is not None
+            if runner.unlisted and not unlisted:
+                continue  # not listed once (an rm -rf in progress?): a run if it is so at the next look too
             lost = shortfall.lost
             if lost is not None and not runner.lost_reported:
                 runner.lost_reported = True
