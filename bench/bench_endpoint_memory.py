@@ -43,7 +43,7 @@ def _port_free(port: int) -> bool:
 
 def _site(root: Path, clients: int, mode: str) -> tuple[Path, int, dict[str, str]]:
     """A configuration with ``clients`` clients (each its port, htpasswd and repository folder)."""
-    from triplicate import htpasswd
+    from triplicate.service import htpasswd
 
     low = _free_ports(clients)
     lines = [f'[server]\nstate_dir = "{root}/state"\nrepos_dir = "{root}/repos"\nlisten_host = "127.0.0.1"\n'

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from triplicate.state.audit import AuditRecord, AuditState, LocationResult  # noqa: E402
+from triplicate.state.audit import AuditRecord, AuditState, LocationAuditRecord  # noqa: E402
 from triplicate.state.db import PRIMARY  # noqa: E402
 from triplicate.state.replication import ReplicationState, RunRecord  # noqa: E402
 from triplicate.state.restore_check import RestoreCheckRecord, RestoreCheckState  # noqa: E402
@@ -81,7 +81,7 @@ def fill_state(state_dir: Path, clients: int, snapshots: int) -> None:
                 replication.record_run(RunRecord(client, location, "event", when + 1, when + 30, not failing,
                                                  6, 5_000_000, 0, [], "disk gone" if failing else None))
         audits.record_audit(AuditRecord(client, now - 600, now - 590, "OK", "", {"status": "OK"},
-                                        {location: LocationResult("OK", "", {"status": "OK"})
+                                        {location: LocationAuditRecord("OK", "", {"status": "OK"})
                                          for location in LOCATIONS}))
         restore.record(RestoreCheckRecord(client, "usb", now - 3600, True, "x" * 64, 20, 1000, 2.0, 500.0, 10.0, []))
     for store in (replication, audits, restore):

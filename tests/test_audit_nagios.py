@@ -89,3 +89,15 @@ def test_a_mix_puts_the_worst_client_first_whatever_the_order_of_names(server: S
     assert statuses == sorted(statuses, key=["CRITICAL", "UNKNOWN", "WARNING"].index)
     assert lines[-3:] == ["web03: CRITICAL", "web02: UNKNOWN", "web01: OK"]
     assert "web01_nas_lag=0s;300;3600;0" in lines[0] and "web03_usb_missing_snapshots=1;;1;0" in lines[0]
+
+
+def test_unknown_with_its_reason_when_the_state_database_is_damaged(server: Server) -> None:
+    synced(server)
+    database = server.root / "state" / "state.db"
+    for leftover in database.parent.glob("state.db-*"):
+        leftover.unlink()
+    database.write_bytes(b"not a database " * 1000)
+    code, lines = nagios(server)
+    assert code == 3  # a plugin's answer is its standard output's first line, never empty
+    assert lines == [f"TRIPLICATE UNKNOWN - state database {database} is damaged (file is not a database); "
+                     "move it aside to start afresh, arrival times will be re-learned"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+from pathlib import Path
 
 from tests.support.repository import Server
+from tests.support.server import Site
 from triplicate.actions import JSON_VERSION
 
 
@@ -66,3 +69,40 @@ def test_an_unreadable_or_missing_file_is_a_problem_without_key(server: Server) 
     result = server.cli("config", "check")
     assert result.code == 2 and "no configuration file" in result.err
     assert json.loads(server.cli("config", "check", "--json").out)["ok"] is False
+
+
+def test_the_web_service_and_a_client_never_share_a_port(tmp_path: Path) -> None:
+    site = Site(tmp_path, ports=3)
+    assert site.cli("init").code == 0
+    site.config_path.write_text(site.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{site.low}"\n')
+    # client add never hands out, nor takes, the web service's port (even while the service is not running)
+    assert site.add_client("web01", "usb")["port"] == site.low + 1
+    taken = site.cli("client", "add", "web02", "--replicate-to", "usb", "--port", str(site.low))
+    assert taken.code == 2 and f"--port {site.low}: the web service's ([web] listen)" in taken.err
+    # moved by hand onto the client's port: refused, naming the key, before anything fights for it
+    site.config_path.write_text(site.config_path.read_text().replace(f"127.0.0.1:{site.low}\"",
+                                                                     f"127.0.0.1:{site.low + 1}\""))
+    result = site.cli("config", "check", "--json")
+    assert result.code == 2
+    assert result.json()["problems"] == [
+        {"key": "web.listen", "message": f"port {site.low + 1} is client 'web01's REST endpoint's (on 127.0.0.1)"}]
+    refused = site.cli("web")
+    assert refused.code == 2 and f"web.listen: port {site.low + 1} is client 'web01's" in refused.err
+
+
+def test_a_certificate_that_does_not_load_is_a_problem(server: Server, tmp_path: Path) -> None:
+    cert, key, other_key = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "other.pem"
+    for certificate, private in ((cert, key), (tmp_path / "unused.pem", other_key)):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-keyout", str(private), "-out", str(certificate)],
+                       check=True, capture_output=True, timeout=60)
+    base = server.config_path.read_text()
+    server.config_path.write_text(base.replace("[server]\n", f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n', 1))
+    assert server.cli("config", "check").code == 0
+    server.config_path.write_text(base.replace("[server]\n", f'[server]\ntls_cert = "{cert}"\n'
+                                               f'tls_key = "{other_key}"\n', 1))  # a renewal left the old key
+    result = server.cli("config", "check", "--json")
+    assert result.code == 2
+    (problem,) = result.json()["problems"]
+    assert problem["key"] == "server.tls_cert, server.tls_key"
+    assert problem["message"].startswith(f"cannot load {cert} with {other_key}: ")

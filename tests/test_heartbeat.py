@@ -149,3 +149,21 @@ def test_an_uptime_kuma_push_url_gets_up_and_down(server: Server, daemons: list[
     assert path.startswith("/api/push/AbC123?status=down&msg=nas%3A+"), path  # no /start: Kuma has none
     server.replica("nas").unlink()
     daemon.wait_until(lambda: any("status=up" in path for path in receiver.paths()), TIMEOUT, "the up push")
+
+
+def test_a_scheduled_audit_pings_start_then_success_or_fail(server: Server, daemons: list[DaemonProcess],
+                                                             receiver: PingReceiver) -> None:
+    configure(server, client_keys=f'heartbeat_url = "{receiver.url}"\naudit_every = "1s"')
+    daemon = start(daemons, server)
+
+    def audit_pings() -> list[tuple[str, str]]:
+        return [(path, body) for path, body in list(receiver.pings) if body.startswith("audit ")]
+
+    daemon.wait_until(lambda: ("/ping/web01-token", "audit passed") in audit_pings(), TIMEOUT, "a passed audit")
+    assert audit_pings()[:2] == [("/ping/web01-token/start", "audit started"), ("/ping/web01-token", "audit passed")]
+    shutil.rmtree(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL
+    server.replica("nas").write_text("a file where the client's folder should be")
+    daemon.wait_until(lambda: any(path.endswith("/fail") for path, _ in audit_pings()), TIMEOUT, "a failed audit")
+    fail = next(body for path, body in audit_pings() if path.endswith("/fail"))
+    assert fail.startswith("audit failed: CRITICAL") or fail.startswith("audit failed: UNKNOWN"), fail
+    assert "Traceback" not in daemon.log

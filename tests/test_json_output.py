@@ -121,6 +121,8 @@ def test_errors_are_json_when_json_was_asked(server: Server) -> None:
 
     result = server.cli("audit", "nosuch", "--json")  # a monitoring command: UNKNOWN
     assert result.code == 3 and result.json()["exit_code"] == 3 and "nosuch" in result.json()["error"]
+    result = server.cli("audit", "--json", "--nagios")
+    assert result.code == 3 and result.json()["error"] == "--json and --nagios: choose one"
 
     plain = server.cli("status", "nosuch")
     assert plain.code == 2 and plain.out == ""  # without --json, standard output stays empty

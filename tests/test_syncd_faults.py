@@ -87,8 +87,8 @@ def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_
     reported = time.monotonic() - emptied
     daemon.wait_for_log(r"web01 -> usb: copied \d+ file.*\[refill\]")
     assert server.check_read_data(server.replica("usb")).returncode == 0
-    assert [title for title in sink.titles() if "lost" in title] == [
-        "triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling"], "told once"
+    assert [(message["title"], message["type"]) for message in list(sink.received) if "lost" in message["title"]] == [
+        ("triplicate: web01 -> usb lost 1 snapshot (its folder is gone); refilling", "warning")], "told once, a warning"
     print(f"\nMEASURED emptied replica: reported after {reported:.1f}s, refilled after {refilled:.1f}s "
           f"(poll_interval {POLL:g}s)")
 
@@ -106,6 +106,30 @@ def test_a_replica_emptied_while_the_daemon_was_down_is_refilled_on_start(
     daemon.wait_until(lambda: "triplicate: web01 -> nas lost 1 snapshot (its folder is gone); refilling"
                       in sink.titles(), MARGIN, "the notification")
     assert server.check_read_data(server.replica("nas")).returncode == 0
+
+
+def test_a_location_that_becomes_unreadable_with_no_backup_coming_shows_down_within_one_poll(
+    server: Server, daemons: list[DaemonProcess], sink: NotificationSink
+) -> None:
+    configure(server, sink)
+    port = free_port()
+    daemon = start(daemons, server, "--metrics-listen", f"127.0.0.1:{port}")
+    daemon.wait_until(lambda: on_replica(server, "nas") and location_row(server, "nas")["last_sync"] == "ok",
+                      15, "the catch-up on start")
+    (server.root / "nas").rename(server.root / "nas-unplugged")  # the disk is gone; nothing new to copy
+    (server.root / "nas").write_text("not the disk\n")
+    gone = time.monotonic()
+    daemon.wait_until(lambda: location_row(server, "nas")["last_sync"] == "failed", 2 * POLL + MARGIN,
+                      "nas shown failing (not ok with lag 0) without a new backup")
+    print(f"\nMEASURED unreadable location: shown failing after {time.monotonic() - gone:.1f}s "
+          f"(poll_interval {POLL:g}s)")
+    assert "is a file, not a folder" in location_row(server, "nas")["error"]
+    metrics = scrape(port)
+    assert metrics['triplicate_location_up{client="web01",location="nas"}'] == 0
+    assert metrics['triplicate_replication_lag_seconds{client="web01",location="nas"}'] > 0
+    daemon.wait_until(lambda: "triplicate: web01 -> nas is failing" in sink.titles(), MARGIN, "the notification")
+    assert location_row(server, "usb")["last_sync"] == "ok"
+    assert "Traceback" not in daemon.log
 
 
 def test_status_and_metrics_show_what_a_location_really_holds(

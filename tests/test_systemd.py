@@ -40,10 +40,20 @@ def with_mount_point(server: Server) -> None:
     server.config_path.write_text(text)
 
 
+# Where a real server keeps its files: the tests' own folder is under /tmp, which keeps PrivateTmp off.
+DEPLOYED = "/srv/site"
+
+
+def deployed(server: Server) -> str:
+    """Point the configuration's paths at :data:`DEPLOYED` (the unit only names them); return it."""
+    server.config_path.write_text(server.config_path.read_text().replace(str(server.root), DEPLOYED))
+    return DEPLOYED
+
+
 def test_the_unit_writes_only_where_the_configuration_says(server: Server) -> None:
     with_mount_point(server)
+    root = deployed(server)
     lines = unit_lines(server)
-    root = server.root
     assert f"ReadWritePaths={root}/state {root}/repos -{root}/usb -{root}/nas" in lines
     assert f"RequiresMountsFor={root}/usb" in lines and not any(f"{root}/nas" in line for line in lines
                                                                  if line.startswith("RequiresMountsFor"))
@@ -52,6 +62,17 @@ def test_the_unit_writes_only_where_the_configuration_says(server: Server) -> No
         assert wanted in lines, wanted
     assert any(line.startswith("ExecReload=") and line.endswith(f"-c {server.config_path} supervise --reload")
                for line in lines)
+
+
+def test_a_path_under_tmp_keeps_tmp_shared(server: Server) -> None:
+    lines = unit_lines(server)  # the tests' folder is under /tmp: a private /tmp would hide every path
+    assert "PrivateTmp=yes" not in lines and any("PrivateTmp is off" in line for line in lines)
+    deployed(server)
+    text = server.config_path.read_text().replace(f'path = "{DEPLOYED}/nas"', 'path = "/var/tmp/nas"')
+    server.config_path.write_text(text)
+    lines = unit_lines(server)
+    assert "PrivateTmp=yes" not in lines and any(line.startswith("ReadWritePaths=") and "-/var/tmp/nas" in line
+                                                 for line in lines)
 
 
 def test_a_location_under_home_keeps_home_writable(server: Server) -> None:
@@ -65,6 +86,7 @@ def test_a_location_under_home_keeps_home_writable(server: Server) -> None:
 @needs_systemd_analyze
 def test_systemd_analyze_verifies_the_unit_and_rates_it_at_most_5(server: Server, tmp_path: Path) -> None:
     with_mount_point(server)
+    deployed(server)
     unit = tmp_path / "triplicate.service"
     unit.write_text(server.cli("systemd-unit").out)
     verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,

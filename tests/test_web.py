@@ -18,8 +18,10 @@ import jsonschema
 import openapi_spec_validator
 import pytest
 
+from tests.support.endpoint import Endpoint
 from tests.support.ports import accepts_connections, free_port_range, listening_on
-from tests.support.repository import Server
+from tests.support.repository import Server, write_files
+from tests.support.server import Site
 from tests.support.wait import wait_until
 from tests.support.web import browser, dump_dom, three_clients, web_service
 from triplicate.actions import JSON_VERSION
@@ -27,6 +29,8 @@ from triplicate.config.load import load_config
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs
 from triplicate.service.tree import reconcile
+from triplicate.state.replication import ReplicationState, RunRecord
+from triplicate.units import format_bytes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -117,6 +121,95 @@ def test_the_client_api_and_page_show_the_last_recovery_drill(server: Server) ->
         jsonschema.validate(web.json("/api/v1/clients/web01"), {**schema["schema"], "components": spec["components"]})
 
 
+def test_a_clients_page_and_api_show_what_its_endpoint_counted(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    assert site.cli("init").code == 0
+    site.clients = {"web01": site.add_client("web01", "usb")}
+    endpoint = Endpoint(site, "web01")
+    endpoint.start()
+    try:
+        url = str(site.clients["web01"]["url"])
+        write_files(site.root / "data", "one", count=2, size=1 << 18)
+        for args in (("init",), ("backup", "-q", str(site.root / "data"))):
+            assert site.restic(url, *args).returncode == 0
+        assert endpoint.request("web01", "GET", "/web01/config", user="web01", password="wrong").status == 401
+    finally:
+        assert endpoint.stop() == 0  # (its counts are written to the state database on the way out)
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text() + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    on_disk = sum(path.stat().st_size for path in (site.root / "repos" / "web01").rglob("*") if path.is_file())
+    with web_service(site, port) as web:
+        detail = web.json("/api/v1/clients/web01")
+        status, page, _ = web.get("/client/web01")
+        spec = web.json("/api/v1/openapi.json")
+    statistics = detail["endpoint"]["statistics"]
+    assert statistics["repository_bytes"] == on_disk and statistics["received_bytes"] >= on_disk
+    assert statistics["files"] >= 5 and statistics["failed_logins"] == 1
+    assert statistics["requests"]["GET 401"] == 1 and statistics["requests"]["POST 200"] >= 5
+    assert time.time() - 600 < statistics["newest_snapshot"] <= time.time()
+    schema = spec["paths"]["/api/v1/clients/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.validate(detail, {**schema["schema"], "components": spec["components"]})
+    text = page.decode()
+    assert status == 200 and '<li data-endpoint="failed-logins">failed logins: 1;' in text
+    assert f'<li data-endpoint="received">received {format_bytes(statistics["received_bytes"])} in ' in text
+    assert "GET 401: 1" in text
+
+
+def test_the_web_service_never_creates_the_state_database_and_sees_it_once_made(tmp_path: Path) -> None:
+    site = Site(tmp_path)  # no 'init' yet: no state folder
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text() + '\n[clients.web01]\nreplicate_to = ["usb"]\n'
+                                f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    state_dir = site.root / "state"
+    with web_service(site, port) as web:
+        for path in ("/", "/client/web01", "/metrics", "/api/v1/clients", "/api/v1/clients/web01", "/api/v1/runs"):
+            assert web.get(path)[0] == 200, path
+        assert not state_dir.exists()  # read-only: a mistyped state_dir shows nothing, creates nothing
+        assert "triplicate_location_up{" not in web.get("/metrics")[1].decode()
+        now = time.time()
+        with ReplicationState.opened(state_dir) as replication:  # the first run, by whoever runs it
+            replication.record_run(RunRecord("web01", "usb", "backup", now - 1, now, True, 3, 3000, 0, [], None))
+        assert _metric(web.get("/metrics")[1].decode(), "triplicate_location_up", client="web01", location="usb") == 1
+        assert web.json("/api/v1/clients")["clients"]["web01"]["locations"]["usb"]["up"] is True
+
+
+def test_a_damaged_state_database_is_a_one_line_503_not_a_traceback(server: Server) -> None:
+    port = three_clients(server)
+    database = server.root / "state" / "state.db"
+    for leftover in database.parent.glob("state.db-*"):
+        leftover.unlink()
+    database.write_bytes(b"not a database " * 1000)  # a damaged disk, a bad restore
+    with web_service(server, port) as web:
+        for path in ("/", "/client/web01", "/metrics", "/api/v1/clients", "/api/v1/clients/web01", "/api/v1/runs"):
+            status, body, _ = web.get(path)
+            assert status == 503, (path, status, body[:200])
+            assert f"state database {database} is damaged" in body.decode(), path
+        assert json.loads(web.get("/api/v1/clients")[1])["error"].startswith("state database")
+    log = web.process.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in log and f"/metrics: state database {database} is damaged" in log
+
+
+def test_a_shared_endpoint_and_watcher_show_as_the_clients_services(tmp_path: Path) -> None:
+    site = Site(tmp_path, ports=1)
+    port = free_port_range(1)[0]
+    site.config_path.write_text(site.config_path.read_text().replace(
+        "[server]\n", '[server]\nendpoint = "shared"\nsyncd = "shared"\n') + f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    assert site.cli("init").code == 0
+    site.add_client("web01", "usb")
+    site.start_supervision()
+    try:
+        wait_until(lambda: accepts_connections(port), 30, "the web service under runit")
+
+        def services() -> dict[str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/clients/web01", timeout=20) as response:
+                shown = json.load(response)["endpoint"]["services"]
+            return {service: row["state"] for service, row in shown.items()}
+
+        wait_until(lambda: services() == {"rest": "run", "syncd": "run"}, 30, "the shared services shown running")
+    finally:
+        assert site.stop_supervision() == []
+
+
 def test_metrics_pass_promtool_and_carry_the_alerting_gauges(server: Server, tmp_path: Path) -> None:
     port = three_clients(server)
     with web_service(server, port) as web:
@@ -152,6 +245,48 @@ def test_the_example_alert_rules_pass_promtool(tmp_path: Path) -> None:
     for metric in ("triplicate_newest_snapshot_timestamp_seconds", "triplicate_location_up",
                    "triplicate_replication_overdue_seconds", "triplicate_restore_check_ok", "triplicate_audit_status"):
         assert metric in text, metric
+
+
+# promtool's unit test of the example rules: each alert fires on the series it is for, and only then.
+# Time starts at 0: web01's newest snapshot arrived at 0 and nothing since (backups stopped);
+# web02's usb is down from the start; web01's usb is up throughout.
+RULE_TESTS = """\
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'triplicate_newest_snapshot_timestamp_seconds{{client="web01",location="@primary"}}'
+        values: '0x2300'
+      - series: 'triplicate_location_up{{client="web02",location="usb"}}'
+        values: '0x2300'
+      - series: 'triplicate_location_up{{client="web01",location="usb"}}'
+        values: '1x2300'
+      - series: 'triplicate_build_info{{version="0",python="3"}}'
+        values: '1x2300'
+    alert_rule_test:
+      - {{eval_time: 20m, alertname: TriplicateLocationDown, exp_alerts: []}}
+      - eval_time: 45m
+        alertname: TriplicateLocationDown
+        exp_alerts:
+          - exp_labels: {{severity: warning, client: web02, location: usb}}
+            exp_annotations: {{summary: "web02 -> usb: replication failing"}}
+      - {{eval_time: 36h, alertname: TriplicateBackupsStopped, exp_alerts: []}}
+      - eval_time: 37h
+        alertname: TriplicateBackupsStopped
+        exp_alerts:
+          - exp_labels: {{severity: critical, client: web01, location: "@primary"}}
+            exp_annotations: {{summary: "web01: no new backup for 1d 13h 0m 0s"}}
+      - {{eval_time: 37h, alertname: TriplicateMetricsMissing, exp_alerts: []}}
+"""
+
+
+def test_the_example_alerts_fire_on_what_they_are_for(tmp_path: Path) -> None:
+    tests = tmp_path / "alerts-test.yml"
+    tests.write_text(RULE_TESTS.format(rules=json.dumps(str(DOCS / "prometheus-alerts.yml"))))
+    tested = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 def _save_screenshot(name: str, shot: Path) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from triplicate.engine.schedule import Schedule
 from triplicate.errors import UsageError
-from triplicate.state.db import PRIMARY
+from triplicate.state.db import PRIMARY, database_path
 from triplicate.state.replication import ReplicationState
 
 LABELS = ["client", "location"]
@@ -70,43 +70,56 @@ class ReplicationCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            if self._state is None:
-                self._state = ReplicationState(self._state_dir)
-            now = time.time()
-            rows = self._state.location_metrics(now)
-            pairs = self._pairs()
-            families = _families()
-            primary = self._state.primary_snapshots()
-            for client, location in pairs:
-                row = rows.get((client, location)) or _never_ran(self._state, client, location, now)
-                labels = [client, location]
-                view = location_view(row, now)
-                families["last_success"].add_metric(labels, row["last_success"])
-                families["snapshots"].add_metric(labels, row["snapshots"])
-                families["bytes"].add_metric(labels, row["bytes_copied_total"])
-                families["files"].add_metric(labels, row["files_copied_total"])
-                families["failures"].add_metric(labels, row["failed_runs"])
-                families["consecutive"].add_metric(labels, row["consecutive_failures"])
-                families["lag"].add_metric(labels, view.lag)
-                families["overdue"].add_metric(labels, self._schedule(client).overdue(now - view.lag, now))
-                if view.up is not None:
-                    families["up"].add_metric(labels, float(view.up))
-                if row.get("newest") is not None:
-                    families["newest"].add_metric(labels, row["newest"])
-                if self._queue_length is not None:
-                    families["queue"].add_metric(labels, self._queue_length(client, location))
-            for client in sorted({client for client, _ in pairs}):
-                count, newest = primary.get(client, (0, None))
-                families["primary"].add_metric([client], count)
-                if newest is not None:
-                    families["newest"].add_metric([client, PRIMARY], newest)
-                unsettled = self._state.unsettled_files(client)
-                families["unsettled"].add_metric([client], len(unsettled))
-                families["unsettled_age"].add_metric(
-                    [client], max((now - row.first_seen for row in unsettled), default=0.0))
+            # Read only: before the database exists (nothing ran yet) an empty one in memory
+            # for this scrape, never created here; the real one is kept once it exists.
+            exists = database_path(self._state_dir).exists()  # (looked at before opening: never a stale memory one)
+            state = self._state if self._state is not None else ReplicationState(self._state_dir, create=False)
+            if self._state is None and exists:
+                self._state = state
+            try:
+                families = self._families(state)
+            finally:
+                if state is not self._state:
+                    state.close()
+        yield from families.values()
+
+    def _families(self, state: ReplicationState) -> dict[str, Any]:
+        """Every family of the served (client, location) pairs, filled from ``state``; returns them by key."""
+        now = time.time()
+        rows = state.location_metrics(now)
+        pairs = self._pairs()
+        families = _families()
+        primary = state.primary_snapshots()
+        for client, location in pairs:
+            row = rows.get((client, location)) or _never_ran(state, client, location, now)
+            labels = [client, location]
+            view = location_view(row, now)
+            families["last_success"].add_metric(labels, row["last_success"])
+            families["snapshots"].add_metric(labels, row["snapshots"])
+            families["bytes"].add_metric(labels, row["bytes_copied_total"])
+            families["files"].add_metric(labels, row["files_copied_total"])
+            families["failures"].add_metric(labels, row["failed_runs"])
+            families["consecutive"].add_metric(labels, row["consecutive_failures"])
+            families["lag"].add_metric(labels, view.lag)
+            families["overdue"].add_metric(labels, self._schedule(client).overdue(now - view.lag, now))
+            if view.up is not None:
+                families["up"].add_metric(labels, float(view.up))
+            if row.get("newest") is not None:
+                families["newest"].add_metric(labels, row["newest"])
+            if self._queue_length is not None:
+                families["queue"].add_metric(labels, self._queue_length(client, location))
+        for client in sorted({client for client, _ in pairs}):
+            count, newest = primary.get(client, (0, None))
+            families["primary"].add_metric([client], count)
+            if newest is not None:
+                families["newest"].add_metric([client, PRIMARY], newest)
+            unsettled = state.unsettled_files(client)
+            families["unsettled"].add_metric([client], len(unsettled))
+            families["unsettled_age"].add_metric(
+                [client], max((now - row.first_seen for row in unsettled), default=0.0))
         if self._queue_length is None:
             del families["queue"]
-        yield from families.values()
+        return families
 
 
 @dataclass(frozen=True)
@@ -241,7 +254,7 @@ def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
                                 labels=["client"])
     passed = GaugeMetricFamily("triplicate_recover_drill_ok", "Whether the last recovery drill passed (1) or not (0).",
                                labels=["client"])
-    with RecoverDrillState.opened(state_dir) as state:
+    with RecoverDrillState.opened(state_dir, create=False) as state:
         drills = state.last_drills()
     for client, record in sorted(drills.items()):
         if client in served:
@@ -252,7 +265,7 @@ def _drill_metrics(state_dir: Path, served: set[str]) -> Iterator[Metric]:
 
 
 def endpoint_metric_families(state_dir: Path, clients: list[str]) -> Iterator[Metric]:
-    """What the REST endpoint counted per client (docs/server.md, "Counts")."""
+    """What the REST endpoint counted per client (docs/web.md, "Metrics")."""
     from triplicate.state.endpoint import EndpointState
 
     received = CounterMetricFamily("triplicate_endpoint_received_bytes", "Bytes of files received and kept.",
@@ -267,7 +280,7 @@ def endpoint_metric_families(state_dir: Path, clients: list[str]) -> Iterator[Me
     newest = GaugeMetricFamily("triplicate_endpoint_newest_snapshot_timestamp_seconds",
                                "When the newest snapshot file landed (Unix time).", labels=["client"])
     size = GaugeMetricFamily("triplicate_endpoint_repository_bytes", "The repository's size.", labels=["client"])
-    with EndpointState.opened(state_dir) as state:
+    with EndpointState.opened(state_dir, create=False) as state:
         for client in clients:
             counts = state.counts(client)
             if counts.updated is None:

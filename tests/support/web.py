@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.support.ports import accepts_connections, free_port_range
 from tests.support.repository import Server
+from tests.support.server import Site
 from tests.support.wait import wait_until
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -70,7 +71,7 @@ class WebService:
 
 
 @contextlib.contextmanager
-def web_service(server: Server, port: int, scheme: str = "http") -> Iterator[WebService]:
+def web_service(server: Server | Site, port: int, scheme: str = "http") -> Iterator[WebService]:
     """``triplicate web`` as its own process (as runit runs it), stopped with SIGTERM afterwards."""
     process = subprocess.Popen([sys.executable, "-m", "triplicate", "-c", str(server.config_path), "web"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

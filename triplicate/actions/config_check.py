@@ -81,8 +81,23 @@ def serving_problems(config: Config) -> list[str]:
             value = getattr(client, key)
             if value is not None and not Path(value).is_file():
                 problems.append(f"clients.{name}.{key}: no such file {value}")
-    for key in ("tls_cert", "tls_key"):
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
         value = getattr(config.server, key)
         if value is not None and not Path(value).is_file():
             problems.append(f"server.{key}: no such file {value}")
-    return problems
+    return problems + _certificate_problems(config)
+
+
+def _certificate_problems(config: Config) -> list[str]:
+    """The server's certificate and key when both exist but do not load as a pair (garbage, a key
+    of another certificate): the endpoints and the web service would refuse to start."""
+    import ssl
+
+    cert, key = config.server.tls_cert, config.server.tls_key
+    if cert is None or key is None or not Path(cert).is_file() or not Path(key).is_file():
+        return []
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        return [f"server.tls_cert, server.tls_key: cannot load {cert} with {key}: {error}"]
+    return []

@@ -40,10 +40,11 @@ class Shortfall:
     lost_snapshots: list[str] = field(default_factory=list)
     lost_files: int = 0  # files that were there after its last clean run and are gone
     emptied: bool = False  # the client's folder there is gone (while it had snapshots)
+    unreadable: str | None = None  # why it could not be listed (a run then fails and records why)
 
     @property
     def needs_run(self) -> bool:
-        return bool(self.missing_files or self.missing_snapshots)
+        return bool(self.missing_files or self.missing_snapshots or self.unreadable)
 
     @property
     def lost(self) -> str | None:
@@ -60,9 +61,10 @@ def look_at_locations(config: Config, client: str, locations: list[str]) -> dict
     """List ``client``'s primary and each of ``locations`` (names only) and compare.
 
     Records the snapshots found at each location as its state. A location being
-    written by a run (its lock is held) or that cannot be listed is left out: the
-    run records or reports it. Never raises StorageError: an unreadable primary
-    gives no answer at all.
+    written by a run (its lock is held) is left out; one that cannot be listed is
+    returned ``unreadable``, needing a run (the daemon asks for it when a second look
+    agrees), which fails and records why (so it shows down even when no backup
+    comes). Never raises StorageError: an unreadable primary gives no answer at all.
     """
     primary = open_primary(config, client)
     try:
@@ -81,13 +83,12 @@ def look_at_locations(config: Config, client: str, locations: list[str]) -> dict
                     shortfall = _look(config, state, client, location, listing)
             except LockBusy:
                 continue
-            if shortfall is not None:
-                found[location] = shortfall
+            found[location] = shortfall
     return found
 
 
 def _look(config: Config, state: ReplicationState, client: str, location: str,
-          listing: SourceListing) -> Shortfall | None:
+          listing: SourceListing) -> Shortfall:
     replica = open_location(config, location, client)
     try:
         try:
@@ -97,9 +98,9 @@ def _look(config: Config, state: ReplicationState, client: str, location: str,
         except NoRepository:
             present = {file_type: set() for file_type in PHASES}
             emptied = True
-    except StorageError as error:  # unreachable: the run fails and says why
+    except StorageError as error:  # unreachable: a run fails and records why
         log.debug("%s -> %s: not listed: %s", client, location, error)
-        return None
+        return Shortfall(location, unreadable=str(error))
     finally:
         replica.close()
     now = time.time()

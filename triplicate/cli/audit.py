@@ -71,9 +71,12 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
     checks each one's SHA-256 against its name. Results are stored for 'status'.
     """
     from triplicate.actions.audit import AuditOptions, run_audit
-    from triplicate.errors import UsageError
+    from triplicate.errors import TriplicateError
 
     if as_json and nagios:
+        from triplicate.cli.output import print_json_error
+
+        print_json_error("--json and --nagios: choose one", EXIT_UNKNOWN)  # --json asked: its answer is JSON
         click.echo("triplicate: --json and --nagios: choose one", err=True)
         sys.exit(EXIT_UNKNOWN)
     try:
@@ -85,7 +88,7 @@ def audit(app: AppContext, clients: tuple[str, ...], locations: tuple[str, ...],
                 if bars else None,
             )
             report = run_audit(config, clients, locations, options)
-    except UsageError as error:  # bad configuration or arguments: UNKNOWN, not CRITICAL
+    except TriplicateError as error:  # bad configuration or arguments, an unusable state database: UNKNOWN
         if nagios:  # a plugin's output is its standard output's first line
             click.echo(f"TRIPLICATE UNKNOWN - {str(error).splitlines()[0]}")
         elif as_json:

@@ -24,8 +24,9 @@ def check(app: AppContext, as_json: bool) -> None:
     """Validate the file: everything 'client add' and 'supervise' would refuse, all at once.
 
     Checks types and unknown keys, names and references, ports (clashes, outside
-    server.ports), TLS, the service user, [web] and the files the configuration
-    names. Changes nothing; run it before 'sv hup' or 'systemctl reload'.
+    server.ports), TLS (a certificate and key that load as a pair), the service
+    user, [web] and the files the configuration names. Changes nothing; run it
+    before 'sv hup' or 'systemctl reload'.
     """
     from triplicate.actions.config_check import check_config
 

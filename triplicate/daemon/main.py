@@ -359,13 +359,16 @@ class Daemon:
             runner = state.runners.get(location)
             if runner is None:
                 continue
+            unlisted, runner.unlisted = runner.unlisted, shortfall.unreadable is not None
+            if runner.unlisted and not unlisted:
+                continue  # not listed once (an rm -rf in progress?): a run if it is so at the next look too
             lost = shortfall.lost
             if lost is not None and not runner.lost_reported:
                 runner.lost_reported = True
                 log.warning("%s %s; refilling", runner.name, lost)
                 self.send(f"triplicate: {runner.name} {lost}; refilling",
                           f"{runner.name} {lost} since the last look (it holds {shortfall.snapshots} "
-                          f"snapshot(s) now): a run copies everything back from the primary.")
+                          f"snapshot(s) now): a run copies everything back from the primary.", "warning")
             if shortfall.needs_run:
                 state.in_sync = None
                 runner.request("refill" if lost else "poll")

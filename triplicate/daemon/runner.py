@@ -72,6 +72,7 @@ class LocationRunner:
         self.failures = failures  # consecutive, seeded from the state database on start
         self.notified = False  # people were told it is failing (persisted by the daemon)
         self.lost_reported = False  # people were told it lost files; reset once refilled
+        self.unlisted = False  # the last look could not list it (once may be a folder changing under it)
         self.running = False
         self.queued: str | None = None  # the trigger of the one follow-up run
         self.task: asyncio.Task[None] | None = None

@@ -26,16 +26,30 @@ def taken_ports(config: Config) -> dict[int, str]:
     return {client.port: name for name, client in config.clients.items() if client.port is not None}
 
 
+def web_port(config: Config) -> int | None:
+    """The port of ``[web] listen`` (None when it is off or not an address)."""
+    from triplicate.metrics import parse_listen
+
+    if config.web.listen is None:
+        return None
+    try:
+        return parse_listen(config.web.listen, "web.listen:")[1]
+    except UsageError:
+        return None
+
+
 def allocate_port(config: Config) -> int:
-    """The lowest port of ``server.ports`` that no client has and no other program listens on.
+    """The lowest port of ``server.ports`` that no client has, the web service does not use, and
+    no other program listens on.
 
     Raises UsageError saying why the range is full.
     """
     low, high = config.server.ports
     taken = taken_ports(config)
+    web = web_port(config)
     busy = 0
     for port in range(low, high + 1):
-        if port in taken:
+        if port in taken or port == web:
             continue
         if port_is_free(config.server.listen_host, port):
             return port
@@ -56,5 +70,7 @@ def check_port(config: Config, port: int) -> None:
     owner = taken_ports(config).get(port)
     if owner is not None:
         raise UsageError(f"--port {port}: already client '{owner}'s")
+    if port == web_port(config):
+        raise UsageError(f"--port {port}: the web service's ([web] listen)")
     if not port_is_free(config.server.listen_host, port):
         raise UsageError(f"--port {port}: in use by another program on {config.server.listen_host}")

@@ -121,7 +121,7 @@ RestartSec=5
 ProtectSystem=strict
 ReadWritePaths={read_write}
 {protect_home}
-PrivateTmp=yes
+{private_tmp}
 PrivateDevices=yes
 PrivateMounts=yes
 NoNewPrivileges=yes
@@ -154,6 +154,8 @@ WantedBy=multi-user.target
 
 # Folders under which systemd's ProtectHome applies.
 HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+# Folders PrivateTmp replaces with empty private ones (a path there would be hidden from the services).
+TEMPORARY = (Path("/tmp"), Path("/var/tmp"))
 
 
 def systemd_unit(config: Config, config_path: Path) -> str:
@@ -162,7 +164,8 @@ def systemd_unit(config: Config, config_path: Path) -> str:
     ``ReadWritePaths=`` lists state_dir, repos_dir and every local location (a location
     that may be absent, such as an unmounted disk, with systemd's '-' prefix);
     ``RequiresMountsFor=`` every ``mount_point`` location; ``ProtectHome=read-only``
-    unless a writable path is under a home folder.
+    unless a writable path is under a home folder, ``PrivateTmp=yes`` unless one is
+    under /tmp or /var/tmp.
     """
     from triplicate.config.model import LocalLocation
 
@@ -175,17 +178,23 @@ def systemd_unit(config: Config, config_path: Path) -> str:
             if location.mount_point:
                 mounts.append(str(location.path))
     paths = [Path(item.lstrip("-")) for item in writable]
-    under_home = any(path == home or home in path.parents for path in paths for home in HOMES)
     protect_home = ("# ProtectHome is off: a writable path is under /home, /root or /run/user."
-                    if under_home else "ProtectHome=read-only")
+                    if _any_under(paths, HOMES) else "ProtectHome=read-only")
+    private_tmp = ("# PrivateTmp is off: a writable path is under /tmp or /var/tmp (a private one would hide it)."
+                   if _any_under(paths, TEMPORARY) else "PrivateTmp=yes")
     return SYSTEMD_UNIT.format(
         config=shlex.quote(str(config_path)), command=command,
         requires_mounts="".join(f"RequiresMountsFor={_unit_path(path)}\n" for path in sorted(set(mounts))),
         read_write=" ".join(_unit_path(item) for item in dict.fromkeys(writable)),
-        protect_home=protect_home,
+        protect_home=protect_home, private_tmp=private_tmp,
         log=("# server.log = \"journald\": the services log to systemd-cat: journalctl -t triplicate-CLIENT-SERVICE\n"
              if config.server.log == "journald" else ""),
     )
+
+
+def _any_under(paths: list[Path], folders: tuple[Path, ...]) -> bool:
+    """Whether one of ``paths`` is one of ``folders`` or inside one."""
+    return any(path == folder or folder in path.parents for path in paths for folder in folders)
 
 
 def _up_for_a_second(since: float) -> bool:

@@ -184,6 +184,7 @@ def last_audit(state_dir: Path, client: str) -> AuditRecord | None:
 
 
 def last_audits(state_dir: Path) -> dict[str, AuditRecord]:
-    """Every audited client's most recent audit (for ``status`` and metrics)."""
-    with AuditState.opened(state_dir) as state:
+    """Every audited client's most recent audit (for ``status`` and metrics); reads only (a missing
+    database is an empty one, never created)."""
+    with AuditState.opened(state_dir, create=False) as state:
         return state.last_audits()

@@ -30,13 +30,24 @@ def web_problems(config: Config) -> list[str]:
     if listen is None:
         return []
     try:
-        host, _port = parse_listen(listen, "web.listen:")
+        host, port = parse_listen(listen, "web.listen:")
     except UsageError as error:
         return [str(error)]
     if not config.web.users and not is_loopback(host):
         return [(f"web.listen: {listen!r} is reachable from other machines: add [web] users "
                  "(bcrypt hashes) or listen on 127.0.0.1")]
+    owner = next((name for name, client in sorted(config.clients.items()) if client.port == port), None)
+    if owner is not None and may_clash(host, config.server.listen_host):
+        return [f"web.listen: port {port} is client '{owner}'s REST endpoint's (on {config.server.listen_host})"]
     return []
+
+
+def may_clash(first: str, second: str) -> bool:
+    """Whether two listening addresses can want the same port: the same address, or either a wildcard."""
+    wildcards = ("0.0.0.0", "::", "")
+    names = {"localhost": "127.0.0.1"}
+    first, second = names.get(first, first), names.get(second, second)
+    return first == second or first in wildcards or second in wildcards
 
 
 def check_web_settings(config: Config, source: str) -> None:

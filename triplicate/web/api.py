@@ -57,6 +57,32 @@ CLIENT = {
     "description": "a client, found under its name (in /api/v1/clients) or named by 'client' (its own page)",
 }
 
+COUNT_BY_NAME = {"type": "object", "additionalProperties": {"type": "integer"}}
+ENDPOINT = {
+    "type": "object",
+    "properties": {
+        "url": {"type": ["string", "null"], "description": "the repository URL, without password"},
+        "port": {"type": ["integer", "null"]},
+        "services": {"type": "object", "description": "rest and syncd: their runit state and for how long",
+                     "additionalProperties": {"type": "object", "properties": {
+                         "state": {"type": "string"}, "for_seconds": {"type": ["number", "null"]}}}},
+        "statistics": {
+            "type": ["object", "null"], "description": "what the endpoint counted; null until it first reported",
+            "properties": {
+                "received_bytes": {"type": "integer"}, "files": {"type": "integer"},
+                "newest_snapshot": {"type": ["number", "null"]},
+                "repository_bytes": {"type": ["integer", "null"]}, "quota_bytes": {"type": ["integer", "null"]},
+                "failed_logins": {"type": "integer"},
+                "rejected": {**COUNT_BY_NAME, "description": "refused uploads by reason"},
+                "requests": {**COUNT_BY_NAME, "description": "requests by 'METHOD STATUS'"},
+                "updated": {"type": "number"},
+            },
+            "required": ["received_bytes", "files", "repository_bytes", "failed_logins", "rejected", "requests"],
+        },
+    },
+    "required": ["url", "port", "services", "statistics"],
+}
+
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI document of every ``/api/v1`` endpoint."""
@@ -76,8 +102,9 @@ def openapi() -> dict[str, Any]:
             "One client: its locations, last audit, restore checks, retention, last recovery drill, recent runs, "
             "chart series",
             {"allOf": [{"$ref": "#/components/schemas/Client"},
-                       {"type": "object", "properties": {**versioned, "client": {"type": "string"}},
-                        "required": ["client"]}]}, [NAME_PARAMETER]),
+                       {"type": "object", "properties": {**versioned, "client": {"type": "string"},
+                                                         "endpoint": {"$ref": "#/components/schemas/Endpoint"}},
+                        "required": ["client", "endpoint"]}]}, [NAME_PARAMETER]),
         "/api/v1/locations": _get("Every location: kind, where (never a credential), clients", {
             "type": "object", "properties": {**versioned, "locations": {"type": "object",
                                                                          "description": "by location name"}}}),
@@ -93,7 +120,7 @@ def openapi() -> dict[str, Any]:
                  "description": "Read-only state of a triplicate backup server (docs/web.md)."},
         "paths": paths,
         "components": {
-            "schemas": {"Client": CLIENT, "LocationState": LOCATION_STATE,
+            "schemas": {"Client": CLIENT, "LocationState": LOCATION_STATE, "Endpoint": ENDPOINT,
                         "Error": {"type": "object", "properties": {**versioned, "error": {"type": "string"}},
                                   "required": ["error"]}},
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from triplicate.config.model import Config
 from triplicate.engine.schedule import Schedule
-from triplicate.errors import CannotRun, TriplicateError
+from triplicate.errors import CannotRun, TriplicateError, UsageError
 from triplicate.metrics import (
     ChecksCollector,
     ReplicationCollector,
@@ -81,11 +81,17 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                 headers={"WWW-Authenticate": 'Basic realm="triplicate", charset="UTF-8"'})
     try:
         response = await handler(request)
-    except TriplicateError as error:  # an unknown client: 404, as JSON under /api
+    except TriplicateError as error:  # an unknown client: 404; the state database unusable: 503
+        status = 404 if isinstance(error, UsageError) else 503
+        if status == 503:
+            log.warning("%s: %s", request.path, error)
         if request.path.startswith("/api/"):
-            response = _json({"version": data.API_VERSION, "error": str(error)}, status=404)
+            response = _json({"version": data.API_VERSION, "error": str(error)}, status=status)
+        elif request.path == "/metrics":  # (Prometheus shows the scrape failed, with this line)
+            response = web.Response(text=f"{error}\n", status=status)
         else:
-            response = web.Response(text=pages.not_found(str(error)), status=404, content_type="text/html")
+            response = web.Response(text=pages.error_page(str(error), status), status=status,
+                                    content_type="text/html")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("Content-Security-Policy", "default-src 'self'; style-src 'self'")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from triplicate.state.db import database_path
+from triplicate.state.db import database_path, database_problem
 
 
 class DatabaseVersion:
@@ -28,13 +28,23 @@ class DatabaseVersion:
         self._lock = threading.Lock()
 
     def current(self) -> tuple[int, int]:
-        """An opaque value that changes with every commit by another connection ((0, 0): no database)."""
+        """An opaque value that changes with every commit by another connection ((0, 0): no database).
+
+        Raises StateDatabaseError (one line: the file and the fix) when the database cannot be read.
+        """
         with self._lock:
-            if self._connection is None:
-                if not self._path.exists():
-                    return (0, 0)
-                self._connection = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
-            return (id(self._connection), int(self._connection.execute("PRAGMA data_version").fetchone()[0]))
+            try:
+                if self._connection is None:
+                    if not self._path.exists():
+                        return (0, 0)
+                    self._connection = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True,
+                                                       check_same_thread=False)
+                return (id(self._connection), int(self._connection.execute("PRAGMA data_version").fetchone()[0]))
+            except sqlite3.Error as error:  # damaged, unreadable: the one-line error; opened afresh next time
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+                raise database_problem(error, self._path) from None
 
     def close(self) -> None:
         with self._lock:

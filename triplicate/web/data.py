@@ -215,14 +215,18 @@ def client_detail(config: Config, name: str, now: float | None = None, days: int
 
 def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
     """The client's REST endpoint and watcher: URL (never the password), port, each service's
-    runit state and for how long it has been in it."""
+    runit state (the shared one's in a shared mode) and for how long it has been in it, and
+    what the endpoint counted (``statistics``, null until it first reported)."""
     from triplicate.actions.clients import repository_url
     from triplicate.service import runit
     from triplicate.service.layout import Layout
+    from triplicate.state.endpoint import EndpointState
 
     layout = Layout(config.server.state_dir)
     port = config.clients[name].port
     folders = {"rest": layout.service_dir(name, "rest"), "syncd": layout.service_dir(name, "syncd")}
+    if config.server.endpoint == "shared":
+        folders["rest"] = layout.shared_rest
     if config.server.syncd == "shared":
         folders["syncd"] = layout.shared_syncd
     services = {}
@@ -230,8 +234,17 @@ def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
         state = runit.service_state(folder)
         seconds = state.seconds(now)
         services[service] = {"state": state.state, "for_seconds": None if seconds is None else round(seconds, 1)}
+    with EndpointState.opened(config.server.state_dir, create=False) as store:
+        counts = store.counts(name)
+    statistics = None if counts.updated is None else {
+        "received_bytes": counts.counters.get("bytes_received", 0),
+        "files": counts.counters.get("files_received", 0),
+        "newest_snapshot": counts.newest_snapshot, "repository_bytes": counts.repository_bytes,
+        "quota_bytes": config.settings(name).quota, "failed_logins": counts.counters.get("auth_failures", 0),
+        "rejected": counts.rejected(), "requests": counts.requests(), "updated": counts.updated,
+    }
     return {"url": repository_url(config, name) if port is not None else None, "port": port,
-            "services": services}
+            "services": services, "statistics": statistics}
 
 
 def _bytes_per_day(state: ReplicationState, client: str, since: float) -> dict[str, list[list[float]]]:

@@ -118,7 +118,7 @@ def client_page(detail: dict[str, Any]) -> str:
         '<th>lag</th><th>last success</th><th>copied</th><th>audit</th><th>restore check</th><th>error</th>'
         f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         f'<h2>last 30 days</h2><div class="charts">{arrivals}{latency}{daily}</div>'
-        + _endpoint(detail["endpoint"]) + _checks(detail, now) + _runs(detail["runs"], now)
+        + _endpoint(detail["endpoint"], now) + _checks(detail, now) + _runs(detail["runs"], now)
     )
     return _page(name, body)
 
@@ -133,13 +133,30 @@ def _hour(when: float) -> float:
     return moment.tm_hour + moment.tm_min / 60
 
 
-def _endpoint(endpoint: dict[str, Any]) -> str:
+def _endpoint(endpoint: dict[str, Any], now: float) -> str:
     services = "".join(
         f"<li>{escape(name)}: <b>{escape(service['state'])}</b>"
         + (f" for {format_duration(service['for_seconds'])}" if service["for_seconds"] is not None else "") + "</li>"
         for name, service in endpoint["services"].items())
     url = escape(endpoint["url"]) if endpoint["url"] else "no REST endpoint (no port)"
-    return f"<h2>endpoint</h2><ul><li>repository: <code>{url}</code></li>{services}</ul>"
+    return (f"<h2>endpoint</h2><ul><li>repository: <code>{url}</code></li>{services}"
+            f"{_endpoint_statistics(endpoint['statistics'], now)}</ul>")
+
+
+def _endpoint_statistics(statistics: dict[str, Any] | None, now: float) -> str:
+    """What the endpoint counted, as list items: received, the repository's size, refusals, requests."""
+    if statistics is None:
+        return "<li>nothing received yet</li>"
+    size = statistics["repository_bytes"]
+    quota = statistics["quota_bytes"]
+    refused = ", ".join(f"{escape(reason)} {count}" for reason, count in statistics["rejected"].items()) or "none"
+    requests = ", ".join(f"{escape(kind)}: {count}" for kind, count in statistics["requests"].items()) or "none"
+    return (f'<li data-endpoint="received">received {format_bytes(statistics["received_bytes"])} in '
+            f'{statistics["files"]} files, the newest snapshot {_age(now, statistics["newest_snapshot"])}</li>'
+            f'<li data-endpoint="repository">repository {"-" if size is None else format_bytes(size)}'
+            f'{"" if quota is None else " of a quota of " + format_bytes(quota)}</li>'
+            f'<li data-endpoint="failed-logins">failed logins: {statistics["failed_logins"]}; '
+            f'refused uploads: {refused}</li><li data-endpoint="requests">requests: {requests}</li>')
 
 
 def _checks(detail: dict[str, Any], now: float) -> str:
@@ -180,8 +197,9 @@ def _runs(runs: list[dict[str, Any]], now: float) -> str:
             f"<tbody>{rows}</tbody></table></div>")
 
 
-def not_found(what: str) -> str:
-    return _page("not found", f"<p>{escape(what)}</p>")
+def error_page(what: str, status: int = 404) -> str:
+    """A page saying ``what`` went wrong: "not found" (404) or "unavailable" (503, the state database)."""
+    return _page("not found" if status == 404 else "unavailable", f"<p>{escape(what)}</p>")
 
 
 def _restore_cell(restore: dict[str, Any] | None, now: float) -> str:
