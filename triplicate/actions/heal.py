@@ -8,7 +8,9 @@ verified (a rename over it: the endpoint never serves half a file), and the bad
 one is kept in ``state_dir/quarantine/<client>/``. What a replica merely lacks
 is then copied by the ordinary sync. Keyless; with the client's key, restic adds
 what only the index knows (actions/heal_losses.py): packs the primary lacks, and
-the snapshots a lost file may hurt.
+the snapshots a lost file may hurt. After a heal the client is audited again, cheaply
+(:func:`audit_after_heal`), so that ``status``, the web service and the metrics show
+what is still wrong rather than the damage the last audit found.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from triplicate.actions.audit import AuditOptions, StatusChange, run_audit, status_changes
+from triplicate.actions.audit_report import ClientAudit
 from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
@@ -42,7 +46,7 @@ from triplicate.engine.repair import (
 )
 from triplicate.errors import CannotRun
 from triplicate.execute import Interrupted, ScopedPool
-from triplicate.state.audit import AuditState, Verification
+from triplicate.state.audit import AuditState, Verification, last_audit
 from triplicate.state.db import PRIMARY
 from triplicate.state.locks import client_locks
 from triplicate.state.quarantine import QuarantineEntry, QuarantineState
@@ -103,6 +107,8 @@ class HealReport:
     sync: SyncReport | None = None
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)  # what could not be looked at with the key
+    audit: ClientAudit | None = None  # the audit recorded after the heal (None: none ran)
+    audit_changes: list[StatusChange] = field(default_factory=list)  # its changes since the audit before
 
     @property
     def ok(self) -> bool:
@@ -116,7 +122,9 @@ class HealReport:
                 "copies": {name: copy.to_json() for name, copy in self.copies.items()},
                 "files": [entry.to_json() for entry in self.files],
                 "lost": [entry.file for entry in self.files if entry.lost],
-                "notes": self.notes, "sync": None if self.sync is None else self.sync.to_json()}
+                "notes": self.notes, "sync": None if self.sync is None else self.sync.to_json(),
+                "audit": None if self.audit is None else {"status": self.audit.status.value,
+                                                          "reason": self.audit.reason}}
 
 
 def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
@@ -134,6 +142,7 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     daemon heals what an audit or a sync found bad without re-reading everything.
     ``missing`` (paths, with ``only``) are packs the caller found the primary's index names
     and the primary lacks (:func:`packs_missing_at_primary`): healed as "missing" there.
+    Unless dry or interrupted, the heal ends with :func:`audit_after_heal` (``report.audit``).
     Returns the report; raises UsageError for an unknown client, CannotRun when the
     primary repository cannot be read.
     """
@@ -178,7 +187,23 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace,
                                 stop=stop if stop is not None else threading.Event())
         report.sync = sync_client(config, client, usable, trigger="heal", options=options)
+    if not dry_run and not report.interrupted and not (stop is not None and stop.is_set()):
+        audit_after_heal(config, client, report, stop)
     return report
+
+
+def audit_after_heal(config: Config, client: str, report: HealReport, stop: threading.Event | None) -> None:
+    """Audit ``client`` again and record it, so that the last audit says what the heal left.
+
+    The cheap audit: a share of 0 re-reads only the files last found bad (heal stamped
+    those it healed good, and those it could not heal bad), and lists each location.
+    Sets ``report.audit`` and ``report.audit_changes`` (the statuses that changed since
+    the audit recorded before, for the daemon's notifications).
+    """
+    previous = {client: last_audit(config.server.state_dir, client)}
+    audit = run_audit(config, [client], options=AuditOptions(verify_percent=0, stop=stop))
+    report.audit = audit.clients[client]
+    report.audit_changes = status_changes(previous, audit)
 
 
 def _open_copies(config: Config, client: str, locations: list[str], primary: Backend, primary_config: bytes,

@@ -30,7 +30,9 @@ def heal(app: AppContext, client: str, dry_run: bool, as_json: bool) -> None:
     Hashes every file of the primary and of each location; a file that does not
     hash to its name anywhere is replaced by a copy from another location that
     does, verified while copied, in restic's order. The primary's bad files are
-    kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack.
+    kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack, and
+    records a cheap audit of CLIENT (the files last found bad re-read, each location
+    listed), so that status shows what is still wrong.
     With the client's key, restic also finds the packs the primary's index names
     but the primary lacks (put back from a location), and names the snapshots
     that may need each lost file.
@@ -86,5 +88,10 @@ def _summarise(report: HealReport) -> None:
         from triplicate.cli.sync import _summarise as summarise_sync
 
         summarise_sync(report.sync)
+    if report.audit is not None:
+        status = report.audit.status.value
+        colour = {"OK": "green", "WARNING": "yellow"}.get(status, "red")
+        reason = f": {escape(report.audit.reason)}" if report.audit.reason else ""
+        out.print(f"audit afterwards (recorded for status): [{colour}]{status}[/]{reason}")
     if report.interrupted:
         out.print("[yellow]interrupted[/]: run again to finish")
