@@ -16,6 +16,7 @@ what is still wrong rather than the damage the last audit found.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import BinaryIO
 
 from triplicate.actions.audit import AuditOptions, StatusChange, run_audit, status_changes
 from triplicate.actions.audit_report import ClientAudit
+from triplicate.actions.heal_config import ConfigChoice, choose
 from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
@@ -44,8 +46,8 @@ from triplicate.engine.repair import (
     listing,
     read_config,
 )
-from triplicate.errors import CannotRun
-from triplicate.execute import Interrupted, ScopedPool
+from triplicate.errors import CannotRun, UsageError
+from triplicate.execute import CommandFailed, Interrupted, ScopedPool
 from triplicate.state.audit import AuditState, Verification, last_audit
 from triplicate.state.db import PRIMARY
 from triplicate.state.locks import client_locks
@@ -129,7 +131,7 @@ class HealReport:
 
 def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
                 progress: Callable[[str], Progress] | None = None, only: Collection[str] | None = None,
-                missing: Collection[str] = (),
+                missing: Collection[str] = (), config_from: str | None = None,
                 ) -> HealReport:
     """Hash every copy of ``client``'s repository and repair each bad file from a good copy.
 
@@ -142,11 +144,16 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     daemon heals what an audit or a sync found bad without re-reading everything.
     ``missing`` (paths, with ``only``) are packs the caller found the primary's index names
     and the primary lacks (:func:`packs_missing_at_primary`): healed as "missing" there.
+    The primary's ``config`` is put back from a location when restic (with the key) cannot
+    decrypt it, or from ``config_from`` on the operator's word (actions/heal_config.py).
     Unless dry or interrupted, the heal ends with :func:`audit_after_heal` (``report.audit``).
-    Returns the report; raises UsageError for an unknown client, CannotRun when the
-    primary repository cannot be read.
+    Returns the report; raises UsageError for an unknown client or a refused ``config_from``,
+    CannotRun when the primary repository cannot be read.
     """
     locations = list(config.client(client).replicate_to)
+    if config_from is not None and config_from not in locations:
+        raise UsageError(f"--config-from {config_from}: not a location of client '{client}' "
+                         f"(its locations: {', '.join(locations) or 'none'})")
     primary = open_primary(config, client)
     try:
         primary.prepare(create=False)
@@ -160,7 +167,9 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     report = HealReport(client, dry_run)
     with ExitStack() as stack:
         stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
-        copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        copies, strangers = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        if strangers or config_from is not None:
+            copies = _heal_config(config, client, copies, strangers, report, config_from)
         index_files = list(copies[0].files.get(FileType.INDEX, {}))  # the primary's, for restic
         gone = {Handle(FileType.DATA, path.rpartition("/")[2]) for path in missing
                 if path.rpartition("/")[2] not in copies[0].files.get(FileType.DATA, {})}
@@ -207,8 +216,10 @@ def audit_after_heal(config: Config, client: str, report: HealReport, stop: thre
 
 
 def _open_copies(config: Config, client: str, locations: list[str], primary: Backend, primary_config: bytes,
-                 report: HealReport, stack: ExitStack) -> list[Copy]:
-    """The primary and every location that holds this repository, listed; the others are reported."""
+                 report: HealReport, stack: ExitStack) -> tuple[list[Copy], dict[str, tuple[bytes, Copy]]]:
+    """The primary and every location that holds this repository, listed; the others are reported.
+    Returns those copies, and the locations whose config differs from the primary's (with it)."""
+    strangers: dict[str, tuple[bytes, Copy]] = {}
     try:
         copies = [Copy(PRIMARY, primary, listing(primary))]
     except StorageError as error:
@@ -225,9 +236,61 @@ def _open_copies(config: Config, client: str, locations: list[str], primary: Bac
         elif opened[0] != primary_config:
             entry.problem = ("holds a different restic repository (its config differs from the primary's): "
                              "never used as a source nor repaired")
+            strangers[name] = opened
         else:
             copies.append(opened[1])
+    return copies, strangers
+
+
+def _heal_config(config: Config, client: str, copies: list[Copy], strangers: dict[str, tuple[bytes, Copy]],
+                 report: HealReport, config_from: str | None) -> list[Copy]:
+    """Put a location's config back at the primary when heal_config.choose says so (the bad one kept in
+    quarantine); its locations are then copies like the others. Returns the copies to heal with.
+    Raises UsageError refusing ``config_from`` (nothing written)."""
+    unusable = {name: entry.problem or entry.note or "" for name, entry in report.copies.items()
+                if name not in strangers and (entry.problem or entry.note)}
+    try:
+        choice = choose(config, client, {name: config_file for name, (config_file, _) in strangers.items()},
+                        [copy.name for copy in copies[1:]], unusable, config_from)
+    except CommandFailed as error:
+        if isinstance(error, Interrupted):
+            raise
+        choice = ConfigChoice(note=f"restic could not read the primary's config: {error}")
+    if choice.note is not None:
+        report.notes.append(choice.note)
+        for name in strangers:
+            report.copies[name].problem = ("its config differs from the primary's, as every location's does "
+                                           "(see the note below)")
+    if choice.source is None or choice.why is None:
+        return copies
+    entry = FileHeal("config", {PRIMARY: choice.why})
+    report.files.append(entry)
+    good = strangers[choice.source][0]
+    if not report.dry_run:
+        try:
+            entry.quarantined = _put_config_back(config, client, copies[0].backend, good, choice.source)
+        except StorageError as error:
+            entry.not_healed[PRIMARY] = str(error)
+            return copies
+    entry.healed_from[PRIMARY] = choice.source
+    for name, (config_file, copy) in strangers.items():
+        if config_file == good:
+            report.copies[name].problem = None
+            copies.append(copy)
     return copies
+
+
+def _put_config_back(config: Config, client: str, primary: Backend, good: bytes, source: str) -> str:
+    """Write ``good`` as the primary's config (temporary name, fsync, rename) once the bad one is kept
+    in quarantine and recorded. Returns where it was kept; raises StorageError (nothing replaced then)."""
+    handle = Handle(FileType.CONFIG)
+    kept: list[QuarantineEntry] = []
+    assert isinstance(primary, LocalBackend)  # the primary is always a local folder
+    primary.save(handle, io.BytesIO(good), before_rename=_keeping_aside(config, client, handle, primary, kept))
+    with QuarantineState.opened(config.server.state_dir) as quarantine:
+        for item in kept:
+            quarantine.record(replace(item, reason=f"heal: config replaced by the copy at {source}"))
+    return kept[0].kept_at
 
 
 def _check_copies(config: Config, client: str, copies: list[Copy], report: HealReport,
@@ -335,16 +398,22 @@ def _saver(config: Config, client: str, task: _Task, kept: list[QuarantineEntry]
         return lambda reader: backend.save(task.handle, reader, before_rename=functools.partial(
             _owned_like, backend.root / "config"))
 
+    return lambda reader: backend.save(task.handle, reader,
+                                       before_rename=_keeping_aside(config, client, task.handle, backend, kept))
+
+
+def _keeping_aside(config: Config, client: str, handle: Handle, primary: LocalBackend, kept: list[QuarantineEntry]
+                   ) -> Callable[[str], None]:
+    """What runs before the good copy is renamed over the primary's bad ``handle``: the bad one is kept
+    aside (its entry appended to ``kept``) and the good one given its owner and mode."""
+    original = primary.root / handle.relative_path()
+
     def before_rename(partial: str) -> None:
         # Verified, complete and fsynced: keep the bad file aside, then the rename replaces it.
-        status = os.stat(original)
-        if os.geteuid() == 0:
-            os.chown(partial, status.st_uid, status.st_gid)
-        os.chmod(partial, status.st_mode & 0o7777)
-        damage = Damaged(task.handle, None)
-        kept.append(keep_aside(config, client, damage, "heal", move=False))
+        _owned_like(original, partial)
+        kept.append(keep_aside(config, client, Damaged(handle, None), "heal", move=False))
 
-    return lambda reader: backend.save(task.handle, reader, before_rename=before_rename)
+    return before_rename
 
 
 def _record_stamps(config: Config, client: str, copies: list[Copy], checks: dict[str, CopyCheck],

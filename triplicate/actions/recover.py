@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from triplicate.actions.heal_config import agreed_config, disagreement
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.config.model import Config
 from triplicate.engine.mirror import Progress
@@ -186,6 +187,8 @@ def _reference_config(target: Target, configs: dict[str, bytes], client: str, un
     except StorageError as error:
         raise CannotRun(f"client '{client}': {error}") from None
     if existing is not None:
+        if existing not in configs.values() and target.primary and agreed_config(configs) is not None:
+            raise CannotRun(f"client '{client}': {disagreement(client, list(configs))}")
         if existing not in configs.values():
             strangers = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "
