@@ -50,6 +50,14 @@ def test_keyless_the_message_blames_neither_the_locations_nor_the_primary_and_na
     assert "its locations hold (usb, nas" in recover.err and "--config-from usb" in recover.err
     assert "holds another repository" not in recover.err
 
+    audit = server.cli("audit", "web01", "--json")
+    assert audit.code == 2
+    client = audit.json()["clients"]["web01"]
+    assert any("the primary's config differs from the one its locations hold (usb, nas" in reason
+               for reason in client["reasons"])
+    for name in ("usb", "nas"):
+        assert not any("different restic repository" in reason for reason in client["locations"][name]["reasons"])
+
 
 def test_config_from_a_location_puts_its_config_back_keeping_the_damaged_one(server: Server) -> None:
     server.write_config(KEYLESS)

@@ -252,9 +252,9 @@ def _heal_config(config: Config, client: str, copies: list[Copy], strangers: dic
     try:
         choice = choose(config, client, {name: config_file for name, (config_file, _) in strangers.items()},
                         [copy.name for copy in copies[1:]], unusable, config_from)
-    except CommandFailed as error:
-        if isinstance(error, Interrupted):
-            raise
+    except Interrupted:
+        raise
+    except (CommandFailed, StorageError) as error:
         choice = ConfigChoice(note=f"restic could not read the primary's config: {error}")
     if choice.note is not None:
         report.notes.append(choice.note)

@@ -42,16 +42,20 @@ def agreed_config(configs: Mapping[str, bytes]) -> bytes | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def disagreement(client: str, locations: Sequence[str]) -> str:
+def disagreement(client: str, locations: Sequence[str], has_key: bool) -> str:
     """One line: the primary's config differs from the one ``locations`` agree on; either it is damaged
-    (and how to put theirs back) or the repository was rewritten on purpose."""
+    (and how to put theirs back, with the client's key or without) or the repository was rewritten on purpose."""
     where = locations[0] if len(locations) == 1 else f"{', '.join(locations)}, which agree with one another"
+    by_word = f"'triplicate heal {client} --config-from {locations[0]}'"
+    fix = (f"'triplicate heal {client}' asks restic which it is and puts the locations' copy back if it is "
+           f"damaged, or {by_word} on your word" if has_key else
+           f"put the locations' copy back with {by_word}, or configure the client's key and 'triplicate heal' "
+           "tells and does it")
     return (f"the primary's config differs from the one its locations hold ({where}): either the primary's "
-            "config file is damaged (restic then says 'config or key ... is damaged'; put the locations' copy "
-            f"back with 'triplicate heal {client} --config-from {locations[0]}', the damaged one kept in "
-            "quarantine; with the client's key 'triplicate heal' tells and does it), or the repository was "
-            "rewritten on purpose ('restic migrate upgrade_repo_v2') and the locations hold the old config, "
-            "which replication refuses (move their copies aside by hand to replicate it afresh)")
+            f"config file is damaged (restic then says 'config or key ... is damaged'; {fix}; the damaged one is "
+            "kept in quarantine), or the repository was rewritten on purpose ('restic migrate upgrade_repo_v2') "
+            "and the locations hold the old config, which replication refuses (move their copies aside by hand "
+            "to replicate it afresh)")
 
 
 def restic_config_error(config: Config, client: str, location: str | None) -> str | None:
@@ -84,7 +88,7 @@ def choose(config: Config, client: str, differing: Mapping[str, bytes], matching
         return ConfigChoice()  # no agreement against the primary: each differing location is another repository
     names = list(differing)
     if not config.settings(client).has_key:
-        return ConfigChoice(note=disagreement(client, names))
+        return ConfigChoice(note=disagreement(client, names, has_key=False))
     primary_error = restic_config_error(config, client, None)
     if primary_error is None:
         return ConfigChoice(note=f"the primary's config differs from the one its locations hold ({', '.join(names)})"
@@ -94,7 +98,7 @@ def choose(config: Config, client: str, differing: Mapping[str, bytes], matching
                             "by hand to replicate it afresh)")
     if restic.key_problem(primary_error):
         return ConfigChoice(note=f"restic could not tell whether the primary's config is damaged ({primary_error}); "
-                            + disagreement(client, names))
+                            + disagreement(client, names, has_key=True))
     errors = {}
     for name in names:
         error = restic_config_error(config, client, name)
