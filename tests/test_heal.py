@@ -319,3 +319,20 @@ def test_a_heal_that_leaves_a_loss_records_a_critical_audit(server: Server) -> N
     assert any(problem.startswith("last audit: CRITICAL") and relative in problem for problem in status["problems"])
     dry = server.cli("heal", "web01", "--dry-run", "--json")
     assert dry.json()["audit"] is None, "a dry run records nothing"
+
+
+def test_a_heal_runs_restic_check_again_when_the_audit_before_found_errors_with_it(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    relative = _a_pack(server.primary()).relative_to(server.primary()).as_posix()
+    flip_byte(server.replica("usb") / relative)
+    age_file(server.replica("usb") / relative)
+    audit = server.cli("audit", "web01", "--read-data-subset", "100%", "--json")
+    assert audit.code == 2
+    assert audit.json()["clients"]["web01"]["locations"]["usb"]["restic_check"]["ok"] is False
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0 and result.json()["audit"]["status"] == "OK", result.out
+    record = last_audit(server.root / "state", "web01")
+    assert record is not None
+    checked = record.locations["usb"].report["restic_check"]
+    assert checked is not None and checked["ok"], "restic confirms the repair; its error is not just dropped"

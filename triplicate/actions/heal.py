@@ -205,14 +205,18 @@ def audit_after_heal(config: Config, client: str, report: HealReport, stop: thre
     """Audit ``client`` again and record it, so that the last audit says what the heal left.
 
     The cheap audit: a share of 0 re-reads only the files last found bad (heal stamped
-    those it healed good, and those it could not heal bad), and lists each location.
-    Sets ``report.audit`` and ``report.audit_changes`` (the statuses that changed since
-    the audit recorded before, for the daemon's notifications).
+    those it healed good, and those it could not heal bad), and lists each location;
+    ``restic check`` runs again when the audit before found errors with it (else its
+    finding would vanish unchecked). Sets ``report.audit`` and ``report.audit_changes``
+    (the statuses that changed since the audit recorded before, for the daemon's notifications).
     """
-    previous = {client: last_audit(config.server.state_dir, client)}
-    audit = run_audit(config, [client], options=AuditOptions(verify_percent=0, stop=stop))
+    before = last_audit(config.server.state_dir, client)
+    check_again = before is not None and any((location.report.get("restic_check") or {}).get("ok") is False
+                                             for location in before.locations.values())
+    audit = run_audit(config, [client], options=AuditOptions(verify_percent=0, restic_check=check_again,
+                                                             stop=stop))
     report.audit = audit.clients[client]
-    report.audit_changes = status_changes(previous, audit)
+    report.audit_changes = status_changes({client: before}, audit)
 
 
 def _open_copies(config: Config, client: str, locations: list[str], primary: Backend, primary_config: bytes,
