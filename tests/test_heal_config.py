@@ -143,3 +143,22 @@ def test_config_from_is_refused_when_the_locations_disagree_or_the_location_is_u
     keyless = server.cli("heal", "web01", "--json")
     assert keyless.json()["notes"] == [], "the locations disagree: no guess"
     assert "different restic repository" in keyless.json()["copies"]["nas"]["problem"]
+
+
+def test_another_repository_under_the_same_password_is_never_taken_for_a_copy(server: Server) -> None:
+    _, bad = _damage_primary_config(server)
+    # Both locations hold one other repository, made with the same password: restic reads its config.
+    for name in ("usb", "nas"):
+        shutil.rmtree(server.replica(name))
+    env = restic_env(server.replica("usb"), server.password_file)
+    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+    shutil.copytree(server.replica("usb"), server.replica("nas"))
+    assert server.restic(server.replica("usb"), "cat", "config", check=False).returncode == 0
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1 and result.json()["files"] == []
+    assert not any("its locations hold" in note for note in result.json()["notes"]), "no copy to offer"
+    refused = server.cli("heal", "web01", "--config-from", "usb")
+    assert refused.code == 2 and refused.err.count("\n") == 1
+    assert "--config-from usb: holds none of the primary's key files" in refused.err
+    assert (server.primary() / "config").read_bytes() == bad and _quarantined(server) == []

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from triplicate import restic
 from triplicate.actions.audit_report import AuditReport, ClientAudit, Finding, LocationAudit, Status, summary
-from triplicate.actions.heal_config import agreed_config, disagreement
+from triplicate.actions.heal_config import agreed_config, disagreement, shares_a_key
 from triplicate.actions.repository import restic_repository
 from triplicate.actions.sync import primary_problems
 from triplicate.config.model import Config
@@ -194,7 +194,7 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
 
 def _judge_primary_config(config: Config, client: str, audit: ClientAudit, primary_config: bytes | None,
                           configs: Mapping[str, bytes]) -> None:
-    """When every location holding a config differs from the primary's and they agree with one another,
+    """When every location holding a copy's config differs from the primary's and they agree with one another,
     the primary's may be the damaged one (or rewritten on purpose): say so once, for the client, rather
     than blame each location (actions/heal_config.py)."""
     if primary_config is None or not configs or primary_config in configs.values() \
@@ -266,7 +266,7 @@ def _audit_location(context: _Context, client: str, location: str, listing: Sour
                     primary_config: bytes | None, arrival: Mapping[str, float], now: float,
                     configs: dict[str, bytes]) -> LocationAudit:
     """Presence, lag, integrity (and restic check) at one location; never raises. Its config file,
-    when it has one, is put in ``configs``."""
+    when it has one and shares a key file with the primary, is put in ``configs``."""
     result = LocationAudit()
     replica = open_location(context.config, location, client)
     try:
@@ -281,8 +281,8 @@ def _audit_location(context: _Context, client: str, location: str, listing: Sour
         # Reader order, as for the primary: whatever a listed snapshot needs was there before it.
         present = {file_type: {info.name: info for info in replica.list(file_type)} for file_type in LISTING_ORDER}
         config_file = _read_config(replica)
-        if config_file is not None:
-            configs[location] = config_file
+        if config_file is not None and shares_a_key(listing.files[FileType.KEY], present[FileType.KEY]):
+            configs[location] = config_file  # a copy of this repository (another holds none of its keys)
         if config_file != primary_config:
             result.findings.append(Finding(Status.CRITICAL, _config_problem(replica)))
             result.missing_files.append("config")

@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from triplicate.actions.audit import AuditOptions, StatusChange, run_audit, status_changes
 from triplicate.actions.audit_report import ClientAudit
-from triplicate.actions.heal_config import ConfigChoice, choose
+from triplicate.actions.heal_config import ConfigChoice, choose, shares_a_key
 from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
@@ -253,16 +253,20 @@ def _heal_config(config: Config, client: str, copies: list[Copy], strangers: dic
     Raises UsageError refusing ``config_from`` (nothing written)."""
     unusable = {name: entry.problem or entry.note or "" for name, entry in report.copies.items()
                 if name not in strangers and (entry.problem or entry.note)}
+    primary_keys = copies[0].files.get(FileType.KEY, {})
+    kin = {name: config_file for name, (config_file, copy) in strangers.items()
+           if shares_a_key(primary_keys, copy.files.get(FileType.KEY, {}))}
+    unusable |= {name: "holds none of the primary's key files: another repository, not a copy of this one"
+                 for name in strangers if name not in kin}
     try:
-        choice = choose(config, client, {name: config_file for name, (config_file, _) in strangers.items()},
-                        [copy.name for copy in copies[1:]], unusable, config_from)
+        choice = choose(config, client, kin, [copy.name for copy in copies[1:]], unusable, config_from)
     except Interrupted:
         raise
     except (CommandFailed, StorageError) as error:
         choice = ConfigChoice(note=f"restic could not read the primary's config: {error}")
     if choice.note is not None:
         report.notes.append(choice.note)
-        for name in strangers:
+        for name in kin:
             report.copies[name].problem = ("its config differs from the primary's, as every location's does "
                                            "(see the note below)")
     if choice.source is None or choice.why is None:
@@ -278,7 +282,7 @@ def _heal_config(config: Config, client: str, copies: list[Copy], strangers: dic
             return copies
     entry.healed_from[PRIMARY] = choice.source
     for name, (config_file, copy) in strangers.items():
-        if config_file == good:
+        if name in kin and config_file == good:
             report.copies[name].problem = None
             copies.append(copy)
     return copies

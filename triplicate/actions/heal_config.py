@@ -8,11 +8,14 @@ heal and recover say so, naming both and the fix. With the client's key restic
 tells: a config it cannot decrypt, while it decrypts a location's, is damaged, and
 heal puts the location's copy back. ``heal --config-from LOCATION`` does the same
 on the operator's word, only when that location agrees with every other one.
+Only a location that holds one of the primary's key files (named by their content:
+no other repository has one) counts as a copy of it here; one that holds none is
+another repository, whatever its config says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from triplicate import restic
@@ -34,6 +37,11 @@ class ConfigChoice:
     source: str | None = None
     why: str | None = None
     note: str | None = None
+
+
+def shares_a_key(primary_keys: Collection[str], location_keys: Collection[str]) -> bool:
+    """Whether a location holds one of the primary's key files: a copy of this repository, not another."""
+    return not set(primary_keys).isdisjoint(location_keys)
 
 
 def agreed_config(configs: Mapping[str, bytes]) -> bytes | None:
