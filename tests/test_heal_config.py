@@ -132,10 +132,9 @@ def test_config_from_is_refused_when_the_locations_disagree_or_the_location_is_u
     assert unknown.code == 2 and unknown.err.count("\n") == 1
     assert "--config-from cloud: not a location of client 'web01' (its locations: usb, nas)" in unknown.err
 
-    # nas now holds another repository: usb's word is not enough.
-    shutil.rmtree(server.replica("nas"))
-    env = restic_env(server.replica("nas"), server.password_file)
-    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+    # nas's config differs from usb's too (damaged there as well?): usb's word is not enough.
+    (server.replica("nas") / "config").chmod(0o644)
+    flip_byte(server.replica("nas") / "config", offset=120)
     refused = server.cli("heal", "web01", "--config-from", "usb")
     assert refused.code == 2 and refused.err.count("\n") == 1, refused.err
     assert "--config-from usb: its config differs from nas's" in refused.err

@@ -200,9 +200,9 @@ def _judge_primary_config(config: Config, client: str, audit: ClientAudit, prima
     if primary_config is None or not configs or primary_config in configs.values() \
             or agreed_config(configs) is None:
         return
-    audit.findings.append(Finding(Status.CRITICAL, disagreement(client, list(configs),
-                                                                config.settings(client).has_key)))
-    for name in configs:
+    names = [name for name in audit.locations if name in configs]  # in replicate_to order, not finishing order
+    audit.findings.append(Finding(Status.CRITICAL, disagreement(client, names, config.settings(client).has_key)))
+    for name in names:
         location = audit.locations[name]
         location.findings = [Finding(finding.status, "its config differs from the primary's, as every location's "
                                      "does (see the client's reason)") if finding.text == _STRANGER else finding
