@@ -146,7 +146,8 @@ def test_a_damaged_primary_pack_a_run_trips_on_is_healed_from_the_location_that_
     daemon.wait_until(lambda: server.snapshot_ids(server.replica("nas")) == server.snapshot_ids(server.primary()),
                       TIMEOUT, "the snapshot at nas")
     assert server.check_read_data(server.replica("nas")).returncode == 0
-    assert last_audit(server.root / "state", "web01") is None, "healed without any audit"
+    audit = last_audit(server.root / "state", "web01")  # none scheduled: the one the heal recorded afterwards
+    assert audit is not None and "@primary" not in audit.locations, "healed without re-reading every file"
     ((_, _, ok, _),) = heal_runs(server)
     assert ok
 
@@ -192,3 +193,9 @@ def test_damage_a_manual_audit_found_is_healed_at_the_next_rescan(
                                   for message in list(sink.received)), TIMEOUT,
                       f"a success notification; got {sink.titles()}")
     assert file_hash_matches_name(pack) and "Traceback" not in daemon.log
+    # The heal audits the client again: status and the notifications say it is well, no audit due for that.
+    daemon.wait_until(lambda: {"triplicate: audit of web01 is OK", "triplicate: audit of web01 at usb is OK"}
+                      <= set(sink.titles()), TIMEOUT, f"the recovery notified; got {sink.titles()}")
+    status = server.cli("status", "web01", "--json").json()["clients"]["web01"]
+    assert status["audit"]["status"] == "OK", status["audit"]
+    assert not any("audit" in problem for problem in status["problems"]), status["problems"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.support.repository import Server, age_file, file_hash_matches_name, flip_byte, write_files
+from triplicate.state.audit import last_audit
 
 
 def _a_pack(repo: Path) -> Path:
@@ -259,3 +260,79 @@ def test_a_lost_pack_of_directory_trees_names_every_snapshot(server: Server, tmp
     (entry,) = result.json()["files"]
     assert entry["lost"] and entry["snapshots_needing"] == sorted([first, second])
     assert "directory trees" in entry["snapshots_note"]
+
+
+def _client_status(server: Server) -> dict:  # type: ignore[type-arg]
+    return server.cli("status", "web01", "--json").json()["clients"]["web01"]
+
+
+def _audit_status_metric(server: Server) -> float:
+    from triplicate.metrics import ChecksCollector
+
+    families = ChecksCollector(server.root / "state", lambda: ["web01"]).collect()
+    (sample,) = next(family for family in families if family.name == "triplicate_audit_status").samples
+    return float(sample.value)
+
+
+def test_after_a_heal_status_shows_the_audit_it_left_not_the_damage_it_repaired(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    pack = _a_pack(server.primary())
+    relative = pack.relative_to(server.primary()).as_posix()
+    for copy in (pack, server.replica("usb") / relative):
+        flip_byte(copy)
+        age_file(copy)
+    audit = server.cli("audit", "web01", "--verify", "100")
+    assert audit.code == 2 and "corrupt" in audit.out, audit.out + audit.err
+    before = _client_status(server)
+    assert any(problem.startswith("last audit: CRITICAL") and relative in problem for problem in before["problems"])
+    assert _audit_status_metric(server) == 2.0
+    audited = last_audit(server.root / "state", "web01")
+    assert audited is not None
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0, result.out + result.err
+    report = result.json()
+    assert report["files"][0]["healed_from"] == {"@primary": "nas", "usb": "nas"}
+    assert report["audit"] == {"status": "OK", "reason": ""}
+
+    after = _client_status(server)
+    assert not any("audit" in problem for problem in after["problems"]), after["problems"]
+    fresh = last_audit(server.root / "state", "web01")
+    assert fresh is not None and fresh.started > audited.finished, "a new audit, recorded after the heal"
+    assert after["audit"]["status"] == "OK" and after["audit"]["age_seconds"] < 60
+    assert all(location["status"] == "OK" for location in after["audit"]["locations"].values())
+    assert _audit_status_metric(server) == 0.0
+    assert "audit afterwards (recorded for status): OK" in server.cli("heal", "web01").out
+
+
+def test_a_heal_that_leaves_a_loss_records_a_critical_audit(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    relative = _a_pack(server.primary()).relative_to(server.primary()).as_posix()
+    for repo in (server.primary(), server.replica("usb"), server.replica("nas")):
+        flip_byte(repo / relative)
+        age_file(repo / relative)
+    assert server.cli("audit", "web01", "--verify", "0").code == 0, "nothing re-read: the rot is not seen yet"
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 1 and result.json()["lost"] == [relative]
+    assert result.json()["audit"]["status"] == "CRITICAL"
+    status = _client_status(server)
+    assert any(problem.startswith("last audit: CRITICAL") and relative in problem for problem in status["problems"])
+    dry = server.cli("heal", "web01", "--dry-run", "--json")
+    assert dry.json()["audit"] is None, "a dry run records nothing"
+
+
+def test_a_heal_runs_restic_check_again_when_the_audit_before_found_errors_with_it(server: Server) -> None:
+    assert server.cli("sync", "web01").code == 0
+    relative = _a_pack(server.primary()).relative_to(server.primary()).as_posix()
+    flip_byte(server.replica("usb") / relative)
+    age_file(server.replica("usb") / relative)
+    audit = server.cli("audit", "web01", "--read-data-subset", "100%", "--json")
+    assert audit.code == 2
+    assert audit.json()["clients"]["web01"]["locations"]["usb"]["restic_check"]["ok"] is False
+
+    result = server.cli("heal", "web01", "--json")
+    assert result.code == 0 and result.json()["audit"]["status"] == "OK", result.out
+    record = last_audit(server.root / "state", "web01")
+    assert record is not None
+    checked = record.locations["usb"].report["restic_check"]
+    assert checked is not None and checked["ok"], "restic confirms the repair; its error is not just dropped"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from triplicate import restic
 from triplicate.actions.audit_report import AuditReport, ClientAudit, Finding, LocationAudit, Status, summary
+from triplicate.actions.heal_config import agreed_config, disagreement, shares_a_key
 from triplicate.actions.repository import restic_repository
 from triplicate.actions.sync import primary_problems
 from triplicate.config.model import Config
@@ -42,6 +43,7 @@ log = logging.getLogger("triplicate.audit")
 CLIENT_WORKERS = 8
 # How many names a reason quotes before "and N more" (the JSON lists them all).
 QUOTED = 3
+_STRANGER = "holds a different restic repository (its config differs from the primary's)"
 
 
 @dataclass(frozen=True)
@@ -177,14 +179,34 @@ def _audit_client(context: _Context, client: str, locations: list[str]) -> Clien
         audit.findings.append(Finding(Status.CRITICAL, problem.text))
     if checked is not None:
         audit.locations[PRIMARY] = checked
+    configs: dict[str, bytes] = {}  # location -> its config file, when it has one
     with ScopedPool(max_workers=max(1, len(locations)), thread_name_prefix="audit-location") as pool:
         audited = pool.map(
-            lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now),
+            lambda location: _audit_location(context, client, location, listing, primary_config, arrival, now,
+                                             configs),
             locations,
         )
         audit.locations.update(zip(locations, audited, strict=True))
+    _judge_primary_config(context.config, client, audit, primary_config, configs)
     audit.finished = context.options.clock()
     return audit
+
+
+def _judge_primary_config(config: Config, client: str, audit: ClientAudit, primary_config: bytes | None,
+                          configs: Mapping[str, bytes]) -> None:
+    """When every location holding a copy's config differs from the primary's and they agree with one another,
+    the primary's may be the damaged one (or rewritten on purpose): say so once, for the client, rather
+    than blame each location (actions/heal_config.py)."""
+    if primary_config is None or not configs or primary_config in configs.values() \
+            or agreed_config(configs) is None:
+        return
+    names = [name for name in audit.locations if name in configs]  # in replicate_to order, not finishing order
+    audit.findings.append(Finding(Status.CRITICAL, disagreement(client, names, config.settings(client).has_key)))
+    for name in names:
+        location = audit.locations[name]
+        location.findings = [Finding(finding.status, "its config differs from the primary's, as every location's "
+                                     "does (see the client's reason)") if finding.text == _STRANGER else finding
+                             for finding in location.findings]
 
 
 def _verify_primary(context: _Context, client: str, primary: Backend, listing: SourceListing) -> LocationAudit | None:
@@ -241,8 +263,10 @@ def _judge_freshness(config: Config, client: str, audit: ClientAudit, listing: S
 
 
 def _audit_location(context: _Context, client: str, location: str, listing: SourceListing,
-                    primary_config: bytes | None, arrival: Mapping[str, float], now: float) -> LocationAudit:
-    """Presence, lag, integrity (and restic check) at one location; never raises."""
+                    primary_config: bytes | None, arrival: Mapping[str, float], now: float,
+                    configs: dict[str, bytes]) -> LocationAudit:
+    """Presence, lag, integrity (and restic check) at one location; never raises. Its config file,
+    when it has one and shares a key file with the primary, is put in ``configs``."""
     result = LocationAudit()
     replica = open_location(context.config, location, client)
     try:
@@ -256,7 +280,10 @@ def _audit_location(context: _Context, client: str, location: str, listing: Sour
             return result
         # Reader order, as for the primary: whatever a listed snapshot needs was there before it.
         present = {file_type: {info.name: info for info in replica.list(file_type)} for file_type in LISTING_ORDER}
-        if _read_config(replica) != primary_config:
+        config_file = _read_config(replica)
+        if config_file is not None and shares_a_key(listing.files[FileType.KEY], present[FileType.KEY]):
+            configs[location] = config_file  # a copy of this repository (another holds none of its keys)
+        if config_file != primary_config:
             result.findings.append(Finding(Status.CRITICAL, _config_problem(replica)))
             result.missing_files.append("config")
         _judge_snapshots(context, client, location, present, arrival, now, result)
@@ -289,7 +316,7 @@ def _config_problem(replica: Backend) -> str:
         replica.stat(Handle(FileType.CONFIG))
     except NotFound:
         return "no config file: not a restic repository"
-    return "holds a different restic repository (its config differs from the primary's)"
+    return _STRANGER
 
 
 def _judge_snapshots(context: _Context, client: str, location: str,

@@ -8,12 +8,15 @@ verified (a rename over it: the endpoint never serves half a file), and the bad
 one is kept in ``state_dir/quarantine/<client>/``. What a replica merely lacks
 is then copied by the ordinary sync. Keyless; with the client's key, restic adds
 what only the index knows (actions/heal_losses.py): packs the primary lacks, and
-the snapshots a lost file may hurt.
+the snapshots a lost file may hurt. After a heal the client is audited again, cheaply
+(:func:`audit_after_heal`), so that ``status``, the web service and the metrics show
+what is still wrong rather than the damage the last audit found.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 import time
@@ -24,6 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from triplicate.actions.audit import AuditOptions, StatusChange, run_audit, status_changes
+from triplicate.actions.audit_report import ClientAudit
+from triplicate.actions.heal_config import ConfigChoice, choose, shares_a_key
 from triplicate.actions.heal_losses import IndexView, LossFinder
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.actions.recover import Unusable, open_copy
@@ -40,9 +46,9 @@ from triplicate.engine.repair import (
     listing,
     read_config,
 )
-from triplicate.errors import CannotRun
-from triplicate.execute import Interrupted, ScopedPool
-from triplicate.state.audit import AuditState, Verification
+from triplicate.errors import CannotRun, UsageError
+from triplicate.execute import CommandFailed, Interrupted, ScopedPool
+from triplicate.state.audit import AuditState, Verification, last_audit
 from triplicate.state.db import PRIMARY
 from triplicate.state.locks import client_locks
 from triplicate.state.quarantine import QuarantineEntry, QuarantineState
@@ -103,6 +109,8 @@ class HealReport:
     sync: SyncReport | None = None
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)  # what could not be looked at with the key
+    audit: ClientAudit | None = None  # the audit recorded after the heal (None: none ran)
+    audit_changes: list[StatusChange] = field(default_factory=list)  # its changes since the audit before
 
     @property
     def ok(self) -> bool:
@@ -116,12 +124,14 @@ class HealReport:
                 "copies": {name: copy.to_json() for name, copy in self.copies.items()},
                 "files": [entry.to_json() for entry in self.files],
                 "lost": [entry.file for entry in self.files if entry.lost],
-                "notes": self.notes, "sync": None if self.sync is None else self.sync.to_json()}
+                "notes": self.notes, "sync": None if self.sync is None else self.sync.to_json(),
+                "audit": None if self.audit is None else {"status": self.audit.status.value,
+                                                          "reason": self.audit.reason}}
 
 
 def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: threading.Event | None = None,
                 progress: Callable[[str], Progress] | None = None, only: Collection[str] | None = None,
-                missing: Collection[str] = (),
+                missing: Collection[str] = (), config_from: str | None = None,
                 ) -> HealReport:
     """Hash every copy of ``client``'s repository and repair each bad file from a good copy.
 
@@ -134,10 +144,16 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     daemon heals what an audit or a sync found bad without re-reading everything.
     ``missing`` (paths, with ``only``) are packs the caller found the primary's index names
     and the primary lacks (:func:`packs_missing_at_primary`): healed as "missing" there.
-    Returns the report; raises UsageError for an unknown client, CannotRun when the
-    primary repository cannot be read.
+    The primary's ``config`` is put back from a location when restic (with the key) cannot
+    decrypt it, or from ``config_from`` on the operator's word (actions/heal_config.py).
+    Unless dry or interrupted, the heal ends with :func:`audit_after_heal` (``report.audit``).
+    Returns the report; raises UsageError for an unknown client or a refused ``config_from``,
+    CannotRun when the primary repository cannot be read.
     """
     locations = list(config.client(client).replicate_to)
+    if config_from is not None and config_from not in locations:
+        raise UsageError(f"--config-from {config_from}: not a location of client '{client}' "
+                         f"(its locations: {', '.join(locations) or 'none'})")
     primary = open_primary(config, client)
     try:
         primary.prepare(create=False)
@@ -151,7 +167,9 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
     report = HealReport(client, dry_run)
     with ExitStack() as stack:
         stack.enter_context(nullcontext() if dry_run else client_locks(config.server.state_dir, client, locations))
-        copies = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        copies, strangers = _open_copies(config, client, locations, primary, primary_config, report, stack)
+        if strangers or config_from is not None:
+            copies = _heal_config(config, client, copies, strangers, report, config_from)
         index_files = list(copies[0].files.get(FileType.INDEX, {}))  # the primary's, for restic
         gone = {Handle(FileType.DATA, path.rpartition("/")[2]) for path in missing
                 if path.rpartition("/")[2] not in copies[0].files.get(FileType.DATA, {})}
@@ -178,12 +196,34 @@ def heal_client(config: Config, client: str, *, dry_run: bool = False, stop: thr
         options = MirrorOptions(in_progress_grace=config.server.in_progress_grace,
                                 stop=stop if stop is not None else threading.Event())
         report.sync = sync_client(config, client, usable, trigger="heal", options=options)
+    if not dry_run and not report.interrupted and not (stop is not None and stop.is_set()):
+        audit_after_heal(config, client, report, stop)
     return report
 
 
+def audit_after_heal(config: Config, client: str, report: HealReport, stop: threading.Event | None) -> None:
+    """Audit ``client`` again and record it, so that the last audit says what the heal left.
+
+    The cheap audit: a share of 0 re-reads only the files last found bad (heal stamped
+    those it healed good, and those it could not heal bad), and lists each location;
+    ``restic check`` runs again when the audit before found errors with it (else its
+    finding would vanish unchecked). Sets ``report.audit`` and ``report.audit_changes``
+    (the statuses that changed since the audit recorded before, for the daemon's notifications).
+    """
+    before = last_audit(config.server.state_dir, client)
+    check_again = before is not None and any((location.report.get("restic_check") or {}).get("ok") is False
+                                             for location in before.locations.values())
+    audit = run_audit(config, [client], options=AuditOptions(verify_percent=0, restic_check=check_again,
+                                                             stop=stop))
+    report.audit = audit.clients[client]
+    report.audit_changes = status_changes({client: before}, audit)
+
+
 def _open_copies(config: Config, client: str, locations: list[str], primary: Backend, primary_config: bytes,
-                 report: HealReport, stack: ExitStack) -> list[Copy]:
-    """The primary and every location that holds this repository, listed; the others are reported."""
+                 report: HealReport, stack: ExitStack) -> tuple[list[Copy], dict[str, tuple[bytes, Copy]]]:
+    """The primary and every location that holds this repository, listed; the others are reported.
+    Returns those copies, and the locations whose config differs from the primary's (with it)."""
+    strangers: dict[str, tuple[bytes, Copy]] = {}
     try:
         copies = [Copy(PRIMARY, primary, listing(primary))]
     except StorageError as error:
@@ -200,9 +240,65 @@ def _open_copies(config: Config, client: str, locations: list[str], primary: Bac
         elif opened[0] != primary_config:
             entry.problem = ("holds a different restic repository (its config differs from the primary's): "
                              "never used as a source nor repaired")
+            strangers[name] = opened
         else:
             copies.append(opened[1])
+    return copies, strangers
+
+
+def _heal_config(config: Config, client: str, copies: list[Copy], strangers: dict[str, tuple[bytes, Copy]],
+                 report: HealReport, config_from: str | None) -> list[Copy]:
+    """Put a location's config back at the primary when heal_config.choose says so (the bad one kept in
+    quarantine); its locations are then copies like the others. Returns the copies to heal with.
+    Raises UsageError refusing ``config_from`` (nothing written)."""
+    unusable = {name: entry.problem or entry.note or "" for name, entry in report.copies.items()
+                if name not in strangers and (entry.problem or entry.note)}
+    primary_keys = copies[0].files.get(FileType.KEY, {})
+    kin = {name: config_file for name, (config_file, copy) in strangers.items()
+           if shares_a_key(primary_keys, copy.files.get(FileType.KEY, {}))}
+    unusable |= {name: "holds none of the primary's key files: another repository, not a copy of this one"
+                 for name in strangers if name not in kin}
+    try:
+        choice = choose(config, client, kin, [copy.name for copy in copies[1:]], unusable, config_from)
+    except Interrupted:
+        raise
+    except (CommandFailed, StorageError) as error:
+        choice = ConfigChoice(note=f"restic could not read the primary's config: {error}")
+    if choice.note is not None:
+        report.notes.append(choice.note)
+        for name in kin:
+            report.copies[name].problem = ("its config differs from the primary's, as every location's does "
+                                           "(see the note below)")
+    if choice.source is None or choice.why is None:
+        return copies
+    entry = FileHeal("config", {PRIMARY: choice.why})
+    report.files.append(entry)
+    good = strangers[choice.source][0]
+    if not report.dry_run:
+        try:
+            entry.quarantined = _put_config_back(config, client, copies[0].backend, good, choice.source)
+        except StorageError as error:
+            entry.not_healed[PRIMARY] = str(error)
+            return copies
+    entry.healed_from[PRIMARY] = choice.source
+    for name, (config_file, copy) in strangers.items():
+        if name in kin and config_file == good:
+            report.copies[name].problem = None
+            copies.append(copy)
     return copies
+
+
+def _put_config_back(config: Config, client: str, primary: Backend, good: bytes, source: str) -> str:
+    """Write ``good`` as the primary's config (temporary name, fsync, rename) once the bad one is kept
+    in quarantine and recorded. Returns where it was kept; raises StorageError (nothing replaced then)."""
+    handle = Handle(FileType.CONFIG)
+    kept: list[QuarantineEntry] = []
+    assert isinstance(primary, LocalBackend)  # the primary is always a local folder
+    primary.save(handle, io.BytesIO(good), before_rename=_keeping_aside(config, client, handle, primary, kept))
+    with QuarantineState.opened(config.server.state_dir) as quarantine:
+        for item in kept:
+            quarantine.record(replace(item, reason=f"heal: config replaced by the copy at {source}"))
+    return kept[0].kept_at
 
 
 def _check_copies(config: Config, client: str, copies: list[Copy], report: HealReport,
@@ -310,16 +406,22 @@ def _saver(config: Config, client: str, task: _Task, kept: list[QuarantineEntry]
         return lambda reader: backend.save(task.handle, reader, before_rename=functools.partial(
             _owned_like, backend.root / "config"))
 
+    return lambda reader: backend.save(task.handle, reader,
+                                       before_rename=_keeping_aside(config, client, task.handle, backend, kept))
+
+
+def _keeping_aside(config: Config, client: str, handle: Handle, primary: LocalBackend, kept: list[QuarantineEntry]
+                   ) -> Callable[[str], None]:
+    """What runs before the good copy is renamed over the primary's bad ``handle``: the bad one is kept
+    aside (its entry appended to ``kept``) and the good one given its owner and mode."""
+    original = primary.root / handle.relative_path()
+
     def before_rename(partial: str) -> None:
         # Verified, complete and fsynced: keep the bad file aside, then the rename replaces it.
-        status = os.stat(original)
-        if os.geteuid() == 0:
-            os.chown(partial, status.st_uid, status.st_gid)
-        os.chmod(partial, status.st_mode & 0o7777)
-        damage = Damaged(task.handle, None)
-        kept.append(keep_aside(config, client, damage, "heal", move=False))
+        _owned_like(original, partial)
+        kept.append(keep_aside(config, client, Damaged(handle, None), "heal", move=False))
 
-    return lambda reader: backend.save(task.handle, reader, before_rename=before_rename)
+    return before_rename
 
 
 def _record_stamps(config: Config, client: str, copies: list[Copy], checks: dict[str, CopyCheck],

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from triplicate.actions.heal_config import agreed_config, disagreement
 from triplicate.actions.quarantine import Damaged, keep_aside
 from triplicate.config.model import Config
 from triplicate.engine.mirror import Progress
@@ -138,7 +139,7 @@ def _open_sources(config: Config, client: str, sources: list[str], target: Targe
             held[name] = opened
     unusable = [f"{name}: {source.problem}" for name, source in report.sources.items() if source.problem]
     wanted = _reference_config(target, {name: config_file for name, (config_file, _) in held.items()}, client,
-                               unusable)
+                               unusable, config.settings(client).has_key)
     copies = []
     for name, (config_file, copy) in held.items():
         if config_file != wanted:
@@ -176,8 +177,11 @@ def open_copy(config: Config, client: str, location: str, stack: ExitStack) -> t
         return Unusable(f"could not be read: {error}")
 
 
-def _reference_config(target: Target, configs: dict[str, bytes], client: str, unusable: list[str]) -> bytes:
+def _reference_config(target: Target, configs: dict[str, bytes], client: str, unusable: list[str],
+                      has_key: bool) -> bytes:
     """The repository to rebuild: the target's own config, else the one most locations hold.
+    A primary whose config differs from the one the locations agree on is said to be maybe damaged
+    (heal_config.disagreement; ``has_key``: the client's key is configured).
 
     Raises CannotRun, naming why each location could not be used (``unusable``: "name: why").
     """
@@ -186,6 +190,8 @@ def _reference_config(target: Target, configs: dict[str, bytes], client: str, un
     except StorageError as error:
         raise CannotRun(f"client '{client}': {error}") from None
     if existing is not None:
+        if existing not in configs.values() and target.primary and agreed_config(configs) is not None:
+            raise CannotRun(f"client '{client}': {disagreement(client, list(configs), has_key)}")
         if existing not in configs.values():
             strangers = [f"{name}: holds another repository (its config differs)" for name in configs]
             raise CannotRun(f"client '{client}': no location holds the repository at {target.backend.root} "

@@ -22,23 +22,32 @@ if TYPE_CHECKING:
 @click.argument("client")
 @click.option("--dry-run", is_flag=True, help="Hash every copy and say what would be healed from where; "
               "write nothing.")
+@click.option("--config-from", metavar="LOCATION", help="Put LOCATION's config file back at the primary "
+              "(the primary's kept in quarantine), for a damaged primary config when the client has no key; "
+              "refused unless every other location holding a config agrees with LOCATION's.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @click.pass_obj
-def heal(app: AppContext, client: str, dry_run: bool, as_json: bool) -> None:
+def heal(app: AppContext, client: str, dry_run: bool, config_from: str | None, as_json: bool) -> None:
     """Repair every copy of CLIENT's repository from any good copy.
 
     Hashes every file of the primary and of each location; a file that does not
     hash to its name anywhere is replaced by a copy from another location that
     does, verified while copied, in restic's order. The primary's bad files are
-    kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack.
+    kept in state_dir/quarantine/CLIENT/. Then syncs what the locations lack, and
+    records a cheap audit of CLIENT (the files last found bad re-read, each location
+    listed), so that status shows what is still wrong.
     With the client's key, restic also finds the packs the primary's index names
     but the primary lacks (put back from a location), and names the snapshots
-    that may need each lost file.
+    that may need each lost file. The primary's config file (encrypted,
+    not named by its hash) is put back from a location when restic, with the
+    key, cannot decrypt it but can the location's; without a key, --config-from
+    does it on your word.
     """
     from triplicate.actions.heal import heal_client
     with progress_bars(enabled=not as_json) as bars:
         progress = (lambda name: bar_progress(bars, f"verify {name}")) if bars else None
-        report = heal_client(app.config, client, dry_run=dry_run, stop=threading.Event(), progress=progress)
+        report = heal_client(app.config, client, dry_run=dry_run, stop=threading.Event(), progress=progress,
+                             config_from=config_from)
     if as_json:
         print_json(report.to_json())
     else:
@@ -86,5 +95,10 @@ def _summarise(report: HealReport) -> None:
         from triplicate.cli.sync import _summarise as summarise_sync
 
         summarise_sync(report.sync)
+    if report.audit is not None:
+        status = report.audit.status.value
+        colour = {"OK": "green", "WARNING": "yellow"}.get(status, "red")
+        reason = f": {escape(report.audit.reason)}" if report.audit.reason else ""
+        out.print(f"audit afterwards (recorded for status): [{colour}]{status}[/]{reason}")
     if report.interrupted:
         out.print("[yellow]interrupted[/]: run again to finish")

@@ -14,12 +14,15 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triplicate.config.model import Config
 from triplicate.daemon import heartbeat
 from triplicate.daemon.scheduler import Job, JobFailed
 from triplicate.errors import TriplicateError
+
+if TYPE_CHECKING:
+    from triplicate.actions.audit import StatusChange
 
 log = logging.getLogger("triplicate.daemon")
 
@@ -115,15 +118,20 @@ def scheduled_audit(config: Config, client: str, send: Notify, stop: threading.E
     previous: dict[str, Any] = dict(last_audits(config.server.state_dir))
     report = run_audit(config, [client], options=AuditOptions(verify_percent=None, record=True, stop=stop))
     log.info("audit %s: %s", client, report.status.value)
-    for change in status_changes(previous, report):
-        where = f"{change.client} at {change.location}" if change.location else change.client
-        send(f"triplicate: audit of {where} is {change.after}",
-             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}",
-             {"OK": "success", "WARNING": "warning"}.get(str(change.after), "failure"))
+    notify_changes(send, status_changes(previous, report))
     audit = report.clients.get(client)
     if report.status.value in ("OK", "WARNING"):  # a late replica warns; a loss or an unreadable copy fails
         return None
     return f"{report.status.value}: {audit.reason if audit is not None else 'see triplicate audit'}"
+
+
+def notify_changes(send: Notify, changes: list[StatusChange]) -> None:
+    """Notify each change of an audit's status (a client's, or a location's)."""
+    for change in changes:
+        where = f"{change.client} at {change.location}" if change.location else change.client
+        send(f"triplicate: audit of {where} is {change.after}",
+             f"Was {change.before or 'never audited'}, now {change.after}: {change.reason}",
+             {"OK": "success", "WARNING": "warning"}.get(str(change.after), "failure"))
 
 
 def scheduled_restore_check(config: Config, client: str, send: Notify) -> str | None:

@@ -12,7 +12,8 @@ worker thread; it takes the client's replication locks, which the runners' syncs
 wait for (each holds one lock at a time, so neither deadlocks the other). Each
 heal is recorded as the job ``heal`` (``status`` shows the last one) and
 notified: success when every file was healed, failure when a file has no good
-copy anywhere. A file that stays bad is not tried again until what is known bad
+copy anywhere; the audit the heal records afterwards notifies its changes of status
+as a scheduled audit does (back to OK, typically). A file that stays bad is not tried again until what is known bad
 changes, or, when it was not lost but its copy failed (or a copy could not be looked
 at), after ``retry_max_backoff``.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from triplicate.actions.heal import FileHeal, HealReport, heal_client
 from triplicate.actions.heal_losses import packs_missing_at_primary
 from triplicate.config.model import Config
-from triplicate.daemon.checks import Notify
+from triplicate.daemon.checks import Notify, notify_changes
 from triplicate.engine.judgement import Outcome
 from triplicate.errors import TriplicateError
 from triplicate.execute import Interrupted
@@ -190,6 +191,7 @@ class Healer:
                        "Replaced from a good copy (the primary's bad ones are kept in quarantine): "
                        + ", ".join(healed[:QUOTED]) + (f" and {len(healed) - QUOTED} more"
                                                        if len(healed) > QUOTED else ""), "success")
+        notify_changes(self._send, report.audit_changes)  # the audit after the heal: back to OK, say
 
 
 def _heal_files(config: Config, client: str, files: set[str], missing: set[str], stop: threading.Event
