@@ -50,6 +50,13 @@ def test_keyless_the_message_blames_neither_the_locations_nor_the_primary_and_na
     assert "its locations hold (usb, nas" in recover.err and "--config-from usb" in recover.err
     assert "holds another repository" not in recover.err
 
+    # sync fails at every location (an alarm), and its error points at the audit, which tells.
+    sync = server.cli("sync", "web01", "--json")
+    assert sync.code == 1
+    for name in ("usb", "nas"):
+        error = sync.json()["locations"][name]["error"]
+        assert "'triplicate audit' tells whether the primary's may be damaged" in error
+
     audit = server.cli("audit", "web01", "--json")
     assert audit.code == 2
     client = audit.json()["clients"]["web01"]

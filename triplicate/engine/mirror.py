@@ -344,7 +344,9 @@ def _copy_config(source: Backend, replica: Backend, listing: SourceListing, resu
         result.files_copied += 1
         return
     if existing != wanted:
-        raise StorageError(f"{replica.description} holds a different restic repository (its config differs)")
+        # When every location says so, it may be the primary's config that is damaged: the audit tells.
+        raise StorageError(f"{replica.description} holds a different restic repository (its config differs; "
+                           "if every location says so, 'triplicate audit' tells whether the primary's may be damaged)")
 
 
 def _copy_all(
