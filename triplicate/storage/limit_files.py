@@ -1,0 +1,228 @@
+"""A location's limits across processes: files under ``state_dir/limits/<location>/``.
+
+With one watcher process per client (``server.syncd = "per-client"``), and a
+``triplicate sync`` run by hand beside them, a location's ``bwlimit`` and ``workers``
+hold for the whole server only if the processes share them. They do through small
+files, made on demand:
+
+- ``slot-0`` .. ``slot-<workers-1>``: a copy holds one with ``fcntl.flock`` for one
+  save. The kernel lets go of it when the holder's process dies, even by kill -9.
+- ``waiting/<priority>-<time>-<pid>-<n>``: a copy waiting for a slot publishes its
+  priority (the bytes its run has saved) as a file it holds locked; a file nobody holds
+  is a dead waiter's and is removed by whoever sees it. A free slot is taken only by a
+  copy with fewer waiters ahead of it than slots free, so a small new snapshot of one
+  process overtakes another process's long first copy between two of its files.
+- ``bucket``: the token bucket's state (tokens, time of ``time.monotonic``, which on
+  Linux is one clock for every process), read and rewritten under ``flock`` for each
+  chunk paid for.
+
+Waiting for a slot polls every :data:`POLL_SECONDS` (a lock held by another process
+wakes no one here, and ``flock`` can neither wait for any one of several files nor let
+a waiter with a lower priority go first); a slot released in this process wakes its
+waiters at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger("triplicate.sync")
+
+POLL_SECONDS = 0.05
+LIMITS_DIR = "limits"
+_BUCKET = struct.Struct("<dd")  # tokens, time.monotonic() of the last payment
+_T = TypeVar("_T")
+_warned: set[Path] = set()
+_warned_lock = threading.Lock()
+
+
+def _owner(folder: Path) -> tuple[int, int] | None:
+    """Whose files made in ``folder`` must be: its owner when we are root and it is another's
+    (a ``triplicate sync`` by root beside watchers running as the service user)."""
+    if os.geteuid() != 0:
+        return None
+    status = os.stat(folder)
+    return None if status.st_uid == 0 else (status.st_uid, status.st_gid)
+
+
+def limits_folder(state_dir: Path, location: str) -> Path | None:
+    """``state_dir/limits/<location>`` (and its ``waiting`` folder), made when missing; None,
+    logged once, when it cannot be made (the limits then hold in this process only)."""
+    folder = state_dir / LIMITS_DIR / location
+    try:
+        owner = _owner(state_dir)
+        for path in (state_dir / LIMITS_DIR, folder, folder / "waiting"):
+            if not path.is_dir():
+                path.mkdir(mode=0o750, exist_ok=True)
+                if owner is not None:
+                    os.chown(path, *owner)
+        return folder
+    except OSError as error:
+        warn_once(folder, error)
+        return None
+
+
+def warn_once(path: Path, error: OSError) -> None:
+    with _warned_lock:
+        if path in _warned:
+            return
+        _warned.add(path)
+    log.warning("%s: limits hold in this process only: %s", path, error.strerror or error)
+
+
+def _open(path: Path, flags: int = os.O_RDWR) -> int:
+    """A descriptor of ``path``, created when missing, owned as its folder (made by
+    :func:`limits_folder` with state_dir's owner). Raises OSError."""
+    descriptor = os.open(path, flags | os.O_CREAT, 0o640)
+    try:
+        owner = _owner(path.parent)
+        if owner is not None and os.fstat(descriptor).st_uid != owner[0]:
+            os.fchown(descriptor, *owner)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+class BucketFile:
+    """A token bucket's state shared by every process: ``(tokens, last)`` in ``<folder>/bucket``,
+    where ``folder()`` (called at the first payment) is the location's limits folder, or None
+    when there is none."""
+
+    def __init__(self, folder: Callable[[], Path | None]) -> None:
+        self._folder = folder
+        self.path: Path | None = None
+        self._descriptor: int | None = None
+
+    def transact(self, change: Callable[[float, float], tuple[float, float, _T]],
+                 monotonic: Callable[[], float] = time.monotonic) -> _T | None:
+        """Apply ``change(tokens, last)`` -> ``(tokens, last, result)`` under the file's lock;
+        returns ``result``, or None (nothing applied) when there is no folder. A missing or empty
+        file, or one from before a reboot (``last`` after ``monotonic()`` read under the lock), is an
+        idle bucket: ``(0, now)``.
+        The caller excludes its own threads (flock is per open file, shared by every thread of the
+        process). Raises OSError."""
+        if self._descriptor is None:
+            folder = self._folder()
+            if folder is None:
+                return None
+            self.path = folder / "bucket"
+            self._descriptor = _open(self.path)
+        descriptor = self._descriptor
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            now = monotonic()
+            data = os.pread(descriptor, _BUCKET.size, 0)
+            tokens, last = _BUCKET.unpack(data) if len(data) == _BUCKET.size else (0.0, now)
+            if last > now:
+                tokens, last = 0.0, now
+            tokens, last, result = change(tokens, last)
+            os.pwrite(descriptor, _BUCKET.pack(tokens, last), 0)
+            return result
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+class SharedSlots:
+    """``count`` copy slots of one location shared by every process (the module's doc)."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.folder = folder
+        self.count = count
+        self._descriptors: dict[int, int] = {}  # slot number -> this process's descriptor of its file
+        self._held: set[int] = set()  # slots held by this process's threads
+        self._condition = threading.Condition()
+        self._order = itertools.count()
+
+    def acquire(self, priority: float) -> int:
+        """Wait for a slot, letting waiters with a lower priority (then the earlier) go first;
+        returns the slot's number, for :meth:`release`. Raises OSError when the files cannot
+        be made."""
+        ticket = f"{int(priority):020d}-{time.monotonic_ns():020d}-{os.getpid()}-{next(self._order)}"
+        waiting = self.folder / "waiting"
+        path = waiting / ticket
+        partial = waiting / f".{ticket}"
+        descriptor = _open(partial, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # held while waiting: the ticket is alive
+            os.rename(partial, path)
+            with self._condition:
+                while True:
+                    slot = self._take(self._ahead(waiting, ticket))
+                    if slot is not None:
+                        return slot
+                    self._condition.wait(POLL_SECONDS)
+        finally:
+            for name in (path, partial):
+                try:
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass
+            os.close(descriptor)
+
+    def release(self, slot: int) -> None:
+        with self._condition:
+            fcntl.flock(self._descriptors[slot], fcntl.LOCK_UN)
+            self._held.discard(slot)
+            self._condition.notify_all()
+
+    def _ahead(self, waiting: Path, ticket: str) -> int:
+        """How many live waiters go before ``ticket``; removes dead waiters' tickets."""
+        ahead = 0
+        for name in sorted(os.listdir(waiting)):
+            if name >= ticket:
+                break
+            if name.startswith("."):
+                continue
+            try:
+                descriptor = os.open(waiting / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                ahead += 1  # its waiter holds it
+            else:
+                os.unlink(waiting / name)  # its waiter died (a live one unlinks before letting go)
+            finally:
+                os.close(descriptor)
+        return ahead
+
+    def _take(self, ahead: int) -> int | None:
+        """A free slot, taken, when more are free than waiters go before us; else None."""
+        free = 0
+        for slot in range(self.count):
+            if slot in self._held:
+                continue
+            descriptor = self._descriptors.get(slot)
+            if descriptor is None:
+                descriptor = self._descriptors[slot] = _open(self.folder / f"slot-{slot}")
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            free += 1
+            if free > ahead:
+                self._held.add(slot)
+                return slot
+            fcntl.flock(descriptor, fcntl.LOCK_UN)  # left for a waiter ahead
+        return None
+
+    def resize(self, count: int) -> None:
+        with self._condition:
+            self.count = count
+            self._condition.notify_all()
