@@ -173,3 +173,39 @@ def test_a_small_snapshot_overtakes_another_processes_first_copy(server: Server,
     assert latency < 4, f"{latency:.1f}s for a small snapshot behind another process's first copy"
     assert samples.most_in_flight == 1, "the two processes shared the one copy slot"
     assert server.snapshot_ids(server.replica("usb")) == server.snapshot_ids(server.primary())
+
+
+def test_a_killed_process_frees_its_slot_and_its_place_in_line(two_clients: Server) -> None:
+    """kill -9 of a process holding the one copy slot, and of one waiting for it: the next copy
+    neither waits for the dead holder (the kernel drops its lock) nor for the dead waiter (its
+    ticket, no longer locked, is removed)."""
+    server = two_clients
+    _configure(server, ["a", "b", "web01"], workers=1, bwlimit="4MB/s")  # a's 15 MB: almost 4 s
+    waiting = server.root / "state" / "limits" / "usb" / "waiting"
+    holder = _sync(server, "a")
+    wait_until(lambda: _in_flight(server.replica("usb", "a")), 30, "a copying")
+    waiter = _sync(server, "b")
+    wait_until(lambda: [name for name in os.listdir(waiting) if not name.startswith(".")], 30, "b waiting for the slot")
+    for process in (waiter, holder):
+        process.kill()
+        process.wait()
+    assert os.listdir(waiting), "the dead waiter's ticket is left behind"
+    started = time.monotonic()
+    _finish(_sync(server, "web01"), timeout=30)
+    assert time.monotonic() - started < 10
+    assert snapshot_files(server.replica("usb")) == snapshot_files(server.primary())
+    assert not os.listdir(waiting), "the dead waiter's ticket was removed"
+
+
+def test_the_limits_hold_in_one_process_when_state_dir_cannot_keep_them(server: Server) -> None:
+    _configure(server, ["web01"], workers=1, bwlimit="20MB/s")
+    (server.root / "state").mkdir()
+    (server.root / "state" / "limits").write_text("not a folder")
+    process = _sync(server, "web01")
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 0, error
+    warnings = [line for line in error.splitlines() if "limits hold in this process only" in line]
+    assert len(warnings) == 1, error  # one line, not one per file copied
+    assert warnings[0].endswith(f"WARNING triplicate.sync: {server.root}/state/limits/usb: "
+                                "limits hold in this process only: File exists"), error
+    assert snapshot_files(server.replica("usb")) == snapshot_files(server.primary())

@@ -162,7 +162,8 @@ class SharedSlots:
             os.rename(partial, path)
             with self._condition:
                 while True:
-                    slot = self._take(self._ahead(waiting, ticket))
+                    ahead = self._ahead(waiting, ticket)
+                    slot = None if ahead >= self.count else self._take(ahead)
                     if slot is not None:
                         return slot
                     self._condition.wait(POLL_SECONDS)
@@ -181,10 +182,12 @@ class SharedSlots:
             self._condition.notify_all()
 
     def _ahead(self, waiting: Path, ticket: str) -> int:
-        """How many live waiters go before ``ticket``; removes dead waiters' tickets."""
+        """How many live waiters go before ``ticket``, counted up to the number of slots (with
+        that many ahead none is ours: each poll opens a few files, however many wait); removes
+        dead waiters' tickets."""
         ahead = 0
         for name in sorted(os.listdir(waiting)):
-            if name >= ticket:
+            if name >= ticket or ahead >= self.count:
                 break
             if name.startswith("."):
                 continue
