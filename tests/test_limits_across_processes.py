@@ -4,7 +4,6 @@ to one local location, observed from the location's side."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.remote import location_toml, rclone_local_config, rclone_location_toml
 from tests.support.repository import BASE_CONFIG, Server, seed_primary, snapshot_files, write_files
 from tests.support.wait import wait_until
 from triplicate.storage.local import PARTIAL_DIR  # where a local location writes a file being saved
@@ -24,15 +24,16 @@ from triplicate.storage.local import PARTIAL_DIR  # where a local location write
 MB = 1000 * 1000
 
 
-# The server's section and location usb only: every client here replicates there.
-CONFIG = BASE_CONFIG.split("[locations.nas]")[0]
+SERVER_SECTION = BASE_CONFIG.split("[locations.usb]")[0]
 
 
-def _configure(server: Server, clients: list[str], **settings: str | int) -> None:
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-    text = CONFIG.format(root=server.root).rstrip("\n") + "\n" + extra
+def _configure(server: Server, clients: list[str], to: str = "usb", locations: str = "", **usb: str | int) -> None:
+    """The server's section, location usb (local, with ``usb``'s settings), ``locations``'
+    tables, and ``clients`` replicating to ``to`` only."""
+    text = SERVER_SECTION.format(root=server.root)
+    text += location_toml("usb", type="local", path=f"{server.root}/usb", **usb) + "\n" + locations
     for client in clients:
-        text += f'\n[clients.{client}]\nreplicate_to = ["usb"]\npassword_file = "{server.password_file}"\n'
+        text += f'\n[clients.{client}]\nreplicate_to = ["{to}"]\npassword_file = "{server.password_file}"\n'
     server.config_path.write_text(text)
 
 
@@ -76,15 +77,17 @@ class Samples:
 
 
 @contextmanager
-def sampling(server: Server, clients: list[str]) -> Iterator[Samples]:
-    """Sample the location every 10 ms while in the block (observation, not synchronisation)."""
+def sampling(server: Server, clients: list[str], location: Path | None = None) -> Iterator[Samples]:
+    """Sample the location (usb, else the folder ``location``) every 10 ms while in the block
+    (observation, not synchronisation)."""
     samples = Samples()
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
             now = time.monotonic()
-            samples.bytes.append((now, sum(_tree_bytes(server.replica("usb", client)) for client in clients)))
+            replicas = [server.replica("usb", client) if location is None else location / client for client in clients]
+            samples.bytes.append((now, sum(_tree_bytes(replica) for replica in replicas)))
             flights = {client: _in_flight(server.replica("usb", client)) for client in clients}
             samples.most_in_flight = max(samples.most_in_flight, sum(flights.values()))
             for client, count in flights.items():
@@ -135,6 +138,26 @@ def test_two_processes_together_copy_at_the_locations_bwlimit(two_clients: Serve
     for client in ("a", "b"):
         assert snapshot_files(server.replica("usb", client)) == snapshot_files(server.primary(client))
     assert (server.root / "state" / "limits" / "usb" / "bucket").is_file()
+
+
+def test_two_processes_to_an_rclone_location_share_its_bwlimit(two_clients: Server, tmp_path: Path) -> None:
+    """Each process's rclone is given its share of the bwlimit while both copy (rclone's core/bwlimit)."""
+    server = two_clients
+    folder = tmp_path / "far"
+    folder.mkdir()
+    _configure(server, ["a", "b"], to="far", locations=rclone_location_toml(
+        "far", f"far:{folder}", rclone_local_config(tmp_path), bwlimit="6MB/s"))
+    total = sum(_tree_bytes(server.primary(client)) for client in ("a", "b"))  # ~30 MB: 5 s at 6 MB/s
+    with sampling(server, ["a", "b"], location=folder) as samples:
+        processes = [_sync(server, client) for client in ("a", "b")]
+        for process in processes:
+            _finish(process)
+    rate = _rate_between(samples.bytes, 3 * MB, total - 3 * MB)
+    # Never over the limit; an even share leaves a little unused while one process is between
+    # files or finishing its run (and rclone has overhead of its own), so it may be a little under.
+    assert 0.75 * 6 * MB < rate < 1.10 * 6 * MB, f"{rate / MB:.2f} MB/s for both processes together"
+    for client in ("a", "b"):
+        assert snapshot_files(folder / client) == snapshot_files(server.primary(client))
 
 
 def test_two_processes_never_copy_more_files_at_once_than_the_locations_workers(two_clients: Server) -> None:

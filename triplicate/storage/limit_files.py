@@ -12,6 +12,9 @@ files, made on demand:
   is a dead waiter's and is removed by whoever sees it. A free slot is taken only by a
   copy with fewer waiters ahead of it than slots free, so a small new snapshot of one
   process overtakes another process's long first copy between two of its files.
+- ``copier-<pid>``: held locked by a process while it copies to a location whose kind
+  limits its bandwidth itself (rclone), so that each takes an even share
+  (storage/rclone_server.py).
 - ``bucket``: the token bucket's state (tokens, time of ``time.monotonic``, which on
   Linux is one clock for every process), read and rewritten under ``flock`` for each
   chunk paid for.
@@ -93,6 +96,79 @@ def _open(path: Path, flags: int = os.O_RDWR) -> int:
     return descriptor
 
 
+def _publish(path: Path) -> int:
+    """Make ``path`` as a file this process holds locked (made under a dot-name, then renamed,
+    so nobody sees it unlocked); returns the descriptor, whose closing lets it go. Raises OSError."""
+    partial = path.with_name(f".{path.name}")
+    descriptor = _open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.rename(partial, path)
+    except OSError:
+        _withdraw(partial, descriptor)
+        raise
+    return descriptor
+
+
+def _withdraw(path: Path, descriptor: int) -> None:
+    """Remove a file made by :func:`_publish`, then let go of it (removed first: a file seen
+    unlocked is a dead process's)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.close(descriptor)
+
+
+def _alive(path: Path) -> bool:
+    """Whether a process holds ``path`` (made by :func:`_publish`); a file nobody holds is a dead
+    process's and is removed."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        os.unlink(path)  # its process died (a live one unlinks before letting go)
+        return False
+    finally:
+        os.close(descriptor)
+
+
+class Copiers:
+    """The processes copying to a location now: each holds ``copier-<pid>`` in the location's
+    limits folder while it has a copy in flight (for a kind that limits its bandwidth itself
+    and takes its share of the ``bwlimit``: storage/rclone_server.py)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._active = 0
+        self._descriptor: int | None = None
+
+    def enter(self) -> None:
+        """One more copy of this process in flight. Raises OSError."""
+        with self._lock:
+            if self._active == 0:
+                self._descriptor = _publish(self.folder / f"copier-{os.getpid()}")
+            self._active += 1
+
+    def leave(self) -> None:
+        """One copy of this process fewer in flight."""
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._descriptor is not None:
+                _withdraw(self.folder / f"copier-{os.getpid()}", self._descriptor)
+                self._descriptor = None
+
+    def count(self) -> int:
+        """How many processes copy to the location now (this one included when it does)."""
+        return sum(_alive(self.folder / name) for name in os.listdir(self.folder) if name.startswith("copier-"))
+
+
 class BucketFile:
     """A token bucket's state shared by every process: ``(tokens, last)`` in ``<folder>/bucket``,
     where ``folder()`` (called at the first payment) is the location's limits folder, or None
@@ -154,12 +230,8 @@ class SharedSlots:
         be made."""
         ticket = f"{int(priority):020d}-{time.monotonic_ns():020d}-{os.getpid()}-{next(self._order)}"
         waiting = self.folder / "waiting"
-        path = waiting / ticket
-        partial = waiting / f".{ticket}"
-        descriptor = _open(partial, os.O_RDONLY)
+        descriptor = _publish(waiting / ticket)  # held while waiting: the ticket is alive
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)  # held while waiting: the ticket is alive
-            os.rename(partial, path)
             with self._condition:
                 while True:
                     ahead = self._ahead(waiting, ticket)
@@ -168,12 +240,7 @@ class SharedSlots:
                         return slot
                     self._condition.wait(POLL_SECONDS)
         finally:
-            for name in (path, partial):
-                try:
-                    os.unlink(name)
-                except FileNotFoundError:
-                    pass
-            os.close(descriptor)
+            _withdraw(waiting / ticket, descriptor)
 
     def release(self, slot: int) -> None:
         with self._condition:
@@ -189,20 +256,8 @@ class SharedSlots:
         for name in sorted(os.listdir(waiting)):
             if name >= ticket or ahead >= self.count:
                 break
-            if name.startswith("."):
-                continue
-            try:
-                descriptor = os.open(waiting / name, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                ahead += 1  # its waiter holds it
-            else:
-                os.unlink(waiting / name)  # its waiter died (a live one unlinks before letting go)
-            finally:
-                os.close(descriptor)
+            if not name.startswith(".") and _alive(waiting / name):
+                ahead += 1
         return ahead
 
     def _take(self, ahead: int) -> int | None:
