@@ -5,6 +5,8 @@ to one local location, observed from the location's side."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.remote import location_toml, rclone_local_config, rclone_location_toml
-from tests.support.repository import BASE_CONFIG, Server, seed_primary, snapshot_files, write_files
+from tests.support.repository import AS_NOBODY, BASE_CONFIG, Server, seed_primary, snapshot_files, write_files
 from tests.support.wait import wait_until
 from triplicate.storage.local import PARTIAL_DIR  # where a local location writes a file being saved
 
@@ -231,4 +233,35 @@ def test_the_limits_hold_in_one_process_when_state_dir_cannot_keep_them(server: 
     assert len(warnings) == 1, error  # one line, not one per file copied
     assert warnings[0].endswith(f"WARNING triplicate.sync: {server.root}/state/limits/usb: "
                                 "limits hold in this process only: File exists"), error
+    assert snapshot_files(server.replica("usb")) == snapshot_files(server.primary())
+
+
+def test_limit_files_made_by_root_stay_usable_by_the_service_user(unprivileged_server: Server) -> None:
+    """A ``triplicate sync`` by root beside watchers running as the service user: the files it
+    makes under state_dir/limits are that user's, so the watchers still share them."""
+    server = unprivileged_server
+    nobody = pwd.getpwnam("nobody")
+    usb = f'path = "{server.root}/usb"\n'
+    limited = usb + 'workers = 1\nbwlimit = "50MB/s"\n'
+    server.config_path.write_text(server.config_path.read_text().replace(usb, limited))
+    state = server.root / "state"
+
+    def sync(*prefix: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, sys.executable, "-m", "triplicate", "-c", str(server.config_path), "sync",
+                               "web01", "--to", "usb"], capture_output=True, text=True, timeout=60)
+
+    # The state folder and database are the service user's, as `triplicate init` leaves them.
+    first = subprocess.run([*AS_NOBODY, sys.executable, "-m", "triplicate", "-c", str(server.config_path), "sync",
+                            "web01", "--to", "nas"], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and not (state / "limits" / "usb").exists(), first.stderr
+    as_root = sync()
+    assert as_root.returncode == 0, as_root.stderr
+    made = [Path(parent) / name for parent, folders, files in os.walk(state / "limits" / "usb")
+            for name in folders + files]
+    assert {"slot-0", "bucket", "waiting"} <= {path.name for path in made}
+    assert all(path.stat().st_uid == nobody.pw_uid for path in made), made
+    shutil.rmtree(server.replica("usb"))
+    as_user = sync(*AS_NOBODY)
+    assert as_user.returncode == 0, as_user.stderr
+    assert "limits hold in this process only" not in as_user.stderr
     assert snapshot_files(server.replica("usb")) == snapshot_files(server.primary())

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from triplicate.fsutil import folder_owner, open_owned
+
 log = logging.getLogger("triplicate.sync")
 
 POLL_SECONDS = 0.05
@@ -48,24 +50,16 @@ _warned: set[Path] = set()
 _warned_lock = threading.Lock()
 
 
-def _owner(folder: Path) -> tuple[int, int] | None:
-    """Whose files made in ``folder`` must be: its owner when we are root and it is another's
-    (a ``triplicate sync`` by root beside watchers running as the service user)."""
-    if os.geteuid() != 0:
-        return None
-    status = os.stat(folder)
-    return None if status.st_uid == 0 else (status.st_uid, status.st_gid)
-
-
 def limits_folder(state_dir: Path, location: str) -> Path | None:
-    """``state_dir/limits/<location>`` (and its ``waiting`` folder), made when missing; None,
-    logged once, when it cannot be made (the limits then hold in this process only)."""
+    """``state_dir/limits/<location>`` (and its ``waiting`` folder), made when missing (each
+    owned as the folder it is made in); None, logged once, when it cannot be made (the limits
+    then hold in this process only)."""
     folder = state_dir / LIMITS_DIR / location
     try:
-        owner = _owner(state_dir)
         for path in (state_dir / LIMITS_DIR, folder, folder / "waiting"):
             if not path.is_dir():
                 path.mkdir(mode=0o750, exist_ok=True)
+                owner = folder_owner(path.parent)
                 if owner is not None:
                     os.chown(path, *owner)
         return folder
@@ -82,25 +76,11 @@ def warn_once(path: Path, error: OSError) -> None:
     log.warning("%s: limits hold in this process only: %s", path, error.strerror or error)
 
 
-def _open(path: Path, flags: int = os.O_RDWR) -> int:
-    """A descriptor of ``path``, created when missing, owned as its folder (made by
-    :func:`limits_folder` with state_dir's owner). Raises OSError."""
-    descriptor = os.open(path, flags | os.O_CREAT, 0o640)
-    try:
-        owner = _owner(path.parent)
-        if owner is not None and os.fstat(descriptor).st_uid != owner[0]:
-            os.fchown(descriptor, *owner)
-    except OSError:
-        os.close(descriptor)
-        raise
-    return descriptor
-
-
 def _publish(path: Path) -> int:
     """Make ``path`` as a file this process holds locked (made under a dot-name, then renamed,
     so nobody sees it unlocked); returns the descriptor, whose closing lets it go. Raises OSError."""
     partial = path.with_name(f".{path.name}")
-    descriptor = _open(partial, os.O_RDONLY)
+    descriptor = open_owned(partial, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.rename(partial, path)
@@ -192,7 +172,7 @@ class BucketFile:
             if folder is None:
                 return None
             self.path = folder / "bucket"
-            self._descriptor = _open(self.path)
+            self._descriptor = open_owned(self.path)
         descriptor = self._descriptor
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
@@ -268,7 +248,7 @@ class SharedSlots:
                 continue
             descriptor = self._descriptors.get(slot)
             if descriptor is None:
-                descriptor = self._descriptors[slot] = _open(self.folder / f"slot-{slot}")
+                descriptor = self._descriptors[slot] = open_owned(self.folder / f"slot-{slot}")
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
