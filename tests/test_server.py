@@ -249,6 +249,8 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
         for location in ("usb", "nas"):
             os.chown(site.root / location, nobody.pw_uid, nobody.pw_gid)
         assert site.cli("init").code == 0
+        # The watchers share each location's limits in files there (storage/limit_files.py).
+        assert (site.root / "state" / "limits").stat().st_uid == nobody.pw_uid
         added = site.add_client("delta", "usb")
         site.start_supervision()
         # (the pid is the run script's, which becomes chpst, which becomes the endpoint as nobody)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -15,22 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.remote import configure_locations, kind_location_toml, rclone_local_config, rclone_location_toml
-from tests.support.repository import BASE_CONFIG, Server, write_files
+from tests.support.repository import BASE_CONFIG, Server, data_files, seed_primary, write_files
 from triplicate.config.load import load_config
-from triplicate.storage import FileType, Handle, open_location
+from triplicate.storage import Handle, open_location
 from triplicate.storage.throttle import PrioritySlots, TokenBucket, location_limits
 from triplicate.units import parse_bandwidth
 
 MB = 1000 * 1000
-
-
-def _blobs(count: int, size: int) -> list[tuple[Handle, bytes]]:
-    """Content-addressed data files (named by their SHA-256), as restic's packs are."""
-    blobs = []
-    for _ in range(count):
-        content = os.urandom(size)
-        blobs.append((Handle(FileType.DATA, hashlib.sha256(content).hexdigest()), content))
-    return blobs
 
 
 def _save_all(server: Server, location: str, client: str, blobs: list[tuple[Handle, bytes]]) -> None:
@@ -110,19 +98,19 @@ def _measured_rate(action: Callable[[], None], total: int) -> float:
 
 def test_a_local_location_copies_at_its_bwlimit(server: Server) -> None:
     _with_location_settings(server, bwlimit="8MB/s")
-    blobs = _blobs(6, 4 * MB)  # 24 MB: three seconds at 8 MB/s
+    blobs = data_files(6, 4 * MB)  # 24 MB: three seconds at 8 MB/s
     rate = _measured_rate(lambda: _save_all(server, "usb", "web01", blobs), 24 * MB)
     assert rate == pytest.approx(8 * MB, rel=0.10), f"{rate / MB:.2f} MB/s"
     for handle, content in blobs:
         assert (server.replica("usb") / handle.relative_path()).read_bytes() == content
     # The other location has no limit: the same copy takes a fraction of the time.
-    rate = _measured_rate(lambda: _save_all(server, "nas", "web01", _blobs(6, 4 * MB)), 24 * MB)
+    rate = _measured_rate(lambda: _save_all(server, "nas", "web01", data_files(6, 4 * MB)), 24 * MB)
     assert rate > 3 * 8 * MB, f"{rate / MB:.2f} MB/s without a limit"
 
 
 def test_two_clients_to_one_location_share_its_bwlimit(server: Server) -> None:
     _with_location_settings(server, bwlimit="8MB/s")
-    first, second = _blobs(3, 4 * MB), _blobs(3, 4 * MB)
+    first, second = data_files(3, 4 * MB), data_files(3, 4 * MB)
 
     def both() -> None:
         threads = [threading.Thread(target=_save_all, args=(server, "usb", client, blobs))
@@ -152,7 +140,7 @@ def test_copies_to_one_location_are_bounded_across_clients(server: Server) -> No
     watcher.start()
     threads = []
     for client in ("a", "b", "c"):
-        for blobs in (_blobs(2, 2 * MB), _blobs(2, 2 * MB)):
+        for blobs in (data_files(2, 2 * MB), data_files(2, 2 * MB)):
             threads.append(threading.Thread(target=_save_all, args=(server, "usb", client, blobs)))
     for thread in threads:
         thread.start()
@@ -172,7 +160,7 @@ def test_rclone_is_given_the_bwlimit(server: Server, tmp_path: Path) -> None:
     folder.mkdir()
     server.write_config(BASE_CONFIG + rclone_location_toml("far", f"far:{folder}", rclone_local_config(tmp_path),
                                                            bwlimit="4MB/s").replace(str(server.root), "{root}"))
-    blobs = _blobs(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s (rclone's own bucket allows a burst)
+    blobs = data_files(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s (rclone's own bucket allows a burst)
     started = time.monotonic()
     _save_all(server, "far", "web01", blobs)
     elapsed = time.monotonic() - started
@@ -188,23 +176,13 @@ def _add_client(server: Server, name: str) -> None:
         config.write(f'\n[clients.{name}]\nreplicate_to = ["usb"]\npassword_file = "{server.password_file}"\n')
 
 
-def _seed_primary(server: Server, client: str, template: Path, packs: int, size: int) -> None:
-    """A primary holding ``template``'s repository plus ``packs`` more data files (unreferenced,
-    which restic accepts): a first copy as long as wanted without a long backup."""
-    shutil.copytree(template, server.primary(client))
-    for handle, content in _blobs(packs, size):
-        path = server.primary(client) / handle.relative_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-
-
 def test_a_small_new_snapshot_overtakes_another_clients_first_copy(server: Server, template_repository: Path,
                                                                    tmp_path: Path) -> None:
     from triplicate.actions.sync import sync_client
 
     _with_location_settings(server, bwlimit="8MB/s", workers=2)
     _add_client(server, "big")
-    _seed_primary(server, "big", template_repository, packs=16, size=4 * MB)  # 64 MB: 8 s at 8 MB/s
+    seed_primary(server, "big", template_repository, packs=16, size=4 * MB)  # 64 MB: 8 s at 8 MB/s
     config = load_config(server.config_path)
     assert sync_client(config, "web01", ["usb"]).ok
     write_files(tmp_path / "new", "small", count=2, size=50_000)
@@ -237,7 +215,7 @@ def test_status_shows_each_locations_bwlimit(server: Server) -> None:
 @pytest.mark.parametrize("kind", ["sftp", "s3", "rest", "rclone"])
 def test_every_remote_kind_honours_the_bwlimit(kind: str, server: Server, request: pytest.FixtureRequest) -> None:
     configure_locations(server, ["far"], kind_location_toml(kind, "far", server, request) + 'bwlimit = "4MB/s"\n')
-    blobs = _blobs(3, 4 * MB)  # 12 MB: three seconds at 4 MB/s
+    blobs = data_files(3, 4 * MB)  # 12 MB: three seconds at 4 MB/s
     rate = _measured_rate(lambda: _save_all(server, "far", "web01", blobs), 12 * MB)
     # Never faster than the limit (rclone's own bucket allows a small burst); a remote's own
     # overhead may make it a little slower.
@@ -260,7 +238,7 @@ def test_a_slow_locations_first_copies_do_not_hold_back_another_locations_runs(
     bigs = ("big0", "big1", "big2")
     for name in bigs:
         _add_client(server, name)  # replicated to usb
-        _seed_primary(server, name, template_repository, packs=4, size=2 * MB)  # 11 MB each: 33 s at 1 MB/s
+        seed_primary(server, name, template_repository, packs=4, size=2 * MB)  # 11 MB each: 33 s at 1 MB/s
     assert server.cli("sync", "web01").code == 0  # web01's replica on nas is up to date
 
     def copying(name: str) -> bool:
@@ -297,7 +275,7 @@ def test_rclone_follows_a_timetable_bwlimit(server: Server, tmp_path: Path) -> N
     server.write_config(BASE_CONFIG + rclone_location_toml(
         "far", f"far:{folder}", rclone_local_config(tmp_path),
         bwlimit=f"{clock(-1)},4MB/s {clock(120)},off").replace(str(server.root), "{root}"))
-    blobs = _blobs(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s
+    blobs = data_files(4, 4 * MB)  # 16 MB: four seconds at 4 MB/s
     rate = _measured_rate(lambda: _save_all(server, "far", "web01", blobs), 16 * MB)
     assert 0.6 * 4 * MB < rate < 1.1 * 4 * MB, f"{rate / MB:.2f} MB/s"
     for handle, content in blobs:

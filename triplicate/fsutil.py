@@ -39,6 +39,30 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     fsync_directory(path.parent)
 
 
+def folder_owner(folder: Path) -> tuple[int, int] | None:
+    """Whose a file or folder made in ``folder`` must be: the folder's owner when we are root and
+    it is another's (a command run by root beside services running as the service user, which
+    must still open what root made). None: leave it as made."""
+    if os.geteuid() != 0:
+        return None
+    status = os.stat(folder)
+    return None if status.st_uid == 0 else (status.st_uid, status.st_gid)
+
+
+def open_owned(path: Path, flags: int = os.O_RDWR, mode: int = 0o640) -> int:
+    """A descriptor of ``path``, created when missing and then given its folder's owner
+    (:func:`folder_owner`). Raises OSError."""
+    descriptor = os.open(path, flags | os.O_CREAT, mode)
+    try:
+        owner = folder_owner(path.parent)
+        if owner is not None and os.fstat(descriptor).st_uid != owner[0]:
+            os.fchown(descriptor, *owner)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def _unlink_quietly(path: str | Path) -> None:
     try:
         os.unlink(path)

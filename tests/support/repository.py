@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from triplicate.cli import run as run_cli
+from triplicate.storage.handle import FileType, Handle
 
 PASSWORD = "correct horse battery staple"
 # Run a command as an unprivileged user: root passes every permission check.
@@ -137,6 +138,25 @@ def write_files(folder: Path, prefix: str, count: int, size: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         (folder / f"{prefix}-{index}.bin").write_bytes(os.urandom(size))
+
+
+def data_files(count: int, size: int) -> list[tuple[Handle, bytes]]:
+    """Random content-addressed data files (named by their SHA-256), as restic's packs are."""
+    files = []
+    for _ in range(count):
+        content = os.urandom(size)
+        files.append((Handle(FileType.DATA, hashlib.sha256(content).hexdigest()), content))
+    return files
+
+
+def seed_primary(server: Server, client: str, template: Path, packs: int, size: int) -> None:
+    """A primary holding ``template``'s repository plus ``packs`` more data files (unreferenced,
+    which restic accepts): a first copy as long as wanted without a long backup."""
+    shutil.copytree(template, server.primary(client))
+    for handle, content in data_files(packs, size):
+        path = server.primary(client) / handle.relative_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
 
 
 def repository_files(repo: Path) -> dict[str, int]:

@@ -92,7 +92,7 @@ def init_server(config_path: Path, options: InitOptions) -> InitReport:
 
 
 def _hand_state_to(state_dir: Path, owner: tuple[int, int]) -> list[str]:
-    """Make the state database and the locks folder the service user's.
+    """Make the state database and the locks and limits folders the service user's.
 
     The watchers run as that user and write both; made by root later they would be
     root's. (SQLite, when root opens a database, gives its journal files the
@@ -105,8 +105,9 @@ def _hand_state_to(state_dir: Path, owner: tuple[int, int]) -> list[str]:
         changes.append(f"created {database}")
     if (database.stat().st_uid, database.stat().st_gid) != owner:
         os.chown(database, *owner)
-    if make_folder(state_dir / "locks", owner, 0o750):
-        changes.append(f"created {state_dir / 'locks'}")
+    for folder in (state_dir / "locks", state_dir / "limits"):
+        if make_folder(folder, owner, 0o750):
+            changes.append(f"created {folder}")
     return changes
 
 

@@ -9,6 +9,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from triplicate.errors import CannotRun
+from triplicate.fsutil import open_owned
 from triplicate.state.db import PRIMARY
 
 
@@ -29,7 +30,7 @@ def location_lock(state_dir: Path, client: str, location: str, *,
     path = folder / f"{client}@{location}.lock"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = open_owned(path, mode=0o600)  # made by root: the service user's, as its folder
     except OSError as error:
         raise CannotRun(f"cannot open the lock file {path}: {error.strerror or error}") from None
     try:

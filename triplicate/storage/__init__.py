@@ -38,8 +38,8 @@ def open_location(config: Config, location: str, client: str) -> Backend:
     Opening does no I/O and never fails: an unreachable server or unreadable
     credentials surface as StorageError from the backend's first call (prepare), so
     one bad location never stops the others. Remote kinds retry transient failures.
-    Saves share the location's ``bwlimit`` and copy slots with every other client's
-    in this process (storage/throttle.py).
+    Saves share the location's ``bwlimit`` and copy slots with every other client's,
+    in this process and in every other one on the server (storage/throttle.py).
     """
     from triplicate.storage.throttle import ThrottledBackend, location_limits
 
@@ -51,7 +51,7 @@ def open_location(config: Config, location: str, client: str) -> Backend:
         from triplicate.storage.retry import RetryingBackend
 
         backend = RetryingBackend(backend)
-    limits = location_limits(location, settings.bwlimit, opening.workers)
+    limits = location_limits(location, settings.bwlimit, opening.workers, opening.state_dir)
     return ThrottledBackend(backend, limits, throttle_source=not kind.own_bandwidth)
 
 

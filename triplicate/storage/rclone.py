@@ -58,10 +58,11 @@ class RcloneBackend:
 
     def __init__(self, remote: str, rclone_config: Path | None, client: str, description: str,
                  connections: int = 4, timeout: float = 120.0, bwlimit: str | None = None,
-                 location: str | None = None) -> None:
+                 location: str | None = None, state_dir: Path | None = None) -> None:
         self.remote = remote
         self.bwlimit = bwlimit  # given to the rclone that copies (a server of this location's own)
         self.location = location
+        self.state_dir = state_dir  # where the processes copying to the location share its bwlimit
         self.rclone_config = rclone_config
         self.client = client
         self.repository = join_remote(remote, client)
@@ -197,8 +198,9 @@ class RcloneBackend:
         """
         what = f"saving {handle}"
         try:
-            self._run_job(what, "operations/copyfile", srcFs=str(path.parent), srcRemote=path.name,
-                          dstFs=self.repository, dstRemote=handle.relative_path())
+            with self._server().copying():
+                self._run_job(what, "operations/copyfile", srcFs=str(path.parent), srcRemote=path.name,
+                              dstFs=self.repository, dstRemote=handle.relative_path())
         except StorageError as error:
             try:
                 self.remove(handle)
@@ -292,7 +294,8 @@ class RcloneBackend:
         with self._lock:
             if self._rclone is None:
                 try:
-                    self._rclone = rclone_server.acquire(self.rclone_config, self.bwlimit, self.location)
+                    self._rclone = rclone_server.acquire(self.rclone_config, self.bwlimit, self.location,
+                                                         self.state_dir)
                 except StorageError as error:
                     raise StorageError(f"{self.description}: {error}") from None
             if not self._rclone.running:

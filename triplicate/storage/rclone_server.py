@@ -3,7 +3,10 @@
 Every rclone location that uses the same ``rclone_config`` talks to the same
 server (each call names its remote), except a location with a ``bwlimit``: rclone's
 limit is one for the whole server, so such a location gets a server of its own,
-started with ``--bwlimit``, that every client's copies to it share. A server runs while a location uses it; the
+started with ``--bwlimit``, that every client's copies to it share. Other processes may
+copy to the same location at once (one watcher per client): while N of them do, each
+gives its rclone the rate in force divided by N (``core/bwlimit``; :class:`BandwidthShare`).
+A server runs while a location uses it; the
 daemon keeps servers running between runs (:func:`keep_servers`), so a run does
 not pay rclone's start-up. A configuration file changed on disk gets a new server.
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +35,12 @@ import urllib3
 
 from triplicate import execute
 from triplicate.storage.backend import StorageError
-from triplicate.units import parse_bandwidth
+from triplicate.storage.limit_files import Copiers, limits_folder, warn_once
+from triplicate.units import parse_bandwidth, rate_at
+
+log = logging.getLogger("triplicate.sync")
+SHARE_SECONDS = 0.25  # how often a copying process looks again at how many others copy
+SHARE_LINGER = 0.5  # how long a process stays counted after its last copy
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
@@ -55,9 +65,10 @@ class RcloneServer:
     """One running ``rclone rcd``. Raises StorageError when it cannot start."""
 
     def __init__(self, rclone_config: Path | None, stamp: tuple[int, int, int] | None = None,
-                 bwlimit: str | None = None, owner: str | None = None) -> None:
+                 bwlimit: str | None = None, owner: str | None = None, state_dir: Path | None = None) -> None:
         self.rclone_config = rclone_config
         self.bwlimit = bwlimit
+        self.state_dir = state_dir
         self.key: tuple[Path | None, str | None] = (rclone_config, owner)
         self.stamp = stamp  # the configuration file as it was when the server started
         self.users = 0
@@ -80,6 +91,17 @@ class RcloneServer:
         self.headers = {"Authorization": f"Basic {token}"}
         self.pool = urllib3.PoolManager(num_pools=1, maxsize=_POOL_SIZE, block=False, retries=False)
         self.url = self._await_address()
+        folder = None if bwlimit is None or owner is None or state_dir is None else limits_folder(state_dir, owner)
+        self.share = None if folder is None or bwlimit is None else BandwidthShare(self, bwlimit, Copiers(folder))
+
+    @contextmanager
+    def copying(self) -> Iterator[None]:
+        """A copy runs in the block: with a ``bwlimit``, this rclone's share of it is kept up to date."""
+        if self.share is None:
+            yield
+            return
+        with self.share.copying():
+            yield
 
     def _await_address(self) -> str:
         found = threading.Event()
@@ -144,6 +166,77 @@ class RcloneServer:
         execute.stop(self.process)
 
 
+class BandwidthShare:
+    """A limited location's rclone takes its share of the ``bwlimit``: the rate in force divided
+    by the number of processes copying to the location now (:class:`Copiers`), looked at again
+    every :data:`SHARE_SECONDS` while this process copies, and set with ``core/bwlimit``. A
+    process stays counted for :data:`SHARE_LINGER` seconds after its last copy ends, so that
+    the others do not take the whole limit in the moment between two of its files."""
+
+    def __init__(self, server: RcloneServer, bwlimit: str, copiers: Copiers) -> None:
+        self._server = server
+        self._timetable = parse_bandwidth(bwlimit)
+        self._copiers = copiers
+        self._lock = threading.Lock()
+        self._active = 0  # copies of this process in flight
+        self._idle_since = 0.0  # when the last one ended
+        self._engaged = False  # counted among the copiers (when it could be) and following the count
+        self._rate: str | None = None  # the rate last set; None: the one rclone started with
+        self._update_lock = threading.Lock()
+
+    @contextmanager
+    def copying(self) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+            if not self._engaged:
+                self._engaged = True
+                try:
+                    self._copiers.enter()
+                except OSError as error:  # the others' count still gives a share
+                    warn_once(self._copiers.folder, error)
+                threading.Thread(target=self._follow, name="rclone bwlimit share", daemon=True).start()
+        self.update()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle_since = time.monotonic()
+
+    def _follow(self) -> None:
+        while True:
+            time.sleep(SHARE_SECONDS)  # a period, not synchronisation
+            with self._lock:
+                if self._active == 0:
+                    if time.monotonic() - self._idle_since >= SHARE_LINGER:
+                        self._engaged = False
+                        self._copiers.leave()
+                        return
+                    continue
+            self.update()
+
+    def update(self) -> None:
+        """Set this rclone's rate to its share now (errors are logged: the copy goes on at the last rate)."""
+        with self._update_lock:
+            try:
+                count = max(1, self._copiers.count())
+            except OSError as error:
+                warn_once(self._copiers.folder, error)
+                return
+            local = time.localtime()
+            rate = rate_at(self._timetable, local.tm_hour * 60 + local.tm_min)
+            wanted = "off" if rate is None else f"{max(1, rate // count)}B"
+            if wanted == self._rate:
+                return
+            try:
+                self._server.call("core/bwlimit", {"rate": wanted}, timeout=10)
+                self._rate = wanted
+            except Exception as error:  # an rclone that stopped fails its copy anyway
+                log.warning("rclone %s: setting its share of the bwlimit (%s) failed: %s",
+                            self._server.key[1], wanted, error)
+
+
 # -- the servers of this process ------------------------------------------------------------
 
 _lock = threading.Lock()  # guards the three below; never held while a server starts
@@ -163,9 +256,11 @@ def _stamp(rclone_config: Path | None) -> tuple[int, int, int] | None:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def acquire(rclone_config: Path | None, bwlimit: str | None = None, location: str | None = None) -> RcloneServer:
+def acquire(rclone_config: Path | None, bwlimit: str | None = None, location: str | None = None,
+            state_dir: Path | None = None) -> RcloneServer:
     """The running server for ``rclone_config``, started when there is none; with a
-    ``bwlimit``, the one of ``location`` alone. Raises StorageError."""
+    ``bwlimit``, the one of ``location`` alone, sharing it with other processes through
+    ``state_dir`` (:class:`BandwidthShare`). Raises StorageError."""
     key = (rclone_config, location if bwlimit is not None else None)
     with _lock:
         starting = _starting.setdefault(key, threading.Lock())
@@ -174,7 +269,8 @@ def acquire(rclone_config: Path | None, bwlimit: str | None = None, location: st
         stale = None
         with _lock:
             current = _servers.get(key)
-            if current is not None and current.stamp == stamp and current.bwlimit == bwlimit and current.running:
+            if (current is not None and current.stamp == stamp and current.bwlimit == bwlimit
+                    and current.state_dir == state_dir and current.running):
                 current.users += 1
                 return current
             if current is not None:  # edited or dead: its last user's release stops it
@@ -182,7 +278,7 @@ def acquire(rclone_config: Path | None, bwlimit: str | None = None, location: st
                 stale = current if current.users == 0 else None
         if stale is not None:
             stale.stop()
-        server = RcloneServer(rclone_config, stamp, bwlimit, key[1])
+        server = RcloneServer(rclone_config, stamp, bwlimit, key[1], state_dir)
         with _lock:
             _servers[key] = server
             server.users += 1

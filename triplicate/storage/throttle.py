@@ -1,17 +1,21 @@
-"""Bandwidth and fairness per location, shared by every client's copies in one process.
+"""Bandwidth and fairness per location, shared by every client's copies on the server.
 
 A location's ``bwlimit`` is one token bucket and its ``workers`` one set of copy slots,
-kept per location name for the whole process (:func:`location_limits`): twenty clients
-replicating to one SFTP host at once share its bandwidth and open at most ``workers``
-copies there, not twenty times that. ``ThrottledBackend`` wraps any backend (the house
-rule: cross-cutting behaviour is a wrapper, never a flag inside each implementation):
-a save waits for a slot, then reads its source through the bucket. A kind whose
-program copies the file itself (rclone) is given the limit instead and the source is
-not throttled here (storage/kinds/kind.py's ``own_bandwidth``).
+kept per location name for the whole process (:func:`location_limits`) and shared with
+every other process on the server through files under ``state_dir/limits/``
+(storage/limit_files.py): twenty clients replicating to one SFTP host at once, each
+from its own watcher process, share its bandwidth and copy at most ``workers`` files
+there, not twenty times that. ``ThrottledBackend`` wraps any backend (the house rule:
+cross-cutting behaviour is a wrapper, never a flag inside each implementation): a save
+waits for a slot, then reads its source through the bucket. A kind whose program copies
+the file itself (rclone) is given the limit instead and the source is not throttled
+here (storage/kinds/kind.py's ``own_bandwidth``).
 
 Slots go to the waiting copy whose run has saved the fewest bytes so far (ties: the
-first to ask): a client with a small new snapshot overtakes one whose first copy has
-been running for an hour, without the mirror knowing what either has left to copy.
+first to ask), in this process and across processes: a client with a small new
+snapshot overtakes one whose first copy has been running for an hour, without the
+mirror knowing what either has left to copy. When ``state_dir`` cannot be written the
+limits hold in this process only (logged once).
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from triplicate.storage.backend import Backend, Forwarding
 from triplicate.storage.handle import Handle
+from triplicate.storage.limit_files import BucketFile, SharedSlots, limits_folder, warn_once
 from triplicate.units import parse_bandwidth, rate_at
 
 Timetable = tuple[tuple[int, int | None], ...]
@@ -33,7 +40,8 @@ _LONGEST_WAIT = 1.0  # a wait is cut in slices so that a switch to "off" ends it
 
 
 class TokenBucket:
-    """Bytes per second from a timetable (:func:`triplicate.units.parse_bandwidth`), shared by threads.
+    """Bytes per second from a timetable (:func:`triplicate.units.parse_bandwidth`), shared by
+    threads, and by processes when given a ``shared`` file to keep its state in.
 
     ``clock`` is the wall clock (seconds since the epoch; its local time picks the
     timetable's entry), ``monotonic`` and ``sleep`` measure and wait; all injectable.
@@ -41,11 +49,12 @@ class TokenBucket:
 
     def __init__(self, timetable: Timetable, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, shared: BucketFile | None = None) -> None:
         self.timetable = timetable
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
+        self._shared = shared
         self._lock = threading.Lock()
         self._tokens = 0.0  # negative: owed by copies already let through
         self._last = monotonic()
@@ -58,15 +67,29 @@ class TokenBucket:
     def consume(self, count: int) -> float:
         """Take ``count`` bytes, waiting as long as the rate requires; returns the seconds waited."""
         waited = 0.0
-        with self._lock:
-            rate = self.rate()
+        rate = self.rate()
+
+        def pay(tokens: float, last: float) -> tuple[float, float, float]:
+            """The bucket after this payment, and the seconds it owes."""
             now = self._monotonic()
             if rate is None:
-                self._tokens, self._last = 0.0, now
-                return 0.0
-            self._tokens = min(rate * BURST_SECONDS, self._tokens + (now - self._last) * rate) - count
-            self._last = now
-            owed = -self._tokens / rate if self._tokens < 0 else 0.0
+                return 0.0, now, 0.0
+            tokens = min(rate * BURST_SECONDS, tokens + (now - last) * rate) - count
+            return tokens, now, (-tokens / rate if tokens < 0 else 0.0)
+
+        with self._lock:
+            owed = None
+            if self._shared is not None:
+                try:
+                    owed = self._shared.transact(pay, self._monotonic)
+                except OSError as error:
+                    warn_once(self._shared.path or Path("bucket"), error)
+                if owed is None:  # no file to share it through: this process's bucket alone
+                    self._shared = None
+            if owed is None:
+                self._tokens, self._last, owed = pay(self._tokens, self._last)
+        if rate is None:
+            return 0.0
         while owed > 0:
             step = min(owed, _LONGEST_WAIT)
             # Rate limiting: the wait is the throttle itself, not synchronisation.
@@ -118,34 +141,72 @@ class PrioritySlots:
 
 
 class LocationLimits:
-    """One location's shared limits: its bucket (None: no bwlimit) and its copy slots."""
+    """One location's limits: its bucket (None: no bwlimit) and its copy slots, in this
+    process (``slots``) and, with a ``state_dir``, across processes (:meth:`shared_slots`)."""
 
-    def __init__(self, bwlimit: str | None, slots: int) -> None:
+    def __init__(self, location: str, bwlimit: str | None, slots: int, state_dir: Path | None = None) -> None:
+        self.location = location
         self.bwlimit = bwlimit
-        self.bucket = None if bwlimit is None else TokenBucket(parse_bandwidth(bwlimit))
+        self.state_dir = state_dir
         self.slots = PrioritySlots(slots)
+        self._shared_lock = threading.Lock()
+        self._folder: Path | None = None
+        self._folder_made = False
+        self._shared_slots: SharedSlots | None = None
+        self.bucket = self._bucket()
 
-    def update(self, bwlimit: str | None, slots: int) -> None:
+    def _bucket(self) -> TokenBucket | None:
+        if self.bwlimit is None:
+            return None
+        # The file is made at the first chunk paid for: a command that saves nothing writes nothing.
+        shared = None if self.state_dir is None else BucketFile(self.folder)
+        return TokenBucket(parse_bandwidth(self.bwlimit), shared=shared)
+
+    def folder(self) -> Path | None:
+        """``state_dir/limits/<location>``, made on first use; None without a usable state_dir."""
+        with self._shared_lock:
+            if not self._folder_made:
+                self._folder_made = True
+                self._folder = None if self.state_dir is None else limits_folder(self.state_dir, self.location)
+            return self._folder
+
+    def shared_slots(self) -> SharedSlots | None:
+        """The slots every process shares; None when they cannot be kept in files."""
+        folder = self.folder()
+        with self._shared_lock:
+            if folder is not None and self._shared_slots is None:
+                self._shared_slots = SharedSlots(folder, self.slots.count)
+            return self._shared_slots
+
+    def update(self, bwlimit: str | None, slots: int, state_dir: Path | None = None) -> None:
+        if state_dir is not None and state_dir != self.state_dir:
+            with self._shared_lock:
+                self.state_dir, self._folder_made, self._folder, self._shared_slots = state_dir, False, None, None
+            self.bucket = self._bucket()
         if bwlimit != self.bwlimit:
             self.bwlimit = bwlimit
-            self.bucket = None if bwlimit is None else TokenBucket(parse_bandwidth(bwlimit))
+            self.bucket = self._bucket()
         if slots != self.slots.count:
             self.slots.resize(slots)
+            with self._shared_lock:
+                if self._shared_slots is not None:
+                    self._shared_slots.resize(slots)
 
 
 _registry_lock = threading.Lock()
 _registry: dict[str, LocationLimits] = {}
 
 
-def location_limits(location: str, bwlimit: str | None, slots: int) -> LocationLimits:
+def location_limits(location: str, bwlimit: str | None, slots: int, state_dir: Path | None = None) -> LocationLimits:
     """The process's limits of ``location``, made on first use and kept up to date with its
-    configuration (a daemon reloading it)."""
+    configuration (a daemon reloading it); with ``state_dir``, shared with every process
+    using the same state folder."""
     with _registry_lock:
         limits = _registry.get(location)
         if limits is None:
-            limits = _registry[location] = LocationLimits(bwlimit, slots)
+            limits = _registry[location] = LocationLimits(location, bwlimit, slots, state_dir)
         else:
-            limits.update(bwlimit, slots)
+            limits.update(bwlimit, slots, state_dir)
         return limits
 
 
@@ -165,13 +226,31 @@ class ThrottledBackend(Forwarding):
     def saved(self) -> int:
         return self._saved
 
+    @contextmanager
+    def _shared_slot(self) -> Iterator[None]:
+        """Hold one of the slots every process shares for the block (none when they cannot be
+        kept in files: the process's own slots still hold)."""
+        shared = self.limits.shared_slots()
+        slot = None
+        if shared is not None:
+            try:
+                slot = shared.acquire(self._saved)
+            except OSError as error:
+                warn_once(shared.folder, error)
+        try:
+            yield
+        finally:
+            if shared is not None and slot is not None:
+                shared.release(slot)
+
     def save(self, handle: Handle, source: BinaryIO) -> int:
         bucket = self.limits.bucket if self._throttle_source else None
         slots = self.limits.slots
         slots.acquire(self._saved)
         try:
-            reader = source if bucket is None else ThrottledReader(source, bucket)
-            size = self.backend.save(handle, cast(BinaryIO, reader))  # reads, rewinds: all a save uses
+            with self._shared_slot():
+                reader = source if bucket is None else ThrottledReader(source, bucket)
+                size = self.backend.save(handle, cast(BinaryIO, reader))  # reads, rewinds: all a save uses
         finally:
             slots.release()
         with self._saved_lock:

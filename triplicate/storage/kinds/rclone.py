@@ -37,7 +37,7 @@ def _open(settings: RcloneLocation, opening: Opening) -> Backend:
 
     return RcloneBackend(settings.remote, settings.rclone_config, opening.client,
                          f"{opening.location} ({join_remote(settings.remote, opening.client)})", opening.workers,
-                         bwlimit=settings.bwlimit, location=opening.location)
+                         bwlimit=settings.bwlimit, location=opening.location, state_dir=opening.state_dir)
 
 
 def _restic(settings: RcloneLocation, opening: Opening) -> ResticTarget:
