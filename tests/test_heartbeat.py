@@ -161,7 +161,10 @@ def test_a_scheduled_audit_pings_start_then_success_or_fail(server: Server, daem
 
     daemon.wait_until(lambda: ("/ping/web01-token", "audit passed") in audit_pings(), TIMEOUT, "a passed audit")
     assert audit_pings()[:2] == [("/ping/web01-token/start", "audit started"), ("/ping/web01-token", "audit passed")]
-    shutil.rmtree(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL
+    # Replicated first: what is taken away below was really there.
+    nas_snapshots = server.replica("nas") / "snapshots"
+    daemon.wait_until(lambda: nas_snapshots.is_dir() and any(nas_snapshots.iterdir()), TIMEOUT, "nas's copy")
+    shutil.rmtree(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL or UNKNOWN
     server.replica("nas").write_text("a file where the client's folder should be")
     daemon.wait_until(lambda: any(path.endswith("/fail") for path, _ in audit_pings()), TIMEOUT, "a failed audit")
     fail = next(body for path, body in audit_pings() if path.endswith("/fail"))

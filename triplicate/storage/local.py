@@ -54,6 +54,7 @@ class LocalBackend:
             _require_folder(parent, "location folder", "; triplicate never creates it")
             if self.mount_point and not os.path.ismount(parent):
                 raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
+            self._require_no_stranger()
             try:
                 self.root.mkdir(mode=0o700, exist_ok=True)
             except OSError as error:
@@ -62,9 +63,14 @@ class LocalBackend:
             _require_folder(parent, "folder", "")
             if self.mount_point and not os.path.ismount(parent):
                 raise StorageError(f"location folder {parent} is not a mount point (disk not mounted?)")
-            if self.root.exists() or self.root.is_symlink():
-                raise NoRepository(f"{self.root} is not a folder")  # no repository there, whatever is
+            self._require_no_stranger()
             raise NoRepository(f"no repository at {self.root}")
+
+    def _require_no_stranger(self) -> None:
+        """Raise StorageError when something other than a folder is where the client's folder goes:
+        not "nothing here yet", since no run can ever write there (a fault to report)."""
+        if not self.root.is_dir() and (self.root.exists() or self.root.is_symlink()):
+            raise StorageError(f"{self.root} is not a folder: nothing can be replicated there (move it aside)")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:

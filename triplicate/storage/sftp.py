@@ -97,8 +97,9 @@ class SftpBackend:
                 attributes = self._run("opening the repository", lambda sftp: sftp.stat(self.root))
             except NotFound:
                 raise NoRepository(f"{self.description}: no repository at {self.root}") from None
-            if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise NoRepository(f"{self.description}: no repository at {self.root}")
+            if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:  # no run can ever write there: a fault
+                raise StorageError(f"{self.description}: {self.root} is not a folder: nothing can be "
+                                   "replicated there (move it aside)")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:
