@@ -252,7 +252,10 @@ def test_services_run_as_the_configured_user_and_still_serve_backups() -> None:
         # The watchers share each location's limits in files there (storage/limit_files.py).
         assert (site.root / "state" / "limits").stat().st_uid == nobody.pw_uid
         added = site.add_client("delta", "usb")
-        site.start_supervision()
+        cache = root / "cache"  # the unit's CacheDirectory=, root's as systemd makes it
+        cache.mkdir()
+        site.start_supervision(env={"CACHE_DIRECTORY": str(cache), "XDG_CACHE_HOME": str(cache)})
+        assert cache.stat().st_uid == nobody.pw_uid, "the services' cache stays root's"
         # (the pid is the run script's, which becomes chpst, which becomes the endpoint as nobody)
         wait_until(lambda: real_uid(site.service_pid("delta", "rest")) == nobody.pw_uid, 15, "the endpoint as nobody")
         wait_until(lambda: http_status("GET", _base(added["url"]) + "delta/config") == 401, 10, "the endpoint")

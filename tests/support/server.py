@@ -90,12 +90,14 @@ class Site:
         return subprocess.run(["restic", "--no-cache", *args], env=restic_env(url, self.restic_password),
                               capture_output=True, text=True, timeout=timeout)
 
-    def start_supervision(self) -> None:
-        """Run 'triplicate supervise' in the background, as a systemd unit would."""
+    def start_supervision(self, env: dict[str, str] | None = None) -> None:
+        """Run 'triplicate supervise' in the background, as a systemd unit would (with ``env``
+        added to its environment, as the unit's)."""
         self.supervised_since = time.time()
         self.supervisor = subprocess.Popen(
             [sys.executable, "-m", "triplicate", "-c", str(self.config_path), "supervise"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
         )
         wait_until(lambda: find_runsvdir(self.layout.top) or self.supervisor.poll() is not None, 20,
                    "runsvdir to start")

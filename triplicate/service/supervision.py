@@ -17,7 +17,7 @@ from triplicate.errors import CannotRun
 from triplicate.service import runit
 from triplicate.service.layout import Layout
 from triplicate.service.scripts import Programs, triplicate_command
-from triplicate.service.tree import client_names, reconcile, stop_client, stop_unit
+from triplicate.service.tree import client_names, owner_ids, reconcile, stop_client, stop_unit
 
 
 class AlreadySupervised(CannotRun):
@@ -43,6 +43,7 @@ def run_supervision(config: Config, config_path: Path) -> None:
     programs = Programs.find()
     for change in reconcile(config, config_path, programs).changes:
         print(f"triplicate: {change}", file=sys.stderr)
+    _give_cache_to_services(config)
     # A runsvdir that was killed (not HUP'd) leaves its runsv processes behind; a new
     # runsvdir's runsv would fail on their locks forever. Stop them first, keeping the links.
     for name in client_names(layout.clients_root):
@@ -57,6 +58,21 @@ def run_supervision(config: Config, config_path: Path) -> None:
             print(f"triplicate: stopping the {what} left by an earlier supervisor", file=sys.stderr)
             stop_unit(unit, None, shared)
     execute.replace_process([programs.runsvdir, str(layout.top)])
+
+
+def _give_cache_to_services(config: Config) -> None:
+    """Under the systemd unit, its ``CacheDirectory=`` (systemd names it in ``CACHE_DIRECTORY``)
+    is root's: give it to server.user, whose services keep restic's and rclone's caches there."""
+    owner = owner_ids(config)
+    if owner is None:
+        return
+    for folder in filter(None, os.environ.get("CACHE_DIRECTORY", "").split(":")):
+        try:
+            if Path(folder).is_dir() and os.stat(folder).st_uid != owner[0]:
+                os.chown(folder, *owner)
+        except OSError as error:  # the services then run without a cache: slower, not broken
+            print(f"triplicate: {folder}: {error.strerror or error}; restic and rclone run without "
+                  "a cache", file=sys.stderr)
 
 
 def stop_supervision(config: Config, timeout: float) -> StopReport:
@@ -144,7 +160,7 @@ SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallErrorNumber=EPERM
 UMask=0027
-# rclone's and restic's caches (the home folder is read-only)
+# rclone's and restic's caches (the home folder is read-only); supervise gives it to server.user
 CacheDirectory=triplicate
 Environment=XDG_CACHE_HOME=/var/cache/triplicate
 
