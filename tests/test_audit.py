@@ -134,12 +134,12 @@ def test_a_location_without_the_clients_replica_is_judged_by_the_missing_snapsho
     assert report["clients"]["web01"]["locations"]["nas"]["status"] == "OK"
 
 
-def test_a_file_where_the_clients_folder_should_be_is_not_nothing_yet_but_unknown(server: Server) -> None:
+def test_a_file_where_the_clients_folder_should_be_is_not_nothing_yet_but_critical(server: Server) -> None:
     """No run can ever write there: even with a snapshot too new to judge, the location is not OK."""
     server.replica("nas").write_text("a file where the client's folder should be")
     code, report = audit(server)
     nas = report["clients"]["web01"]["locations"]["nas"]
-    assert code == 3 and nas["status"] == "UNKNOWN", nas
+    assert code == 2 and nas["status"] == "CRITICAL", nas
     assert "is not a folder: nothing can be replicated there" in nas["reasons"][0]
     assert report["clients"]["web01"]["locations"]["usb"]["status"] == "OK"  # new, not judged yet
     sync = server.cli("sync", "web01", "--json")

@@ -34,7 +34,7 @@ from triplicate.state.audit import AuditRecord, AuditState, LocationAuditRecord
 from triplicate.state.db import PRIMARY
 from triplicate.state.replication import ReplicationState
 from triplicate.storage import Backend, FileInfo, FileType, Handle, NotFound, StorageError, open_location, open_primary
-from triplicate.storage.backend import NoRepository
+from triplicate.storage.backend import NoRepository, NotAFolder
 from triplicate.units import format_duration
 
 log = logging.getLogger("triplicate.audit")
@@ -273,8 +273,10 @@ def _audit_location(context: _Context, client: str, location: str, listing: Sour
         try:
             replica.prepare(create=False)
         except NoRepository as missing:
-            # Reachable, but nothing replicated here yet: every snapshot is missing, judged by its age.
-            result.findings.append(Finding(Status.OK, f"no repository here yet ({missing})"))
+            # Reachable, but nothing replicated here yet: every snapshot is missing, judged by its age;
+            # unless no run can ever write there (a file where the client's folder goes).
+            result.findings.append(Finding(Status.CRITICAL, str(missing)) if isinstance(missing, NotAFolder)
+                                   else Finding(Status.OK, f"no repository here yet ({missing})"))
             empty: dict[FileType, dict[str, FileInfo]] = {file_type: {} for file_type in LISTING_ORDER}
             _judge_snapshots(context, client, location, empty, arrival, now, result)
             return result

@@ -71,6 +71,11 @@ class NoRepository(StorageError):
     """The location is there but holds no repository for the client (nothing replicated yet)."""
 
 
+class NotAFolder(NoRepository):
+    """Something other than a folder is where the client's folder goes: no repository there, and
+    no run can ever write one (a fault to report, not "nothing replicated yet")."""
+
+
 class UnreadableFile(StorageError):
     """One file is there but cannot be read as a file (not a regular file, denied, a read error).
 

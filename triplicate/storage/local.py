@@ -15,6 +15,7 @@ from triplicate.fsutil import fsync_directory
 from triplicate.storage.backend import (
     FileInfo,
     NoRepository,
+    NotAFolder,
     NotFound,
     StorageError,
     UnreadableFile,
@@ -67,10 +68,9 @@ class LocalBackend:
             raise NoRepository(f"no repository at {self.root}")
 
     def _require_no_stranger(self) -> None:
-        """Raise StorageError when something other than a folder is where the client's folder goes:
-        not "nothing here yet", since no run can ever write there (a fault to report)."""
+        """Raise NotAFolder when something other than a folder is where the client's folder goes."""
         if not self.root.is_dir() and (self.root.exists() or self.root.is_symlink()):
-            raise StorageError(f"{self.root} is not a folder: nothing can be replicated there (move it aside)")
+            raise NotAFolder(f"{self.root} is not a folder: nothing can be replicated there (move it aside)")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:

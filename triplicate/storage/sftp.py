@@ -23,7 +23,15 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import asyncssh
 
-from triplicate.storage.backend import CHUNK_SIZE, FileInfo, NoRepository, NotFound, StorageError, copy_verified
+from triplicate.storage.backend import (
+    CHUNK_SIZE,
+    FileInfo,
+    NoRepository,
+    NotAFolder,
+    NotFound,
+    StorageError,
+    copy_verified,
+)
 from triplicate.storage.eventloop import LoopThread
 from triplicate.storage.handle import FileType, Handle, is_id
 from triplicate.storage.remote import list_config
@@ -98,7 +106,7 @@ class SftpBackend:
             except NotFound:
                 raise NoRepository(f"{self.description}: no repository at {self.root}") from None
             if attributes.type != asyncssh.FILEXFER_TYPE_DIRECTORY:  # no run can ever write there: a fault
-                raise StorageError(f"{self.description}: {self.root} is not a folder: nothing can be "
+                raise NotAFolder(f"{self.description}: {self.root} is not a folder: nothing can be "
                                    "replicated there (move it aside)")
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
