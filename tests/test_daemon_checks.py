@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.processes import children_of
-from tests.support.repository import BASE_CONFIG, Server, write_files
+from tests.support.repository import BASE_CONFIG, Server, take_away, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink
 from triplicate import execute
 from triplicate.state.audit import last_audit
@@ -69,7 +68,7 @@ def test_scheduled_audit_and_restore_check_notify_a_broken_location(
     daemon.terminate()  # (not while a restore reads the replica: restic would retry for a minute)
     # The nas disk loses the client's replica and cannot take it back (a file in its place;
     # a lost replica that can be written is refilled by the daemon at once).
-    shutil.rmtree(server.replica("nas"))
+    take_away(server.replica("nas"))
     server.replica("nas").write_text("not a folder")
     daemon = DaemonProcess(server.config_path)
     daemons.append(daemon)

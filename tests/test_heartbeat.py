@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repository import BASE_CONFIG, Server, write_files
+from tests.support.repository import BASE_CONFIG, Server, take_away, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink
 from triplicate.state.db import connect
 
@@ -109,7 +108,7 @@ def test_heartbeat_pings_start_then_success_or_fail_around_replication(
     assert receiver.pings[1][1] == "replicated to 2 location(s)"
 
     # usb breaks, then a backup arrives: the replication fails at usb and says so.
-    shutil.rmtree(server.replica("usb"))
+    take_away(server.replica("usb"))
     server.replica("usb").write_text("a file where the client's folder should be")
     before = len(receiver.pings)
     write_files(tmp_path / "more", "two", count=1, size=1 << 16)
@@ -164,7 +163,7 @@ def test_a_scheduled_audit_pings_start_then_success_or_fail(server: Server, daem
     # Replicated first: what is taken away below was really there.
     nas_snapshots = server.replica("nas") / "snapshots"
     daemon.wait_until(lambda: nas_snapshots.is_dir() and any(nas_snapshots.iterdir()), TIMEOUT, "nas's copy")
-    shutil.rmtree(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL or UNKNOWN
+    take_away(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL or UNKNOWN
     server.replica("nas").write_text("a file where the client's folder should be")
     daemon.wait_until(lambda: any(path.endswith("/fail") for path, _ in audit_pings()), TIMEOUT, "a failed audit")
     fail = next(body for path, body in audit_pings() if path.endswith("/fail"))

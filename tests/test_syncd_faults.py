@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.repository import BASE_CONFIG, Server, flip_byte, snapshot_files, write_files
+from tests.support.repository import BASE_CONFIG, Server, flip_byte, snapshot_files, take_away, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink, metric_values
 
 POLL = 2.0  # poll_interval in these tests
@@ -78,7 +78,7 @@ def test_a_replica_emptied_under_the_daemon_is_refilled_and_reported_within_one_
     daemon.wait_until(lambda: on_replica(server) and on_replica(server, "nas"), 15, "the catch-up on start")
     daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "usb recorded")
 
-    shutil.rmtree(server.replica("usb"))  # a swapped or reformatted disk
+    take_away(server.replica("usb"))  # a swapped or reformatted disk
     emptied = time.monotonic()
     daemon.wait_until(lambda: on_replica(server), POLL + MARGIN, "the refill")
     refilled = time.monotonic() - emptied

@@ -179,6 +179,14 @@ def file_hash_matches_name(path: Path) -> bool:
     return hashlib.sha256(path.read_bytes()).hexdigest() == path.name
 
 
+def take_away(folder: Path) -> None:
+    """Remove ``folder`` in one step, as a swapped disk would: renamed aside, then deleted. (A
+    running daemon may refill it meanwhile, which would make a plain rmtree fail half-way.)"""
+    aside = folder.with_name(f"{folder.name}.taken-away")
+    folder.rename(aside)
+    shutil.rmtree(aside)
+
+
 def age_file(path: Path, seconds: float = 3600) -> None:
     """Make a file look as if it was last modified ``seconds`` ago."""
     stat = path.stat()
