@@ -131,6 +131,25 @@ def copying_during_backup(site: Site) -> str | None:
     return copying
 
 
+def kill_backup_once_a_pack_is_copied(site: Site, url: str, replica: Path) -> None:
+    """Start a slow backup; once a pack reached the replica (before the backup ended), kill restic."""
+    backup = slow_backup(site, url)
+    try:
+        wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
+        assert backup.poll() is None, "the replica received packs only after the backup ended"
+    finally:
+        backup.kill()
+        backup.wait()
+
+
+def assert_valid_without_a_snapshot(site: Site, primary: Path, replica: Path) -> None:
+    """After a killed backup: no snapshot anywhere, and the replica a valid repository of whole packs."""
+    assert not snapshot_files(replica) and not snapshot_files(primary)
+    check = replica_check(replica, site.restic_password)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert all(file_hash_matches_name(replica / "data" / name[:2] / name) for name in packs(replica))
+
+
 def test_packs_reach_the_replica_before_the_snapshot_lands_and_it_follows_within_seconds(tmp_path: Path) -> None:
     with served_client(tmp_path / "site") as (site, url):
         primary, replica = site.root / "repos" / "alpha", site.root / "usb" / "alpha"
@@ -170,21 +189,12 @@ def test_a_killed_backup_leaves_the_replica_valid_with_its_packs_and_nothing_els
     holding the backup's packs and nothing else (no snapshot, no lock, no partial file)."""
     with served_client(tmp_path / "site") as (site, url):
         primary, replica = site.root / "repos" / "alpha", site.root / "usb" / "alpha"
-        backup = slow_backup(site, url)
-        try:
-            wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
-            assert backup.poll() is None, "the replica received packs only after the backup ended"
-        finally:
-            backup.kill()
-            backup.wait()
+        kill_backup_once_a_pack_is_copied(site, url, replica)
         assert list((primary / "locks").iterdir()), "the killed restic left its lock"
         log = site.layout.log_root / "alpha" / "syncd" / "current"
         wait_until(lambda: packs(replica) == packs(primary), 30, "every pack of the primary on the replica",
                    context=log.read_text)
-        assert not snapshot_files(replica) and not snapshot_files(primary)
-        check = replica_check(replica, site.restic_password)
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert all(file_hash_matches_name(replica / "data" / name[:2] / name) for name in packs(replica))
+        assert_valid_without_a_snapshot(site, primary, replica)
         held = {path.relative_to(replica).parts[0] for path in replica.rglob("*") if path.is_file()}
         assert held <= {"config", "keys", "data", "index"}, f"the replica holds more than packs: {held}"
         strays = [path for path in replica.rglob("*") if path.is_file() and path.parent.name != "keys"
@@ -309,18 +319,9 @@ def test_with_rclones_endpoint_a_killed_backup_leaves_the_replica_valid_with_its
     nothing else: the replica is a valid repository without a snapshot."""
     with served_client(tmp_path / "site", 'endpoint_program = "rclone"\n') as (site, url):
         primary, replica = site.root / "repos" / "alpha", site.root / "usb" / "alpha"
-        backup = slow_backup(site, url)
-        try:
-            wait_until(lambda: packs(replica) or backup.poll() is not None, 60, "a pack on the replica")
-            assert backup.poll() is None, "the replica received packs only after the backup ended"
-        finally:
-            backup.kill()
-            backup.wait()
+        kill_backup_once_a_pack_is_copied(site, url, replica)
         wait_until(sizes_settled(primary), 10, "rclone to finish with the cut upload")
         whole = {name for name in packs(primary) if file_hash_matches_name(primary / "data" / name[:2] / name)}
         log = site.layout.log_root / "alpha" / "syncd" / "current"
         wait_until(lambda: packs(replica) == whole, 30, "every whole pack on the replica", context=log.read_text)
-        assert not snapshot_files(replica) and not snapshot_files(primary)
-        check = replica_check(replica, site.restic_password)
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert all(file_hash_matches_name(replica / "data" / name[:2] / name) for name in packs(replica))
+        assert_valid_without_a_snapshot(site, primary, replica)

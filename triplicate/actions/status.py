@@ -308,13 +308,12 @@ def endpoint_section(context: StatusContext) -> StatusSection:
         return section
     quota = context.config.settings(context.client).quota
     newest = counts.newest_snapshot
+    figures = counts.figures()
     section.rows.append({
-        "received_bytes": counts.counters.get("bytes_received", 0),
-        "files": counts.counters.get("files_received", 0),
+        "received_bytes": figures["received_bytes"], "files": figures["files"],
         "newest_snapshot_age_seconds": _rounded(None if newest is None else context.now - newest),
-        "repository_bytes": counts.repository_bytes, "quota_bytes": quota,
-        "failed_logins": counts.counters.get("auth_failures", 0),
-        "rejected": counts.rejected(), "requests": counts.requests(),
+        "repository_bytes": figures["repository_bytes"], "quota_bytes": quota,
+        "failed_logins": figures["failed_logins"], "rejected": figures["rejected"], "requests": figures["requests"],
     })
     if isinstance(quota, int) and counts.repository_bytes is not None and counts.repository_bytes >= 0.95 * quota:
         section.problems.append(f"repository at {counts.repository_bytes * 100 // max(quota, 1)}% of its quota")

@@ -615,8 +615,7 @@ class Daemon:
 
     def schedule_of(self, client: str) -> Schedule:
         """The client's replication schedule now (immediate once it is no longer configured)."""
-        section = self.config.clients.get(client)
-        return Schedule() if section is None else Schedule.of(section)
+        return Schedule.of_client(self.config.clients, client)
 
     def queue_length(self, client: str, location: str) -> int:
         state = self.clients.get(client)

@@ -14,7 +14,7 @@ without waiting:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Protocol
@@ -44,6 +44,13 @@ class Schedule:
         return cls(section.replicate_every,
                    tuple(sorted(parse_time_of_day(value) for value in section.replicate_at or ())),
                    parse_window(section.replicate_window) if section.replicate_window else None)
+
+    @classmethod
+    def of_client(cls, sections: Mapping[str, ScheduleKeys], client: str) -> Schedule:
+        """The schedule of ``client`` among a configuration's client ``sections``; immediate
+        once it is no longer configured (a reload removed it)."""
+        section = sections.get(client)
+        return cls() if section is None else cls.of(section)
 
     @property
     def immediate(self) -> bool:

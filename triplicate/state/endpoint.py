@@ -50,6 +50,15 @@ class EndpointCounts:
         return {name.removeprefix("rejected:"): value
                 for name, value in sorted(self.counters.items()) if name.startswith("rejected:")}
 
+    def figures(self) -> dict[str, object]:
+        """What ``status`` and the web service show of them: received bytes and files, the
+        repository's size, failed logins, refused uploads and requests."""
+        return {"received_bytes": self.counters.get("bytes_received", 0),
+                "files": self.counters.get("files_received", 0),
+                "repository_bytes": self.repository_bytes,
+                "failed_logins": self.counters.get("auth_failures", 0),
+                "rejected": self.rejected(), "requests": self.requests()}
+
 
 class EndpointState(Store):
     """The endpoint's per-client counters. Every method is one transaction."""

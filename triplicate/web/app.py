@@ -176,8 +176,7 @@ def build_app(config: Config) -> web.Application:
         return sorted(name for name, client in app[LIVE].config.clients.items() if client.enabled)
 
     def schedule(client: str) -> Schedule:
-        section = app[LIVE].config.clients.get(client)
-        return Schedule() if section is None else Schedule.of(section)
+        return Schedule.of_client(app[LIVE].config.clients, client)
 
     state_dir = config.server.state_dir
     app[REGISTRIES] = (registry(ReplicationCollector(state_dir, pairs, schedule=schedule),

@@ -237,11 +237,8 @@ def endpoint(config: Config, name: str, now: float) -> dict[str, Any]:
     with EndpointState.opened(config.server.state_dir, create=False) as store:
         counts = store.counts(name)
     statistics = None if counts.updated is None else {
-        "received_bytes": counts.counters.get("bytes_received", 0),
-        "files": counts.counters.get("files_received", 0),
-        "newest_snapshot": counts.newest_snapshot, "repository_bytes": counts.repository_bytes,
-        "quota_bytes": config.settings(name).quota, "failed_logins": counts.counters.get("auth_failures", 0),
-        "rejected": counts.rejected(), "requests": counts.requests(), "updated": counts.updated,
+        **counts.figures(), "newest_snapshot": counts.newest_snapshot,
+        "quota_bytes": config.settings(name).quota, "updated": counts.updated,
     }
     return {"url": repository_url(config, name) if port is not None else None, "port": port,
             "services": services, "statistics": statistics}
