@@ -10,6 +10,7 @@ import functools
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,29 @@ class _Connection(sqlite3.Connection):
     commit = _converts_errors(sqlite3.Connection.commit)
 
 
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's write
+
+
+def _use_wal(connection: _Connection) -> None:
+    """Put the database in WAL mode (kept in the file, so a no-op after the first time).
+
+    When two processes create the database at once (two watchers started together), SQLite
+    answers "locked" to the second one's switch at once, without waiting out the busy timeout:
+    it is tried again, for up to that timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            sqlite3.Connection.execute(connection, "PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise database_problem(error, connection.database_path) from None
+        time.sleep(delay)  # a retry's pause: SQLite gives no event to wait on
+        delay = min(delay * 2, 0.05)
+
+
 def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.Connection:
     """Open (creating when needed) the database and make sure ``schema`` exists.
 
@@ -121,7 +145,7 @@ def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.C
     except OSError as error:
         raise database_problem(error, path) from None
     try:
-        connection = sqlite3.connect(where, timeout=30, isolation_level=None, check_same_thread=False,
+        connection = sqlite3.connect(where, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False,
                                      factory=_Connection)
     except sqlite3.Error as error:
         raise database_problem(error, path) from None
@@ -129,7 +153,7 @@ def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.C
     connection.database_path = path
     try:
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
+        _use_wal(connection)
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
         if schema:

@@ -39,8 +39,8 @@ from triplicate.storage.limit_files import Copiers, limits_folder, warn_once
 from triplicate.units import parse_bandwidth, rate_at
 
 log = logging.getLogger("triplicate.sync")
-SHARE_SECONDS = 0.25  # how often a copying process looks again at how many others copy
-SHARE_LINGER = 0.5  # how long a process stays counted after its last copy
+SHARE_SECONDS = 0.1  # how often a copying process looks again at how many others copy
+SHARE_LINGER = 0.3  # how long a process stays counted after its last copy
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r"Serving remote control on (http://127\.0\.0\.1:\d+/)")
@@ -188,6 +188,7 @@ class BandwidthShare:
     def copying(self) -> Iterator[None]:
         with self._lock:
             self._active += 1
+            idle = self._active == 1
             if not self._engaged:
                 self._engaged = True
                 try:
@@ -195,7 +196,7 @@ class BandwidthShare:
                 except OSError as error:  # the others' count still gives a share
                     warn_once(self._copiers.folder, error)
                 threading.Thread(target=self._follow, name="rclone bwlimit share", daemon=True).start()
-        self.update()
+        self.update(fresh=idle)
         try:
             yield
         finally:
@@ -216,8 +217,13 @@ class BandwidthShare:
                     continue
             self.update()
 
-    def update(self) -> None:
-        """Set this rclone's rate to its share now (errors are logged: the copy goes on at the last rate)."""
+    def update(self, fresh: bool = False) -> None:
+        """Set this rclone's rate to its share now (errors are logged: the copy goes on at the last rate).
+
+        ``fresh`` (when a copy starts with no other of this process in flight) sets it even when
+        unchanged: setting a rate gives rclone an empty token bucket. An idle rclone saves up to
+        4 MiB of tokens (its burst), which its next copy would spend at once on top of the
+        others' shares."""
         with self._update_lock:
             try:
                 count = max(1, self._copiers.count())
@@ -227,7 +233,7 @@ class BandwidthShare:
             local = time.localtime()
             rate = rate_at(self._timetable, local.tm_hour * 60 + local.tm_min)
             wanted = "off" if rate is None else f"{max(1, rate // count)}B"
-            if wanted == self._rate:
+            if wanted == self._rate and not fresh:
                 return
             try:
                 self._server.call("core/bwlimit", {"rate": wanted}, timeout=10)
