@@ -41,7 +41,7 @@ def test_bwlimit_values_and_errors_naming_the_key(server: Server) -> None:
     assert parse_bandwidth("20MB/s") == ((0, 20 * MB),)
     assert parse_bandwidth("512KiB") == ((0, 512 * 1024),)
     assert parse_bandwidth("19:00,off 08:00,5MB/s") == ((480, 5 * MB), (1140, None))
-    for bad in ("fast", "0MB/s", "25:00,1MB/s", "08:00,1MB/s 08:00,off", "08:00;1MB/s"):
+    for bad in ("fast", "1000", "08:00,512 19:00,off", "0MB/s", "25:00,1MB/s", "08:00,1MB/s 08:00,off", "08:00;1MB/s"):
         _with_location_settings(server, bwlimit=bad)
         result = server.cli("status")
         assert result.code == 2, bad

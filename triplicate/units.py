@@ -107,6 +107,9 @@ def parse_rate(value: str) -> int | None:
     if text == "off":
         return None
     text = text.removesuffix("/s")
+    if re.fullmatch(r"[\d.]+", text):  # rclone reads a bare number as KiB/s, parse_size as bytes
+        raise ValueError(f"'{value}' has no unit: write '{text}KiB/s' (what rclone takes it for) "
+                         f"or another unit such as 'MB/s'")
     try:
         rate = parse_size(text)
     except ValueError:

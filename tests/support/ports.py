@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from collections.abc import Iterator
@@ -10,10 +11,32 @@ from contextlib import contextmanager
 LOOPBACK = "127.0.0.1"
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's ports for outgoing connections and port-0 listeners (rclone rcd,
+    every HTTP client) begin: a port chosen here must not be one of those, which any
+    process may take between the choice and the service's bind."""
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _own_range() -> tuple[int, int]:
+    """This test process's ports: 10000 up to the ephemeral ones, split between pytest-xdist's
+    workers so that two tests running at once never choose the same port."""
+    low, high = 10000, max(_ephemeral_start(), 12000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    width = (high - low) // workers
+    return low + worker * width, low + (worker + 1) * width
+
+
 def free_port_range(count: int) -> tuple[int, int]:
-    """``count`` consecutive ports free on 127.0.0.1 (first, last), from a random place: tests run in parallel."""
+    """``count`` consecutive ports free on 127.0.0.1 (first, last), from a random place in this
+    test process's own range (:func:`_own_range`)."""
+    low_end, high_end = _own_range()
     for _ in range(200):
-        low = random.randrange(20000, 60000 - count)
+        low = random.randrange(low_end, high_end - count)
         if all(_bindable(port) for port in range(low, low + count)):
             return low, low + count - 1
     raise RuntimeError("no free port range found")

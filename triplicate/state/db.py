@@ -112,7 +112,7 @@ def _use_wal(connection: _Connection) -> None:
         try:
             sqlite3.Connection.execute(connection, "PRAGMA journal_mode=WAL")
             return
-        except sqlite3.OperationalError as error:
+        except sqlite3.DatabaseError as error:  # damaged, unreadable, or locked
             if "locked" not in str(error) or time.monotonic() >= deadline:
                 raise database_problem(error, connection.database_path) from None
         time.sleep(delay)  # a retry's pause: SQLite gives no event to wait on
