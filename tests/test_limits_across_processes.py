@@ -4,6 +4,7 @@ to one local location, observed from the location's side."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -14,6 +15,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from tests.support.remote import location_toml, rclone_local_config, rclone_location_toml
 from tests.support.repository import AS_NOBODY, BASE_CONFIG, Server, seed_primary, snapshot_files, write_files
 from tests.support.wait import wait_until
+from triplicate.storage.limit_files import SharedSlots, limits_folder
 from triplicate.storage.local import PARTIAL_DIR  # where a local location writes a file being saved
 
 MB = 1000 * 1000
@@ -265,3 +269,45 @@ def test_limit_files_made_by_root_stay_usable_by_the_service_user(unprivileged_s
     assert as_user.returncode == 0, as_user.stderr
     assert "limits hold in this process only" not in as_user.stderr
     assert snapshot_files(server.replica("usb")) == snapshot_files(server.primary())
+
+
+def _take_the_slot_in_turn(folder: Path, barrier: Barrier, rounds: int, outcomes: Queue) -> None:  # type: ignore[type-arg]
+    """Take the one shared slot ``rounds`` times, each time marking it held with a file only one
+    holder can make; put (acquisitions that failed, times another holder was inside) on ``outcomes``."""
+    slots = SharedSlots(folder, 1)
+    failed = overlapped = 0
+    barrier.wait()
+    for _ in range(rounds):
+        try:
+            slot = slots.acquire(0)
+        except OSError:  # the copy would go on without the shared slot
+            failed += 1
+            continue
+        try:
+            os.close(os.open(folder / "inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.unlink(folder / "inside")
+        except FileExistsError:
+            overlapped += 1
+        slots.release(slot)
+    outcomes.put((failed, overlapped))
+
+
+def test_processes_taking_one_slot_in_turn_always_get_it_and_never_at_once(tmp_path: Path) -> None:
+    """Waiters look at each other's tickets while those are withdrawn: a ticket removed between
+    a look's opening and its lock made the look fail (FileNotFoundError), and that copy went on
+    without the shared slot. Before the fix about one acquisition in a hundred failed so."""
+    folder = limits_folder(tmp_path, "usb")
+    assert folder is not None
+    context = multiprocessing.get_context("fork")
+    processes_count, rounds = 4, 100
+    barrier, outcomes = context.Barrier(processes_count), context.Queue()
+    processes = [context.Process(target=_take_the_slot_in_turn, args=(folder, barrier, rounds, outcomes))
+                 for _ in range(processes_count)]
+    for process in processes:
+        process.start()
+    results = [outcomes.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(30)
+    assert [process.exitcode for process in processes] == [0] * processes_count
+    assert results == [(0, 0)] * processes_count, "(failed acquisitions, holders at once) per process"
+    assert not [name for name in os.listdir(folder / "waiting")], "every ticket withdrawn"

@@ -27,6 +27,7 @@ waiters at once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -102,20 +103,30 @@ def _withdraw(path: Path, descriptor: int) -> None:
 
 def _alive(path: Path) -> bool:
     """Whether a process holds ``path`` (made by :func:`_publish`); a file nobody holds is a dead
-    process's and is removed."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        os.unlink(path)  # its process died (a live one unlinks before letting go)
-        return False
-    finally:
-        os.close(descriptor)
+    process's and is removed.
+
+    A live holder removes its file before letting go (:func:`_withdraw`), and may publish it
+    again under the same name (``copier-<pid>``): a file found unlocked but already removed
+    was withdrawn between our opening and our lock, so the name is looked at again rather
+    than removed (that would remove the holder's new file, or fail on a name already gone).
+    """
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            if os.fstat(descriptor).st_nlink == 0:
+                continue  # withdrawn meanwhile: the name is gone, or another file now
+            with contextlib.suppress(FileNotFoundError):  # another looker removed it first
+                os.unlink(path)  # its process died
+            return False
+        finally:
+            os.close(descriptor)
 
 
 class Copiers:
