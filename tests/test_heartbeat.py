@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repository import BASE_CONFIG, Server, take_away, write_files
+from tests.support.repository import BASE_CONFIG, Server, put_a_file_in_place_of, write_files
 from tests.support.syncd import DaemonProcess, NotificationSink
 from triplicate.state.db import connect
 
@@ -108,8 +108,8 @@ def test_heartbeat_pings_start_then_success_or_fail_around_replication(
     assert receiver.pings[1][1] == "replicated to 2 location(s)"
 
     # usb breaks, then a backup arrives: the replication fails at usb and says so.
-    take_away(server.replica("usb"))
-    server.replica("usb").write_text("a file where the client's folder should be")
+    put_a_file_in_place_of(server.replica("usb"), server.root / "usb-replica-taken-away",
+                           "a file where the client's folder should be")
     before = len(receiver.pings)
     write_files(tmp_path / "more", "two", count=1, size=1 << 16)
     server.backup(tmp_path / "more")
@@ -163,8 +163,9 @@ def test_a_scheduled_audit_pings_start_then_success_or_fail(server: Server, daem
     # Replicated first: what is taken away below was really there.
     nas_snapshots = server.replica("nas") / "snapshots"
     daemon.wait_until(lambda: nas_snapshots.is_dir() and any(nas_snapshots.iterdir()), TIMEOUT, "nas's copy")
-    take_away(server.replica("nas"))  # a lost replica that cannot be refilled: CRITICAL or UNKNOWN
-    server.replica("nas").write_text("a file where the client's folder should be")
+    # A lost replica that cannot be refilled: CRITICAL or UNKNOWN.
+    put_a_file_in_place_of(server.replica("nas"), server.root / "nas-replica-taken-away",
+                           "a file where the client's folder should be")
     daemon.wait_until(lambda: any(path.endswith("/fail") for path, _ in audit_pings()), TIMEOUT, "a failed audit")
     fail = next(body for path, body in audit_pings() if path.endswith("/fail"))
     assert fail.startswith("audit failed: CRITICAL") or fail.startswith("audit failed: UNKNOWN"), fail

@@ -23,7 +23,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.repository import BASE_CONFIG, Server, flip_byte, snapshot_files, take_away, write_files
+from tests.support.repository import (
+    BASE_CONFIG,
+    Server,
+    flip_byte,
+    put_a_file_in_place_of,
+    snapshot_files,
+    take_away,
+    write_files,
+)
 from tests.support.syncd import DaemonProcess, NotificationSink, metric_values
 
 POLL = 2.0  # poll_interval in these tests
@@ -116,8 +124,8 @@ def test_a_location_that_becomes_unreadable_with_no_backup_coming_shows_down_wit
     daemon = start(daemons, server, "--metrics-listen", f"127.0.0.1:{port}")
     daemon.wait_until(lambda: on_replica(server, "nas") and location_row(server, "nas")["last_sync"] == "ok",
                       15, "the catch-up on start")
-    (server.root / "nas").rename(server.root / "nas-unplugged")  # the disk is gone; nothing new to copy
-    (server.root / "nas").write_text("not the disk\n")
+    # The disk is gone, something else in its place; nothing new to copy.
+    put_a_file_in_place_of(server.root / "nas", server.root / "nas-unplugged", "not the disk\n")
     gone = time.monotonic()
     daemon.wait_until(lambda: location_row(server, "nas")["last_sync"] == "failed", 2 * POLL + MARGIN,
                       "nas shown failing (not ok with lag 0) without a new backup")
@@ -142,8 +150,7 @@ def test_status_and_metrics_show_what_a_location_really_holds(
     daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 1, 10, "usb recorded")
     # The disk is swapped for one that cannot take the client's folder (a file in its place):
     # nothing can be refilled, and status and the metrics must say so rather than remember.
-    os.rename(server.replica("usb"), server.root / "usb-old")
-    server.replica("usb").write_text("not a folder")
+    put_a_file_in_place_of(server.replica("usb"), server.root / "usb-old")
     daemon.wait_until(lambda: location_row(server, "usb")["snapshots"] == 0, POLL + MARGIN, "status")
     daemon.wait_until(lambda: scrape(port)['triplicate_snapshots_replicated{client="web01",'
                                                   'location="usb"}'] == 0, 10, "the metric")

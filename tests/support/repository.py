@@ -3,6 +3,7 @@ helpers on a repository's files."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -185,6 +186,25 @@ def take_away(folder: Path) -> None:
     aside = folder.with_name(f"{folder.name}.taken-away")
     folder.rename(aside)
     shutil.rmtree(aside)
+
+
+def put_a_file_in_place_of(folder: Path, aside: Path, text: str = "not a folder\n") -> None:
+    """Put a file holding ``text`` where ``folder`` is, in one step: the folder ends up at ``aside``
+    (a disk swapped for one where the folder cannot go). Made in two steps (rename, then write),
+    a running daemon could look in between: it would report the folder missing rather than the
+    file, or refill the folder before the file lands."""
+    aside.write_text(text)
+    exchange(folder, aside)
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap two names atomically (Linux's renameat2 with RENAME_EXCHANGE): nobody sees either missing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_current_folder, rename_exchange = -100, 2
+    if libc.renameat2(at_current_folder, os.fsencode(first), at_current_folder, os.fsencode(second),
+                      rename_exchange) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), str(first), None, str(second))
 
 
 def age_file(path: Path, seconds: float = 3600) -> None:
