@@ -166,7 +166,9 @@ def test_a_killed_service_is_restarted_within_two_seconds(site: Site, service: s
     restarted = site.service_pid("beta", service)
     assert restarted is not None and is_alive(restarted) and not is_alive(victim)
     if service == "rest":  # and it serves again
-        wait_until(lambda: _answers(site.clients["beta"]["url"]), 5, "the restarted endpoint")
+        # (a fresh Python, aiohttp and the bind: seconds on a loaded 2-core machine; the restart
+        # itself is what must take under two)
+        wait_until(lambda: _answers(site.clients["beta"]["url"]), 20, "the restarted endpoint")
     assert took < 2.0
 
 

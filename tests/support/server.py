@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import io
 import os
 import signal
@@ -31,7 +32,8 @@ SITE_COMMENT = "# The test site. This comment must survive every edit.\n"
 
 def http_status(method: str, url: str, user: str | None = None, password: str | None = None,
                 data: bytes | None = None) -> int:
-    """The HTTP status code of one request; 0 when nothing answers (connection refused)."""
+    """The HTTP status code of one request; 0 when nothing answers in full (connection refused, or
+    reset, cut or timed out by a service that is starting or stopping: a poll tries again)."""
     request = urllib.request.Request(url, method=method, data=data)
     if user is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -41,7 +43,7 @@ def http_status(method: str, url: str, user: str | None = None, password: str | 
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
-    except (urllib.error.URLError, ConnectionError):
+    except (OSError, http.client.HTTPException):  # URLError, ConnectionError, TimeoutError among them
         return 0
 
 
