@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
-from multiprocessing.synchronize import Barrier
+import time
+from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 from triplicate.state.db import connect
@@ -39,3 +40,53 @@ def test_processes_creating_the_state_database_at_once_all_open_it(tmp_path: Pat
         assert connection.execute("SELECT count(*) FROM seen").fetchone()[0] == PROCESSES
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         connection.close()
+
+
+LOCATIONS = ("@primary", "usb", "nas")
+READS = 1000  # while another process writes
+
+
+def _record_audits(state_dir: Path, started: Event, stop: Event) -> None:
+    """Record audits of web01 (three locations each) until ``stop`` is set (a minute at most)."""
+    from triplicate.state.audit import AuditRecord, AuditState, LocationAuditRecord
+
+    deadline = time.monotonic() + 60
+    with AuditState.opened(state_dir) as audits:
+        started.set()
+        index = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            index += 1
+            audits.record_audit(AuditRecord(
+                client="web01", started=index, finished=index, status="OK", reason="", report={},
+                locations={name: LocationAuditRecord("OK", "", {}) for name in LOCATIONS}))
+
+
+def test_a_record_is_read_whole_while_another_process_writes_records(tmp_path: Path) -> None:
+    """One method's statements are one transaction, its reads one snapshot: a reader (status, the
+    web service, the daemon's notifications) never sees an audit without its locations. The
+    connection runs in autocommit, where ``with connection:`` began no transaction; before the fix
+    about one read in three here saw an audit with some of its locations, or none (and under load,
+    with the writes atomic, a few saw the audit's row, then its locations already evicted)."""
+    from triplicate.state.audit import AuditState
+
+    state_dir = tmp_path / "state"
+    AuditState(state_dir).close()
+    context = multiprocessing.get_context("fork")
+    started, stop = context.Event(), context.Event()
+    writer = context.Process(target=_record_audits, args=(state_dir, started, stop))
+    writer.start()
+    read = partial = 0
+    try:
+        with AuditState.opened(state_dir) as audits:
+            assert started.wait(30)
+            while read < READS and writer.is_alive():
+                record = audits.last_audit("web01")
+                if record is not None:
+                    read += 1
+                    partial += tuple(record.locations) != LOCATIONS
+    finally:
+        stop.set()
+        writer.join(60)
+    assert writer.exitcode == 0
+    assert read == READS, f"only {read} reads before the writer stopped"
+    assert partial == 0, f"{partial} of {read} audits read without all their locations"

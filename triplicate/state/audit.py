@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triplicate.state.db import Store, locked
+from triplicate.state.db import Store, locked, one_reading
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS verify_stamps (
@@ -149,18 +149,20 @@ class AuditState(Store):
     @locked
     def last_audit(self, client: str) -> AuditRecord | None:
         """The client's most recent audit, or None when it was never audited."""
-        row = self.connection.execute(
-            "SELECT * FROM audits WHERE client=? ORDER BY id DESC LIMIT 1", (client,)
-        ).fetchone()
-        return None if row is None else self._record(row)
+        with one_reading(self.connection):  # the audit and its locations as one writer left them
+            row = self.connection.execute(
+                "SELECT * FROM audits WHERE client=? ORDER BY id DESC LIMIT 1", (client,)
+            ).fetchone()
+            return None if row is None else self._record(row)
 
     @locked
     def last_audits(self) -> dict[str, AuditRecord]:
         """Every audited client's most recent audit."""
-        rows = self.connection.execute(
-            "SELECT * FROM audits WHERE id IN (SELECT MAX(id) FROM audits GROUP BY client) ORDER BY client"
-        ).fetchall()
-        return {row["client"]: self._record(row) for row in rows}
+        with one_reading(self.connection):
+            rows = self.connection.execute(
+                "SELECT * FROM audits WHERE id IN (SELECT MAX(id) FROM audits GROUP BY client) ORDER BY client"
+            ).fetchall()
+            return {row["client"]: self._record(row) for row in rows}
 
     def _record(self, row: Any) -> AuditRecord:
         locations = self.connection.execute(

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 from triplicate.errors import CannotRun
 
@@ -77,9 +78,32 @@ class _Cursor(sqlite3.Cursor):
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that knows its file, for the one-line errors of its cursors."""
+    """A connection that knows its file, for the one-line errors of its cursors, and whose
+    ``with connection:`` block is one transaction.
+
+    The connection runs in autocommit (``isolation_level=None``), where sqlite3's own ``with``
+    begins nothing: each statement of a block was its own transaction, so another process read
+    half a record (an audit without its locations) and two writers' blocks interleaved. A block
+    now begins with ``BEGIN IMMEDIATE`` (the write lock at once, waiting out the busy timeout:
+    a read that later writes could otherwise fail as "locked" at once) and commits at its end,
+    or rolls back on an exception; a block inside another joins the outer one.
+    """
 
     database_path: Path
+    _depth = 0  # ``with`` blocks open (used under the caller's lock, as every statement is)
+
+    def __enter__(self) -> _Connection:
+        if self._depth == 0 and not self.in_transaction:
+            self.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None, /) -> Literal[False]:
+        self._depth -= 1
+        if self._depth == 0:
+            super().__exit__(kind, error, trace)
+        return False
 
     def cursor(self, factory: Any = _Cursor) -> Any:
         return super().cursor(factory)
@@ -162,6 +186,21 @@ def connect(state_dir: Path, schema: str = "", create: bool = True) -> sqlite3.C
         connection.close()
         raise
     return connection
+
+
+@contextmanager
+def one_reading(connection: sqlite3.Connection) -> Iterator[None]:
+    """Make the block's queries read one state of the database (a deferred transaction: in WAL
+    mode a snapshot, which no writer waits for), not each the state after another process's
+    latest write. Inside a transaction already, that one is used."""
+    if connection.in_transaction:
+        yield
+        return
+    connection.execute("BEGIN")
+    try:
+        yield
+    finally:
+        connection.execute("COMMIT")  # nothing written: ends the snapshot
 
 
 class Store:
