@@ -24,7 +24,7 @@ import pytest
 from tests.support.remote import location_toml, rclone_local_config, rclone_location_toml
 from tests.support.repository import AS_NOBODY, BASE_CONFIG, Server, seed_primary, snapshot_files, write_files
 from tests.support.wait import wait_until
-from triplicate.storage.limit_files import SharedSlots, limits_folder
+from triplicate.storage.limit_files import Copiers, SharedSlots, limits_folder
 from triplicate.storage.local import PARTIAL_DIR  # where a local location writes a file being saved
 
 MB = 1000 * 1000
@@ -311,3 +311,51 @@ def test_processes_taking_one_slot_in_turn_always_get_it_and_never_at_once(tmp_p
     assert [process.exitcode for process in processes] == [0] * processes_count
     assert results == [(0, 0)] * processes_count, "(failed acquisitions, holders at once) per process"
     assert not [name for name in os.listdir(folder / "waiting")], "every ticket withdrawn"
+
+
+def _copy_in_turns(folder: Path, seconds: float, outcomes: Queue) -> None:  # type: ignore[type-arg]
+    """Start and end copies for ``seconds``, as a process copying file after file to an rclone
+    location does; put ("copier", times it copied, times its copier file was gone meanwhile)."""
+    copiers, copies, gone = Copiers(folder), 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        copiers.enter()
+        copies += 1
+        gone += not (folder / f"copier-{os.getpid()}").exists()
+        copiers.leave()
+    outcomes.put(("copier", copies, gone))
+
+
+def _count_copiers(folder: Path, seconds: float, outcomes: Queue) -> None:  # type: ignore[type-arg]
+    """Count the copiers for ``seconds``, as each limited rclone's share does; put ("counter",
+    times counted, counts that failed)."""
+    copiers, counts, failed = Copiers(folder), 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            copiers.count()
+            counts += 1
+        except OSError:  # the share is then left as it was
+            failed += 1
+    outcomes.put(("counter", counts, failed))
+
+
+def test_a_copier_counted_while_it_comes_and_goes_is_neither_removed_nor_a_failed_count(tmp_path: Path) -> None:
+    """A count that opened a copier's file just before the copier withdrew it (to publish it again
+    under the same name at its next copy) removed the new file, so the copier went uncounted and
+    the others took its share of the bwlimit; or it failed on the name already gone. Before the
+    fix each happened a few to tens of times in three seconds."""
+    folder = limits_folder(tmp_path, "far")
+    assert folder is not None
+    context = multiprocessing.get_context("fork")
+    outcomes = context.Queue()
+    processes = [context.Process(target=_copy_in_turns, args=(folder, 3.0, outcomes))]
+    processes += [context.Process(target=_count_copiers, args=(folder, 3.0, outcomes)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    results = sorted(outcomes.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(30)
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+    assert all(done > 100 for _, done, _ in results), results
+    assert [problems for _, _, problems in results] == [0, 0, 0], results
