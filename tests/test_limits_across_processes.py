@@ -214,7 +214,9 @@ def test_a_killed_process_frees_its_slot_and_its_place_in_line(two_clients: Serv
     holder = _sync(server, "a")
     wait_until(lambda: _in_flight(server.replica("usb", "a")), 30, "a copying")
     waiter = _sync(server, "b")
-    wait_until(lambda: [name for name in os.listdir(waiting) if not name.startswith(".")], 30, "b waiting for the slot")
+    # b's own ticket (its pid is in the name): a's, made for a moment before each of its files, is no waiter's.
+    wait_until(lambda: [name for name in os.listdir(waiting) if f"-{waiter.pid}-" in name and not name.startswith(".")],
+               30, "b waiting for the slot")
     for process in (waiter, holder):
         process.kill()
         process.wait()
