@@ -122,7 +122,8 @@ def test_two_clients_to_one_location_share_its_bwlimit(server: Server) -> None:
 
     rate = _measured_rate(both, 24 * MB)
     assert rate == pytest.approx(8 * MB, rel=0.10), f"{rate / MB:.2f} MB/s for both clients together"
-    assert len(list((server.replica("usb", "web02") / "data").rglob("*"))) == 3 + 3  # files and folders
+    saved = [path for path in (server.replica("usb", "web02") / "data").rglob("*") if path.is_file()]
+    assert len(saved) == 3  # (two of the random packs may share a folder)
 
 
 def test_copies_to_one_location_are_bounded_across_clients(server: Server) -> None:
