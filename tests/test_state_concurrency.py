@@ -9,7 +9,7 @@ import time
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
-from triplicate.state.db import connect
+from triplicate.state.db import connect, one_reading
 
 PROCESSES = 3
 ROUNDS = 100
@@ -90,3 +90,19 @@ def test_a_record_is_read_whole_while_another_process_writes_records(tmp_path: P
     assert writer.exitcode == 0
     assert read == READS, f"only {read} reads before the writer stopped"
     assert partial == 0, f"{partial} of {read} audits read without all their locations"
+
+
+def test_a_block_inside_a_transaction_joins_it_and_leaves_its_end_to_it(tmp_path: Path) -> None:
+    connection = connect(tmp_path, "CREATE TABLE IF NOT EXISTS seen (process INTEGER);")
+    with one_reading(connection):
+        with connection:
+            connection.execute("SELECT count(*) FROM seen").fetchone()
+        assert connection.in_transaction, "the reading's snapshot still holds"
+    assert not connection.in_transaction
+    with connection:
+        with connection:
+            connection.execute("INSERT INTO seen VALUES (1)")
+        assert connection.in_transaction, "the inner block does not commit the outer one"
+    assert not connection.in_transaction
+    assert connection.execute("SELECT count(*) FROM seen").fetchone()[0] == 1
+    connection.close()

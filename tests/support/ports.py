@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -16,11 +18,12 @@ def _ephemeral_start() -> int:
     every HTTP client) begin: a port chosen here must not be one of those, which any
     process may take between the choice and the service's bind."""
     try:
-        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
 
 
+@functools.cache
 def _own_range() -> tuple[int, int]:
     """This test process's ports: 10000 up to the ephemeral ones, split between pytest-xdist's
     workers so that two tests running at once never choose the same port."""

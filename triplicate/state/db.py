@@ -86,22 +86,26 @@ class _Connection(sqlite3.Connection):
     half a record (an audit without its locations) and two writers' blocks interleaved. A block
     now begins with ``BEGIN IMMEDIATE`` (the write lock at once, waiting out the busy timeout:
     a read that later writes could otherwise fail as "locked" at once) and commits at its end,
-    or rolls back on an exception; a block inside another joins the outer one.
+    or rolls back on an exception; a block inside another, or inside a transaction begun
+    otherwise (:func:`one_reading`), joins it and leaves its end to it.
     """
 
     database_path: Path
     _depth = 0  # ``with`` blocks open (used under the caller's lock, as every statement is)
+    _began = False  # whether the outermost block began the transaction (else it joined one)
 
     def __enter__(self) -> _Connection:
-        if self._depth == 0 and not self.in_transaction:
-            self.execute("BEGIN IMMEDIATE")
+        if self._depth == 0:
+            self._began = not self.in_transaction
+            if self._began:
+                self.execute("BEGIN IMMEDIATE")
         self._depth += 1
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None, /) -> Literal[False]:
         self._depth -= 1
-        if self._depth == 0:
+        if self._depth == 0 and self._began:  # a joined transaction ends where it began
             super().__exit__(kind, error, trace)
         return False
 
